@@ -1,0 +1,1 @@
+"""Compiled hot paths (built from ../../_core/*.pyx by setup.py)."""

@@ -1,0 +1,158 @@
+"""The running appliance: built from one Config, it owns start, readiness, drain and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from dataclasses import replace
+
+from qe_appliance import __version__
+from qe_appliance.config import Config, state_dir
+from qe_appliance.http.routes import AccessPolicy, Routes
+from qe_appliance.http.server import HttpServer, Limits
+from qe_appliance.mcp.dispatcher import Dispatcher
+from qe_appliance.mcp.sessions import SessionTable
+from qe_appliance.mcp.stdio import serve_stdio
+from qe_appliance.registry import ToolRegistry
+from qe_appliance.store.memory import MemoryStore
+from qe_appliance.tools import ALL_TOOLS
+
+log = logging.getLogger("aqe_mcp")
+
+SESSION_SWEEP_S = 30.0
+DRAIN_DEADLINE_S = 30.0
+
+
+class Services:
+    """Shared state the tools reach through `ctx.services`."""
+
+    def __init__(self, config: Config) -> None:
+        directory = state_dir(config)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.memory = MemoryStore(directory / "memory.db")
+
+    def close(self) -> None:
+        self.memory.close()
+
+
+def build_registry(config: Config) -> ToolRegistry:
+    """The enabled tools, with the category the config gives each."""
+    tools = [
+        replace(spec, category=config.tools[spec.name].category)
+        for spec in ALL_TOOLS
+        if config.tools[spec.name].enabled
+    ]
+    reg = config.registry
+    return ToolRegistry(
+        tools,
+        cache_enabled=reg.cache_enabled,
+        cache_size=reg.cache_size,
+        fuzzy_enabled=reg.fuzzy_match_enabled,
+    )
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.services = Services(config)
+        self.registry = build_registry(config)
+        server = config.server
+        self.sessions = SessionTable(server.max_sessions, server.session_idle_timeout_ms / 1000)
+        self.dispatcher = Dispatcher(self.registry, self.services, self.sessions)
+        self.state: str | None = "starting"
+        self.http: HttpServer | None = None
+        self._stopped = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._terms = 0
+
+    def readiness(self) -> str | None:
+        return self.state
+
+    async def run_http(self) -> int:
+        cfg = self.config.server
+        limits = Limits(
+            max_body_bytes=cfg.max_body_bytes,
+            header_timeout_s=cfg.header_timeout_ms / 1000,
+            keep_alive_timeout_s=cfg.keep_alive_timeout_ms / 1000,
+        )
+        routes = Routes(self.dispatcher, self.sessions, AccessPolicy(cfg.host, cfg.allowed_origins), self.readiness)
+        self.http = HttpServer(routes, limits)
+        started = time.perf_counter()
+        host, port = await self.http.listen(cfg.host, cfg.port)
+        self._install_signals()
+        self._tasks.append(asyncio.create_task(self._sweep_sessions()))
+        self.state = None
+        log.info(
+            "aqe-mcp %s listening on http://%s:%d/mcp (ready in %.0f ms, %d tools)",
+            __version__,
+            host if ":" not in host else f"[{host}]",
+            port,
+            (time.perf_counter() - started) * 1000,
+            len(self.registry.tools()),
+        )
+        await self._stopped.wait()
+        return 0
+
+    async def run_stdio(self) -> int:
+        self.state = None
+        self._install_signals()
+        stdin_done = asyncio.create_task(serve_stdio(self.dispatcher))
+        stopped = asyncio.create_task(self._stopped.wait())
+        await asyncio.wait({stdin_done, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (stdin_done, stopped):
+            task.cancel()
+        self.close()
+        return 0
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_term)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    def _on_term(self) -> None:
+        self._terms += 1
+        if self._terms > 1:
+            log.warning("second stop signal: exiting now")
+            self.close()
+            sys.exit(1)
+        asyncio.get_running_loop().create_task(self.drain_and_stop(DRAIN_DEADLINE_S))
+
+    def _on_hup(self) -> None:
+        log.warning("SIGHUP received: live reload is not available in this build; restart to apply changes")
+
+    async def drain_and_stop(self, deadline_s: float) -> None:
+        """Stop taking new work (readiness 503), let requests in flight finish, then close."""
+        self.state = "draining"
+        log.info("draining: finishing requests in flight (deadline %.0f s)", deadline_s)
+        self.sessions.close_all()
+        if self.http is not None:
+            await self.http.shutdown(deadline_s)
+        self.close()
+        self._stopped.set()
+
+    async def _sweep_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(SESSION_SWEEP_S)
+            self.sessions.sweep()
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        self.services.close()
+
+
+def run(config: Config, *, stdio: bool = False) -> int:
+    """Run the appliance until stopped; returns the process exit code."""
+    import uvloop
+
+    async def main() -> int:
+        app = App(config)
+        return await (app.run_stdio() if stdio else app.run_http())
+
+    return uvloop.run(main())

@@ -1,0 +1,95 @@
+"""`aqe-v3`: start the appliance and check its configuration.
+
+Exit codes: 0 ok, 1 failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from qe_appliance import __version__
+from qe_appliance.config import ConfigError, apply_overrides, load_config
+
+STRATEGIES = ("least-connections", "response-time", "round-robin")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n(run with --help to see the commands and flags)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="aqe-v3", description="Operate the aqe-mcp QE MCP server.")
+    parser.add_argument("--version", action="version", version=f"aqe-mcp {__version__}")
+    top = parser.add_subparsers(dest="group", required=True, parser_class=_Parser)
+    mcp = top.add_parser("mcp", help="the MCP server")
+    cmds = mcp.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    start = cmds.add_parser("start", help="run the server (HTTP by default, or --stdio)")
+    start.add_argument("--config", help="YAML configuration file (default: built-in defaults)")
+    start.add_argument("--host", help="listen address (overrides server.host)")
+    start.add_argument("--port", type=int, help="listen port, 0 for any free port (overrides server.port)")
+    start.add_argument("--stdio", action="store_true", help="speak MCP on stdin/stdout instead of HTTP")
+    start.add_argument("--pool-size", type=int, help="pool.maxConnections")
+    start.add_argument("--strategy", choices=STRATEGIES, help="balancer.strategy")
+    start.add_argument(
+        "--optimized",
+        action="store_true",
+        help="force the fast paths on: registry cache and fuzzy matching, monitoring",
+    )
+    start.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="server.logLevel")
+
+    config = cmds.add_parser("config", help="configuration file tools")
+    config_cmds = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    validate = config_cmds.add_parser("validate", help="check a configuration file; prints OK or the errors")
+    validate.add_argument("path", nargs="?", default="config/qe-mcp.yaml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "config":
+        return _validate(args.path)
+    return _start(args)
+
+
+def _validate(path: str) -> int:
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"OK: {path}")
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    try:
+        cfg = apply_overrides(
+            load_config(args.config),
+            host=args.host,
+            port=args.port,
+            pool_size=args.pool_size,
+            strategy=args.strategy,
+            optimized=args.optimized,
+        )
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    level = (args.log_level or cfg.server.log_level).upper()
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from qe_appliance.app import run
+
+    try:
+        return run(cfg, stdio=args.stdio)
+    except OSError as exc:
+        print(f"aqe-v3: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

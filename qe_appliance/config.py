@@ -1,0 +1,647 @@
+"""The appliance's configuration: frozen msgspec Structs mirroring `config/qe-mcp.yaml`, a loader that
+reports every problem in a file with its line, and the overrides `aqe-v3 mcp start` takes on its command line.
+"""
+
+import math
+import os
+import pathlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal, get_args
+from urllib.parse import urlsplit
+
+import msgspec
+import msgspec.inspect as mi
+import yaml
+from rapidfuzz import fuzz, process
+
+MAX_FILE_BYTES: Final = 1 << 20
+# A full configuration is a few hundred YAML nodes; the bound stops alias bombs (billion laughs) early.
+MAX_NODES: Final = 10_000
+MAX_DEPTH: Final = 32
+# sun_path is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH_BYTES: Final = 107
+
+_LOADER: Final[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+
+Category = Literal[
+    "test-generation", "coverage-analysis", "quality-assessment", "coordination", "memory", "learning"
+]
+CATEGORIES: Final[tuple[str, ...]] = get_args(Category)
+Strategy = Literal["least-connections", "response-time", "round-robin"]
+Execution = Literal["local", "fleet"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+Millis = Annotated[int, msgspec.Meta(gt=0)]
+LatencyMs = Annotated[float, msgspec.Meta(gt=0)]
+Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel", kw_only=True):
+    """Shared options: immutable (so a reload can diff old and new), camelCase keys, no stray keys."""
+
+
+class ServerConfig(_Section, frozen=True):
+    host: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: AtLeastOne = 4_194_304
+    header_timeout_ms: Millis = 10_000
+    keep_alive_timeout_ms: Millis = 30_000
+    max_sessions: AtLeastOne = 1024
+    session_idle_timeout_ms: Millis = 1_800_000
+    state_dir: str = ""
+    control_socket: str = ""
+    log_level: LogLevel = "info"
+
+
+class PoolConfig(_Section, frozen=True):
+    max_connections: AtLeastOne = 50
+    min_connections: Annotated[int, msgspec.Meta(ge=0)] = 5
+    idle_timeout_ms: Millis = 300_000
+    health_check_interval_ms: Millis = 30_000
+
+
+class RegistryConfig(_Section, frozen=True):
+    cache_enabled: bool = True
+    cache_size: Annotated[int, msgspec.Meta(ge=0)] = 1000
+    index_type: Literal["hash"] = "hash"
+    fuzzy_match_enabled: bool = True
+
+
+class BalancerConfig(_Section, frozen=True):
+    strategy: Strategy = "least-connections"
+    health_check_interval_ms: Millis = 10_000
+    capacity_aware: bool = True
+
+
+class TargetsConfig(_Section, frozen=True):
+    p95_response_time: LatencyMs = 100.0
+    pool_hit_rate: Ratio = 0.9
+    tool_lookup_time: LatencyMs = 5.0
+
+
+class AlertThresholds(_Section, frozen=True):
+    p95_response_time: LatencyMs = 200.0
+    error_rate: Ratio = 0.05
+    pool_hit_rate: Ratio = 0.7
+
+
+class MonitoringConfig(_Section, frozen=True):
+    enabled: bool = True
+    dashboard_interval_ms: Millis = 1000
+    alert_thresholds: AlertThresholds = msgspec.field(default_factory=AlertThresholds)
+
+
+class ToolConfig(_Section, frozen=True):
+    category: Category
+    target_latency_ms: LatencyMs
+    enabled: bool = True
+    execution: Execution = "local"
+
+
+# The design's tool table; the CPU-heavy tools run on the agent fleet, the rest on the event loop.
+TOOL_DEFAULTS: Final[dict[str, ToolConfig]] = {
+    "qe_test_generate": ToolConfig(category="test-generation", target_latency_ms=500.0, execution="fleet"),
+    "qe_coverage_analyze": ToolConfig(
+        category="coverage-analysis", target_latency_ms=200.0, execution="fleet"
+    ),
+    "qe_coverage_gaps": ToolConfig(category="coverage-analysis", target_latency_ms=100.0, execution="fleet"),
+    "qe_quality_gate": ToolConfig(category="quality-assessment", target_latency_ms=100.0),
+    "qe_quality_metrics": ToolConfig(
+        category="quality-assessment", target_latency_ms=50.0, execution="fleet"
+    ),
+    "qe_fleet_init": ToolConfig(category="coordination", target_latency_ms=200.0),
+    "qe_fleet_status": ToolConfig(category="coordination", target_latency_ms=50.0),
+    "qe_agent_spawn": ToolConfig(category="coordination", target_latency_ms=100.0),
+    "qe_task_orchestrate": ToolConfig(category="coordination", target_latency_ms=150.0),
+    "qe_memory_store": ToolConfig(category="memory", target_latency_ms=20.0),
+    "qe_memory_retrieve": ToolConfig(category="memory", target_latency_ms=10.0),
+    "qe_memory_search": ToolConfig(category="memory", target_latency_ms=50.0),
+    "qe_learn_pattern": ToolConfig(category="learning", target_latency_ms=100.0),
+    "qe_learn_status": ToolConfig(category="learning", target_latency_ms=30.0),
+}
+
+
+class Config(_Section, frozen=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
+    registry: RegistryConfig = msgspec.field(default_factory=RegistryConfig)
+    balancer: BalancerConfig = msgspec.field(default_factory=BalancerConfig)
+    targets: TargetsConfig = msgspec.field(default_factory=TargetsConfig)
+    monitoring: MonitoringConfig = msgspec.field(default_factory=MonitoringConfig)
+    tools: dict[str, ToolConfig] = msgspec.field(default_factory=lambda: dict(TOOL_DEFAULTS))
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `errors` holds every problem found, one message each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+KeyPath = tuple[str | int, ...]
+# (text before the key path, e.g. "qe-mcp.yaml:12", and a number to sort messages by)
+Locator = Callable[[KeyPath], tuple[str, int]]
+
+
+class _Invalid:
+    """Marks a value that already produced an error, so dependent checks stay quiet."""
+
+
+_INVALID: Final = _Invalid()
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate a YAML configuration; None gives the built-in defaults.
+
+    Raises ConfigError listing every problem in the file, each with its line and key path.
+    """
+    if path is None:
+        return Config()
+    name = os.fsdecode(path)
+    text = _read_text(path, name)
+    loader = _LOADER(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:  # nothing but comments: every key keeps its default
+            return Config()
+        survey = _Survey(name)
+        survey.walk(root, (), 0)
+        data = loader.construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError([_yaml_problem(name, exc)]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{name}: YAML error: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{name}: YAML nested too deeply; a configuration is a few levels deep"]) from None
+    finally:
+        loader.dispose()
+
+    def locate(key_path: KeyPath) -> tuple[str, int]:
+        for end in range(len(key_path), -1, -1):
+            line = survey.lines.get(key_path[:end])
+            if line is not None:
+                return f"{name}:{line}", line
+        raise AssertionError("the survey always records the top level")
+
+    checker = _Checker(locate)
+    if not isinstance(data, dict):
+        checker.fail((), f"the top level must be a mapping of blocks such as `pool:`, got {_describe(data)}")
+        raise ConfigError(checker.messages())
+    for key_path, first in survey.repeats:
+        checker.fail(key_path, f"appears twice (first on line {first}); YAML keeps only the last one, "
+                               "so delete one of them")
+    config = checker.decode(data, _CONFIG_INFO, (), Config())
+    if checker.errors:
+        raise ConfigError(checker.messages())
+    assert isinstance(config, Config)
+    return config
+
+
+def apply_overrides(
+    cfg: Config,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    pool_size: int | None = None,
+    strategy: str | None = None,
+    optimized: bool = False,
+) -> Config:
+    """Apply the command-line flags of `aqe-v3 mcp start` on top of a loaded Config.
+
+    `pool_size` sets pool.maxConnections and lowers minConnections to it when that was larger.
+    `optimized` (the design's `--optimized`) forces on registry.cacheEnabled, registry.fuzzyMatchEnabled
+    and monitoring.enabled. The result is validated like a file; a bad value raises ConfigError naming
+    the flag.
+    """
+    patch: dict[str, dict[str, Any]] = {}
+    flags: dict[KeyPath, str] = {}
+
+    def put(block: str, key: str, value: Any, flag: str) -> None:
+        patch.setdefault(block, {})[key] = value
+        flags[(block, key)] = flag
+        flags.setdefault((block,), flag)
+
+    if host is not None:
+        put("server", "host", host, f"--host {host}")
+    if port is not None:
+        put("server", "port", port, f"--port {port}")
+    if pool_size is not None:
+        put("pool", "maxConnections", pool_size, f"--pool-size {pool_size}")
+        if isinstance(pool_size, int) and max(pool_size, 0) < cfg.pool.min_connections:
+            put("pool", "minConnections", max(pool_size, 0), f"--pool-size {pool_size}")
+    if strategy is not None:
+        put("balancer", "strategy", strategy, f"--strategy {strategy}")
+    if optimized:
+        put("registry", "cacheEnabled", True, "--optimized")
+        put("registry", "fuzzyMatchEnabled", True, "--optimized")
+        put("monitoring", "enabled", True, "--optimized")
+
+    def locate(key_path: KeyPath) -> tuple[str, int]:
+        for end in range(len(key_path), 0, -1):
+            flag = flags.get(key_path[:end])
+            if flag is not None:
+                return flag, 0
+        return "command line", 0
+
+    checker = _Checker(locate)
+    result = checker.decode(patch, _CONFIG_INFO, (), cfg)
+    if checker.errors:
+        raise ConfigError(checker.messages())
+    assert isinstance(result, Config)
+    return result
+
+
+def state_dir(cfg: Config) -> pathlib.Path:
+    """Where the appliance keeps its data (not created here).
+
+    server.stateDir when set, else $STATE_DIRECTORY (systemd), else ./.aqe-state; always absolute.
+    """
+    if cfg.server.state_dir:
+        return pathlib.Path(cfg.server.state_dir).absolute()
+    return _systemd_dir("STATE_DIRECTORY") or pathlib.Path.cwd() / ".aqe-state"
+
+
+def control_socket(cfg: Config) -> pathlib.Path:
+    """The admin unix socket's path.
+
+    server.controlSocket when set, else $RUNTIME_DIRECTORY/control.sock, else <stateDir>/control.sock.
+    """
+    if cfg.server.control_socket:
+        return pathlib.Path(cfg.server.control_socket).absolute()
+    return (_systemd_dir("RUNTIME_DIRECTORY") or state_dir(cfg)) / "control.sock"
+
+
+def _systemd_dir(variable: str) -> pathlib.Path | None:
+    # systemd joins several configured directories with ':'; the first one is ours.
+    first = os.environ.get(variable, "").split(":")[0]
+    return pathlib.Path(first) if first else None
+
+
+def _read_text(path: str | os.PathLike[str], name: str) -> str:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError([f"{name}: no such file; check the path, or copy the documented defaults "
+                           "from config/qe-mcp.yaml"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{name}: is a directory; give the path of the YAML file itself"]) from None
+    except PermissionError:
+        raise ConfigError([f"{name}: permission denied; make the file readable by the user that runs "
+                           "aqe-mcp"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{name}: cannot be read ({exc.strerror}); check the path"]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError([f"{name}: larger than 1 MiB; a configuration is a few KiB, so this is probably "
+                           "not the right file"])
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"{name}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file "
+                           "as UTF-8"]) from None
+
+
+def _yaml_problem(name: str, exc: yaml.MarkedYAMLError) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else name
+    problem = exc.problem or exc.context or "malformed YAML"
+    context = ""
+    if exc.context and exc.problem and exc.context_mark is not None:
+        context = f" ({exc.context} at line {exc.context_mark.line + 1})"
+    return f"{where}: YAML syntax error: {problem}{context}; check indentation, colons and quotes"
+
+
+class _Survey:
+    """One pass over the composed YAML before any value is built.
+
+    Records the line of every key path, finds keys written twice, and refuses documents whose
+    anchors and aliases expand past MAX_NODES, before construction could pay for the expansion.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lines: dict[KeyPath, int] = {}
+        self.repeats: list[tuple[KeyPath, int]] = []
+        self.visits = 0
+        self.distinct: set[int] = set()
+        self.enclosing: set[int] = set()  # the nodes being walked right now, to catch an alias loop
+
+    def walk(self, node: yaml.Node, path: KeyPath, depth: int) -> None:
+        self._count(node, depth)
+        if id(node) in self.enclosing:
+            line = node.start_mark.line + 1
+            raise ConfigError([f"{self.name}:{line}: an alias refers to a list or mapping that contains it, "
+                               "which never ends; write the values out instead"])
+        self.enclosing.add(id(node))
+        self._walk_children(node, path, depth)
+        self.enclosing.discard(id(node))
+
+    def _walk_children(self, node: yaml.Node, path: KeyPath, depth: int) -> None:
+        # setdefault: a merged mapping walked at the same path must not move the line of its host.
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.walk(item, (*path, index), depth + 1)
+        elif isinstance(node, yaml.MappingNode):
+            own = [(key, value) for key, value in node.value if key.tag != _MERGE_TAG]
+            # Merged keys are walked first so the mapping's own keys win, as they do in YAML.
+            for key, value in node.value:
+                if key.tag == _MERGE_TAG:
+                    self._count(key, depth + 1)
+                    merged = value.value if isinstance(value, yaml.SequenceNode) else [value]
+                    for source in merged:
+                        self.walk(source, path, depth + 1)
+            seen: dict[str, int] = {}
+            for key, value in own:
+                line = key.start_mark.line + 1
+                if not isinstance(key, yaml.ScalarNode):  # a complex key is refused later, but still counted
+                    self.walk(key, path, depth + 1)
+                    self.walk(value, path, depth + 1)
+                    continue
+                child = (*path, key.value)
+                if key.value in seen:
+                    self.repeats.append((child, seen[key.value]))
+                seen[key.value] = line
+                self.walk(value, child, depth + 1)
+                self.lines[child] = line
+
+    def _count(self, node: yaml.Node, depth: int) -> None:
+        self.visits += 1
+        self.distinct.add(id(node))
+        line = node.start_mark.line + 1
+        if depth > MAX_DEPTH:
+            raise ConfigError([f"{self.name}:{line}: nested more than {MAX_DEPTH} levels deep; "
+                               "a configuration is a few levels deep"])
+        if self.visits > MAX_NODES:
+            if len(self.distinct) < self.visits:
+                raise ConfigError([f"{self.name}:{line}: anchors and aliases expand to more than "
+                                   f"{MAX_NODES} YAML nodes (a billion-laughs pattern?); the file is refused "
+                                   "- write the values out instead of repeating aliases"])
+            raise ConfigError([f"{self.name}:{line}: more than {MAX_NODES} YAML nodes; a configuration has a "
+                               "few hundred, so this is probably not the right file"])
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """One struct's fields after decoding, for the checks that relate fields to each other."""
+
+    values: dict[str, Any]  # Python field name -> value, or _INVALID when it already failed
+    given: frozenset[str]  # the fields this source set (the others came from the current config)
+    path: KeyPath
+
+
+class _Checker:
+    """Turns plain YAML data into Config structs, collecting every problem instead of stopping at one."""
+
+    def __init__(self, locate: Locator) -> None:
+        self.locate = locate
+        self.errors: list[tuple[int, str]] = []
+
+    def fail(self, path: KeyPath, problem: str) -> None:
+        where, order = self.locate(path)
+        self.errors.append((order, f"{where}: {_dotted(path)}: {problem}" if path else f"{where}: {problem}"))
+
+    def messages(self) -> list[str]:
+        return [text for _, text in sorted(self.errors, key=lambda error: error[0])]
+
+    def decode(self, raw: Any, info: mi.Type, path: KeyPath, current: Any) -> Any:
+        if isinstance(info, mi.StructType):
+            return self._struct(raw, info, path, current)
+        if isinstance(info, mi.DictType):
+            return self._entries(raw, info, path, current)
+        if isinstance(info, mi.VarTupleType):
+            return self._list(raw, info, path)
+        return self._scalar(raw, info, path, current)
+
+    def _struct(self, raw: Any, info: mi.StructType, path: KeyPath, current: Any) -> Any:
+        if raw is None:  # a block whose keys are all commented out keeps its values
+            return current
+        if not isinstance(raw, dict):
+            self.fail(path, f"expected a mapping of `key: value` lines, got {_describe(raw)}")
+            return _INVALID
+        fields = {field.encode_name: field for field in info.fields}
+        strays = [key for key in raw if key not in fields]
+        for key in strays:
+            self._unknown(path, key, list(fields), "key")
+        values: dict[str, Any] = {}
+        for field in info.fields:
+            if field.encode_name in raw:
+                key_path = (*path, field.encode_name)
+                values[field.name] = self.decode(raw[field.encode_name], field.type, key_path,
+                                                 getattr(current, field.name))
+            else:
+                values[field.name] = getattr(current, field.name)
+        given = frozenset(field.name for field in info.fields if field.encode_name in raw)
+        check = _CHECKS.get(info.cls)
+        if check is not None:
+            check(self, _Decoded(values, given, path))
+        if strays or any(value is _INVALID for value in values.values()):
+            return _INVALID
+        return info.cls(**values)
+
+    def _entries(self, raw: Any, info: mi.DictType, path: KeyPath, current: dict[str, Any]) -> Any:
+        if raw is None:
+            return current
+        if not isinstance(raw, dict):
+            self.fail(path, f"expected a mapping of names to settings, got {_describe(raw)}")
+            return _INVALID
+        # Only names that have a default entry exist; an entry overrides some fields of that default.
+        result = dict(current)
+        noun = str(path[-1]).removesuffix("s") if path else "name"
+        for key, entry in raw.items():
+            if key not in current:
+                self._unknown(path, key, list(current), noun)
+                result[key] = _INVALID
+            else:
+                result[key] = self.decode(entry, info.value_type, (*path, key), current[key])
+        if any(value is _INVALID for value in result.values()):
+            return _INVALID
+        return result
+
+    def _list(self, raw: Any, info: mi.VarTupleType, path: KeyPath) -> Any:
+        if raw is None:  # every item commented out
+            return ()
+        if not isinstance(raw, list):
+            self.fail(path, f"expected a list (`- item` lines or [a, b]), got {_describe(raw)}")
+            return _INVALID
+        items = tuple(self.decode(item, info.item_type, (*path, i), None) for i, item in enumerate(raw))
+        return _INVALID if any(item is _INVALID for item in items) else items
+
+    def _scalar(self, raw: Any, info: mi.Type, path: KeyPath, current: Any) -> Any:
+        value = _coerce(raw, info)
+        if value is _INVALID:
+            self.fail(path, _type_problem(raw, info, path, current))
+            return _INVALID
+        problem = _range_problem(raw, value, info)
+        if problem is not None:
+            self.fail(path, problem)
+            return _INVALID
+        return value
+
+    def _unknown(self, path: KeyPath, key: Any, choices: list[str], noun: str) -> None:
+        if not isinstance(key, str):
+            self.fail((*path, str(key)), f"a {noun} must be a name, got {_describe(key)}")
+            return
+        guess = _closest(key, choices)
+        hint = f"did you mean `{guess}`?" if guess else f"expected one of: {', '.join(choices)}"
+        self.fail((*path, key), f"unknown {noun} `{key}`; {hint}")
+
+
+def _coerce(raw: Any, info: mi.Type) -> Any:
+    """The value typed as the field wants it, or _INVALID. bool is refused where numbers are expected."""
+    if isinstance(info, mi.BoolType):
+        return raw if isinstance(raw, bool) else _INVALID
+    if isinstance(info, mi.IntType):
+        return raw if isinstance(raw, int) and not isinstance(raw, bool) else _INVALID
+    if isinstance(info, mi.FloatType):
+        return float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else _INVALID
+    if isinstance(info, mi.StrType):
+        return raw if isinstance(raw, str) else _INVALID
+    if isinstance(info, mi.LiteralType):
+        return raw if isinstance(raw, str) and raw in info.values else _INVALID
+    raise TypeError(f"config field type {info!r} has no YAML reader; extend _coerce")
+
+
+def _type_problem(raw: Any, info: mi.Type, path: KeyPath, current: Any) -> str:
+    if isinstance(info, mi.LiteralType):
+        choices = [str(value) for value in info.values]
+        guess = _closest(raw, choices) if isinstance(raw, str) else None
+        shown = f"`{raw}`" if isinstance(raw, str) else _describe(raw)
+        if guess:
+            return f"unknown {path[-1]} {shown}; did you mean `{guess}`? (choices: {', '.join(choices)})"
+        return f"unknown {path[-1]} {shown}; expected one of: {', '.join(choices)}"
+    problem = f"expected {_expected(info, path)}, got {_describe(raw)}"
+    if raw is None and current is not None:
+        default = msgspec.json.encode(current).decode()
+        problem += f"; give a value, or delete the line to use the default ({default})"
+    elif isinstance(raw, str) and isinstance(info, mi.IntType | mi.FloatType) and _is_number(raw):
+        problem += "; remove the quotes"
+    return problem
+
+
+def _expected(info: mi.Type, path: KeyPath) -> str:
+    if isinstance(info, mi.IntType):
+        return "an integer number of milliseconds" if str(path[-1]).endswith("Ms") else "an integer"
+    if isinstance(info, mi.FloatType):
+        return "a number"
+    if isinstance(info, mi.BoolType):
+        return "true or false"
+    return "a string"
+
+
+def _range_problem(raw: Any, value: Any, info: mi.Type) -> str | None:
+    if isinstance(info, mi.StrType):
+        return "must not be empty" if info.min_length and len(value) < info.min_length else None
+    if not isinstance(info, mi.IntType | mi.FloatType):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {raw}"
+    low, high = info.ge, info.le
+    if low is not None and high is not None and not low <= value <= high:
+        if (low, high) == (0, 1):
+            return f"must be a fraction between 0 and 1 (0.9 means 90%), got {raw}"
+        return f"must be between {low} and {high}, got {raw}"
+    if info.gt is not None and not value > info.gt:
+        return f"must be greater than {info.gt}, got {raw}"
+    if low is not None and not value >= low:
+        return f"must be at least {low}, got {raw}"
+    return None
+
+
+def _check_server(checker: _Checker, server: _Decoded) -> None:
+    origins = server.values["allowed_origins"]
+    if origins is not _INVALID:
+        for index, origin in enumerate(origins):
+            if not _is_origin(origin):
+                checker.fail((*server.path, "allowedOrigins", index),
+                             f"`{origin}` is not an origin; write scheme://host[:port] with no path, "
+                             "e.g. `https://app.example.com`")
+    sock = server.values["control_socket"]
+    if sock is not _INVALID and len(os.fsencode(sock)) > MAX_SOCKET_PATH_BYTES:
+        checker.fail((*server.path, "controlSocket"),
+                     f"is {len(os.fsencode(sock))} bytes long; unix socket paths are limited to "
+                     f"{MAX_SOCKET_PATH_BYTES} bytes, so choose a shorter path")
+
+
+def _is_origin(text: str) -> bool:
+    parts = urlsplit(text)
+    return (
+        parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path in ("", "/")
+        and not parts.query and not parts.fragment and parts.username is None
+    )
+
+
+def _check_pool(checker: _Checker, pool: _Decoded) -> None:
+    low, high = pool.values["min_connections"], pool.values["max_connections"]
+    if low is _INVALID or high is _INVALID or low <= high:
+        return
+    only_max_given = "max_connections" in pool.given and "min_connections" not in pool.given
+    key = "maxConnections" if only_max_given else "minConnections"
+    checker.fail((*pool.path, key), f"minConnections ({low}) is larger than maxConnections ({high}); "
+                                    "lower minConnections or raise maxConnections")
+
+
+def _check_registry(checker: _Checker, registry: _Decoded) -> None:
+    enabled, size = registry.values["cache_enabled"], registry.values["cache_size"]
+    if enabled is True and size is not _INVALID and size < 1:
+        checker.fail((*registry.path, "cacheSize"),
+                     f"must be at least 1 while cacheEnabled is true, got {size}; raise it or set "
+                     "cacheEnabled: false")
+
+
+_CHECKS: Final[dict[type, Callable[[_Checker, _Decoded], None]]] = {
+    ServerConfig: _check_server,
+    PoolConfig: _check_pool,
+    RegistryConfig: _check_registry,
+}
+_CONFIG_INFO: Final = mi.type_info(Config)
+
+
+def _closest(word: str, choices: list[str]) -> str | None:
+    # Case, '_' and '-' are folded so `max_connections` and `MaxConnections` still find `maxConnections`.
+    match = process.extractOne(word, choices, scorer=fuzz.ratio, processor=_fold, score_cutoff=70)
+    return match[0] if match else None
+
+
+def _fold(text: str) -> str:
+    return text.lower().replace("_", "").replace("-", "")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _dotted(path: KeyPath) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the string {shown!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__} ({value!s:.40})"

@@ -1,0 +1,200 @@
+"""The appliance's HTTP routes: /mcp (Streamable HTTP, both eras), /healthz and /readyz.
+
+Request checks that are about HTTP rather than MCP live here: Host and Origin (DNS-rebinding
+protection), media types, and turning an MCP reply into JSON or a server-sent event stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from qe_appliance.http.server import Exchange, Response, Stream
+from qe_appliance.mcp import dispatcher as mcp
+from qe_appliance.mcp import jsonrpc as rpc
+from qe_appliance.mcp.sessions import SessionTable
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hostname(value: str) -> str:
+    """Host header or origin authority -> bare host name (no port, no IPv6 brackets), lower-cased."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class AccessPolicy:
+    """Which Host and Origin values a request may carry."""
+
+    def __init__(self, bind_host: str, allowed_origins: Iterable[str]) -> None:
+        self.loopback_only = is_loopback(bind_host)
+        self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
+
+    def check(self, headers: dict[str, str]) -> Response | None:
+        host = headers.get("host")
+        if host is None:
+            return _plain_error(400, "missing Host header")
+        if self.loopback_only and not is_loopback(_hostname(host)):
+            # A browser tricked by DNS rebinding sends the attacker's name; a local client sends ours.
+            return _plain_error(421, f"Host {host!r} is not served here: this server listens on loopback only")
+        origin = headers.get("origin")
+        if origin is not None and not self._origin_allowed(origin):
+            return _plain_error(403, f"Origin {origin!r} is not allowed (add it to server.allowedOrigins)")
+        return None
+
+    def _origin_allowed(self, origin: str) -> bool:
+        origin = origin.strip().rstrip("/").lower()
+        if origin in self.allowed_origins:
+            return True
+        if not self.loopback_only:
+            return False
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and is_loopback(parts.hostname or "")
+
+
+def _plain_error(status: int, message: str) -> Response:
+    return Response(status, msgspec.json.encode({"error": message}))
+
+
+def _rpc_error(status: int, code: int, message: str) -> Response:
+    return Response(status, rpc.error_bytes(None, code, message))
+
+
+def _accepts(headers: dict[str, str], media: str) -> bool:
+    accept = headers.get("accept")
+    if accept is None:
+        return True
+    kinds = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
+    major = media.split("/", 1)[0]
+    return media in kinds or "*/*" in kinds or f"{major}/*" in kinds
+
+
+class Routes:
+    """Dispatches an HTTP exchange to the MCP endpoint or a probe."""
+
+    def __init__(
+        self,
+        dispatcher: mcp.Dispatcher,
+        sessions: SessionTable,
+        policy: AccessPolicy,
+        readiness: Callable[[], str | None],
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.sessions = sessions
+        self.policy = policy
+        # Returns None when ready, else why not (e.g. "draining"): /readyz and new MCP work get 503.
+        self.readiness = readiness
+
+    async def __call__(self, ex: Exchange) -> Response | None:
+        req = ex.request
+        if req.path == "/mcp":
+            denied = self.policy.check(req.headers)
+            if denied is not None:
+                return denied
+            not_ready = self.readiness()
+            if not_ready is not None:
+                return Response(
+                    503, msgspec.json.encode({"error": f"server is {not_ready}"}), headers=[("retry-after", "5")]
+                )
+            if req.method == "POST":
+                return await self._post(ex)
+            if req.method == "GET":
+                return await self._get(ex)
+            if req.method == "DELETE":
+                return self._delete(req.headers)
+            return Response(
+                405, b'{"error":"use POST, GET or DELETE on /mcp"}', headers=[("allow", "POST, GET, DELETE")]
+            )
+        if req.path in ("/healthz", "/readyz"):
+            if req.method not in ("GET", "HEAD"):
+                return Response(405, b'{"error":"use GET"}', headers=[("allow", "GET, HEAD")])
+            if req.path == "/readyz":
+                state = self.readiness()
+                if state is not None:
+                    return Response(503, msgspec.json.encode({"status": state}))
+                return Response(200, b'{"status":"ready"}')
+            return Response(200, b'{"status":"ok"}')
+        return Response(404, msgspec.json.encode({"error": f"no route for {req.path}; MCP is served at /mcp"}))
+
+    async def _post(self, ex: Exchange) -> Response | None:
+        headers = ex.request.headers
+        ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            return _rpc_error(415, rpc.INVALID_REQUEST, "Content-Type must be application/json")
+        if not (_accepts(headers, "application/json") or _accepts(headers, "text/event-stream")):
+            return _rpc_error(406, rpc.INVALID_REQUEST, "Accept must allow application/json and text/event-stream")
+        stream: Stream | None = None
+
+        async def send(event: bytes) -> None:
+            # The first in-band notification turns this reply into an event stream.
+            nonlocal stream
+            if stream is None:
+                if not _accepts(headers, "text/event-stream"):
+                    return
+                stream = ex.start_stream(200, "text/event-stream", [])
+            await stream.write(b"event: message\ndata: " + event + b"\n\n")
+
+        exchange = mcp.Exchange(headers=headers, duplicated=ex.request.duplicated, send=send)
+        reply = await self.dispatcher.handle(ex.request.body, exchange)
+        if stream is not None:
+            if reply.body is not None:
+                await stream.write(b"event: message\ndata: " + reply.body + b"\n\n")
+            return None
+        if reply.body is None:
+            return Response(reply.status, b"", headers=reply.headers)
+        return Response(reply.status, reply.body, headers=reply.headers)
+
+    def _session_or_error(self, headers: dict[str, str]) -> Any:
+        sid = headers.get("mcp-session-id")
+        if not sid:
+            return _rpc_error(400, rpc.INVALID_REQUEST, "missing Mcp-Session-Id header")
+        session = self.sessions.get(sid.strip())
+        if session is None:
+            return _rpc_error(404, rpc.INVALID_REQUEST, "unknown or expired session: initialize a new one")
+        return session
+
+    async def _get(self, ex: Exchange) -> Response | None:
+        headers = ex.request.headers
+        if not _accepts(headers, "text/event-stream"):
+            return _rpc_error(406, rpc.INVALID_REQUEST, "GET /mcp opens an event stream: Accept text/event-stream")
+        session = self._session_or_error(headers)
+        if isinstance(session, Response):
+            return session
+        if session.listeners:
+            return _rpc_error(409, rpc.INVALID_REQUEST, "this session already has an open event stream")
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        session.listeners.add(queue)
+        stream = ex.start_stream(200, "text/event-stream", [])
+        try:
+            # A comment first so the client sees the stream is open before any event.
+            await stream.write(b": stream open\n\n")
+            while (event := await queue.get()) is not None:
+                await stream.write(b"event: message\ndata: " + event + b"\n\n")
+        except ConnectionError:
+            pass
+        finally:
+            session.listeners.discard(queue)
+        return None
+
+    def _delete(self, headers: dict[str, str]) -> Response:
+        session = self._session_or_error(headers)
+        if isinstance(session, Response):
+            return session
+        self.sessions.remove(session.id)
+        return Response(204, b"")

@@ -1,0 +1,560 @@
+"""Transport-independent MCP dispatch for both protocol eras.
+
+The 2026-07-28 era is stateless: every request carries its protocol version and client capabilities in
+`params._meta`, and HTTP routing headers must agree with the body. The handshake era (2024-11-05 ..
+2025-11-25) negotiates once with `initialize` and then lives in a Session. HTTP and stdio both hand one
+message at a time to `Dispatcher.handle` and write back the `Reply` it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from qe_appliance import SERVER_NAME, __version__
+from qe_appliance.mcp import jsonrpc as rpc
+from qe_appliance.mcp.jsonrpc import RpcError
+from qe_appliance.mcp.sessions import LOG_LEVELS, Session, SessionTable
+from qe_appliance.registry import ToolRegistry, UnknownToolError
+from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
+
+log = logging.getLogger("aqe_mcp.dispatch")
+
+INSTRUCTIONS = (
+    "Quality-engineering tools: generate tests, analyse coverage and its riskiest gaps, gate a release, "
+    "measure code quality, remember and learn what worked, and spread heavy work over a fleet of agents. "
+    "Tool names are resolved with typo tolerance; the result's _meta says which tool ran."
+)
+CAPABILITIES: dict[str, Any] = {"tools": {"listChanged": True}, "logging": {}}
+SERVER_INFO = {"name": SERVER_NAME, "title": "aqe-mcp QE server", "version": __version__}
+LIST_TTL_MS = 30_000
+REQUEST_CANCELLED = -32800
+
+Send = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass
+class Exchange:
+    """One inbound message as its transport saw it.
+
+    `headers` are lower-cased HTTP headers (None on stdio, which skips the header checks);
+    `duplicated` names headers sent more than once; `session` is the stdio connection's session;
+    `send` delivers a notification in-band before the reply (HTTP turns the reply into SSE).
+    """
+
+    headers: Mapping[str, str] | None = None
+    duplicated: frozenset[str] = frozenset()
+    session: Session | None = None
+    send: Send | None = None
+
+
+@dataclass
+class Reply:
+    """What to send back: HTTP status, JSON body (None for 202) and extra headers."""
+
+    status: int = 200
+    body: bytes | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+ACCEPTED = Reply(202)
+
+
+class CallParams(msgspec.Struct):
+    name: Any = None
+    arguments: msgspec.Raw = msgspec.Raw(b"")
+    meta: Any = msgspec.field(default=None, name="_meta")
+
+
+class AnyParams(msgspec.Struct):
+    meta: Any = msgspec.field(default=None, name="_meta")
+    cursor: Any = None
+
+
+_call_params = msgspec.json.Decoder(CallParams)
+_any_params = msgspec.json.Decoder(AnyParams)
+_plain = msgspec.json.Decoder()
+_B64 = re.compile(r"^=\?base64\?(.*)\?=$")
+_CANON_INT = re.compile(r"^-?[0-9]+(\.0+)?$")
+
+
+def decode_header_value(value: str | None) -> str | None:
+    """Trim optional whitespace and undo the `=?base64?...?=` wrapping; None when malformed."""
+    if value is None:
+        return None
+    value = value.strip(" \t")
+    m = _B64.fullmatch(value)
+    if m is None:
+        return value
+    try:
+        raw = base64.b64decode(m.group(1), validate=True)
+        return raw.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _header_params(tool: ToolSpec) -> tuple[tuple[tuple[str, ...], str, Any], ...]:
+    """(property path, header token, JSON type) of every `x-mcp-header` property of a tool's input."""
+    found: list[tuple[tuple[str, ...], str, Any]] = []
+    stack: list[tuple[tuple[str, ...], Any]] = [((), tool.input_schema)]
+    while stack:
+        path, schema = stack.pop()
+        if not isinstance(schema, dict):
+            continue
+        token = schema.get("x-mcp-header")
+        if path and isinstance(token, str):
+            found.append((path, token, schema.get("type")))
+        for name, sub in (schema.get("properties") or {}).items():
+            stack.append(((*path, name), sub))
+    return tuple(found)
+
+
+def _render(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    return None
+
+
+def _validation_message(tool: str, exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    text = re.sub(r" - at `\$\.?([^`]*)`", lambda m: f" (argument `{m.group(1) or '(root)'}`)", text)
+    text = text.replace("Object missing required field", "missing required argument")
+    text = text.replace("Object contains unknown field", "unknown argument")
+    return f"invalid arguments for {tool}: {text}. See the tool's inputSchema in tools/list."
+
+
+class Dispatcher:
+    """Routes JSON-RPC messages to MCP methods; owns nothing but references to the appliance parts."""
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        services: Any,
+        sessions: SessionTable,
+        *,
+        page_size: int = 100,
+    ) -> None:
+        self.registry = registry
+        self.services = services
+        self.sessions = sessions
+        self.page_size = page_size
+        self._header_params: dict[str, tuple[tuple[tuple[str, ...], str, Any], ...]] = {}
+        self._tool_pages: list[dict[str, Any]] = []
+        self.set_registry(registry)
+
+    def set_registry(self, registry: ToolRegistry) -> None:
+        self.registry = registry
+        self._tool_pages = [tool.wire() for tool in registry.tools()]
+        self._header_params = {tool.name: _header_params(tool) for tool in registry.tools()}
+
+    # ---- entry point -------------------------------------------------------------------------------
+
+    async def handle(self, body: bytes, exch: Exchange) -> Reply:
+        msg_id: Any = None
+        try:
+            msg = rpc.decode_message(body)
+            if msg.method is msgspec.UNSET:
+                return ACCEPTED  # a response to a server request; we send none, so nothing to match
+            is_request = msg.id is not msgspec.UNSET
+            msg_id = msg.id if is_request else None
+            method: str = msg.method
+            raw_params = bytes(msg.params)
+            if method == "tools/call":
+                params: Any = self._decode(_call_params, raw_params)
+            else:
+                params = self._decode(_any_params, raw_params)
+            meta = params.meta if isinstance(params.meta, dict) else None
+            if self._is_modern(meta, method, exch):
+                if not is_request:
+                    # The 2026-07-28 wire defines no client notifications; a stdio client may still
+                    # cancel, which is honoured on its connection.
+                    if exch.session is not None:
+                        self._notification(method, raw_params, exch.session)
+                    return ACCEPTED
+                version = self._modern_ladder(method, params, meta, exch)
+                result = await self._modern(method, msg_id, params, meta or {}, raw_params, exch)
+                return Reply(200, rpc.result_bytes(msg_id, self._stamp(result, version)))
+            return await self._legacy(msg_id, is_request, method, params, meta, raw_params, exch)
+        except RpcError as exc:
+            if msg_id is None and exc.code not in (rpc.PARSE_ERROR, rpc.INVALID_REQUEST):
+                # Errors about notifications have nobody to go to; the transport still acknowledges.
+                return ACCEPTED
+            status = exc.http_status or rpc.HTTP_STATUS.get(exc.code, 200)
+            return Reply(status, rpc.error_bytes(msg_id, exc.code, exc.message, exc.data))
+
+    @staticmethod
+    def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
+        if not raw or raw == b"null":
+            return decoder.decode(b"{}")
+        try:
+            return decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise RpcError(rpc.INVALID_PARAMS, f"invalid params: {exc}") from None
+
+    @staticmethod
+    def _is_modern(meta: dict[str, Any] | None, method: str, exch: Exchange) -> bool:
+        if meta is not None and rpc.META_PROTOCOL_VERSION in meta:
+            return True
+        if method == "server/discover":
+            return True
+        headers = exch.headers
+        return headers is not None and (headers.get("mcp-protocol-version", "").strip() in rpc.MODERN_VERSIONS)
+
+    # ---- 2026-07-28 --------------------------------------------------------------------------------
+
+    def _modern_ladder(self, method: str, params: Any, meta: dict[str, Any] | None, exch: Exchange) -> str:
+        """The envelope and routing-header checks, in the order the reference SDK applies them."""
+        if meta is None:
+            raise RpcError(
+                rpc.INVALID_PARAMS,
+                f"params._meta must be an object carrying {rpc.META_PROTOCOL_VERSION!r} and "
+                f"{rpc.META_CLIENT_CAPABILITIES!r} (the 2026-07-28 per-request envelope)",
+            )
+        missing = [k for k in (rpc.META_PROTOCOL_VERSION, rpc.META_CLIENT_CAPABILITIES) if k not in meta]
+        if missing:
+            raise RpcError(
+                rpc.INVALID_PARAMS, f"params._meta is missing the required envelope key(s): {', '.join(missing)}"
+            )
+        version = meta[rpc.META_PROTOCOL_VERSION]
+        headers = exch.headers
+        if headers is not None:
+            for name in ("mcp-protocol-version", "mcp-method", "mcp-name"):
+                if name in exch.duplicated:
+                    raise RpcError(rpc.HEADER_MISMATCH, f"the {name} header appears more than once")
+            if decode_header_value(headers.get("mcp-protocol-version")) != version:
+                raise RpcError(
+                    rpc.HEADER_MISMATCH,
+                    f"MCP-Protocol-Version header does not match params._meta protocol version ({version!r})",
+                )
+            if decode_header_value(headers.get("mcp-method")) != method:
+                raise RpcError(rpc.HEADER_MISMATCH, f"Mcp-Method header does not match the body's method {method!r}")
+            if method == "tools/call" and params.name is not None:
+                if decode_header_value(headers.get("mcp-name")) != params.name:
+                    raise RpcError(rpc.HEADER_MISMATCH, f"Mcp-Name header does not match params.name {params.name!r}")
+        if not isinstance(version, str):
+            raise RpcError(rpc.INVALID_PARAMS, "the protocol-version envelope value must be a string")
+        if version not in rpc.MODERN_VERSIONS:
+            raise RpcError(
+                rpc.UNSUPPORTED_PROTOCOL_VERSION,
+                f"unsupported protocol version {version!r}",
+                {"supported": list(rpc.MODERN_VERSIONS), "requested": version},
+            )
+        return version
+
+    async def _modern(
+        self, method: str, msg_id: Any, params: Any, meta: dict[str, Any], raw: bytes, exch: Exchange
+    ) -> dict[str, Any]:
+        if method == "tools/call":
+            level = meta.get(rpc.META_LOG_LEVEL)
+            log_level = LOG_LEVELS.index(level) if level in LOG_LEVELS else None
+            return await self._call_tool(True, params, meta, exch, log_level, exch.session, msg_id)
+        if method == "tools/list":
+            result = self._list_tools(params.cursor)
+            result["ttlMs"] = LIST_TTL_MS
+            result["cacheScope"] = "public"
+            return result
+        if method == "server/discover":
+            return {
+                "supportedVersions": list(rpc.MODERN_VERSIONS),
+                "capabilities": CAPABILITIES,
+                "instructions": INSTRUCTIONS,
+                "ttlMs": LIST_TTL_MS,
+                "cacheScope": "public",
+            }
+        raise RpcError(rpc.METHOD_NOT_FOUND, f"method {method!r} is not available in protocol 2026-07-28")
+
+    @staticmethod
+    def _stamp(result: dict[str, Any], version: str) -> dict[str, Any]:
+        result["resultType"] = "complete"
+        meta = result.setdefault("_meta", {})
+        meta[rpc.META_SERVER_INFO] = SERVER_INFO
+        return result
+
+    # ---- 2024-11-05 .. 2025-11-25 ------------------------------------------------------------------
+
+    async def _legacy(
+        self,
+        msg_id: Any,
+        is_request: bool,
+        method: str,
+        params: Any,
+        meta: dict[str, Any] | None,
+        raw: bytes,
+        exch: Exchange,
+    ) -> Reply:
+        if method == "initialize":
+            if not is_request:
+                return ACCEPTED
+            return self._initialize(msg_id, raw, exch)
+        session = self._session_of(exch)
+        if not is_request:
+            self._notification(method, raw, session)
+            return ACCEPTED
+        if method == "ping":
+            return Reply(200, rpc.result_bytes(msg_id, {}))
+        if not session.initialized and exch.headers is None and method != "logging/setLevel":
+            # On stdio nothing is known about the client until it says initialize.
+            raise RpcError(
+                rpc.INVALID_REQUEST,
+                "send initialize first, or use the 2026-07-28 per-request _meta envelope",
+            )
+        if method == "tools/list":
+            return Reply(200, rpc.result_bytes(msg_id, self._list_tools(params.cursor)))
+        if method == "tools/call":
+            result = await self._call_tool(False, params, meta or {}, exch, session.log_level, session, msg_id)
+            return Reply(200, rpc.result_bytes(msg_id, result))
+        if method == "logging/setLevel":
+            level = _plain.decode(raw or b"{}").get("level")
+            if level not in LOG_LEVELS:
+                raise RpcError(rpc.INVALID_PARAMS, f"level must be one of {', '.join(LOG_LEVELS)}; got {level!r}")
+            session.log_level = LOG_LEVELS.index(level)
+            return Reply(200, rpc.result_bytes(msg_id, {}))
+        raise RpcError(rpc.METHOD_NOT_FOUND, f"method {method!r} not found")
+
+    def _session_of(self, exch: Exchange) -> Session:
+        if exch.session is not None:
+            return exch.session
+        assert exch.headers is not None, "a transport without headers must supply its session"
+        sid = exch.headers.get("mcp-session-id")
+        if not sid:
+            raise SessionMissing()
+        session = self.sessions.get(sid.strip())
+        if session is None:
+            raise SessionUnknown()
+        version = exch.headers.get("mcp-protocol-version")
+        if version is not None and version.strip() not in rpc.HANDSHAKE_VERSIONS:
+            raise RpcError(
+                rpc.INVALID_REQUEST,
+                f"unsupported MCP-Protocol-Version {version.strip()!r}; supported: "
+                + ", ".join(rpc.HANDSHAKE_VERSIONS),
+            )
+        return session
+
+    def _initialize(self, msg_id: Any, raw: bytes, exch: Exchange) -> Reply:
+        params = _plain.decode(raw or b"{}")
+        requested = params.get("protocolVersion")
+        if not isinstance(requested, str):
+            raise RpcError(rpc.INVALID_PARAMS, "initialize needs params.protocolVersion (a string)")
+        version = requested if requested in rpc.HANDSHAKE_VERSIONS else rpc.LATEST_HANDSHAKE
+        headers: list[tuple[str, str]] = []
+        if exch.session is not None:
+            session = exch.session
+            session.protocol_version = version
+            session.client_info = params.get("clientInfo")
+        else:
+            session = self.sessions.create(version, params.get("clientInfo"))
+            headers.append(("Mcp-Session-Id", session.id))
+        result = {
+            "protocolVersion": version,
+            "capabilities": CAPABILITIES,
+            "serverInfo": SERVER_INFO,
+            "instructions": INSTRUCTIONS,
+        }
+        return Reply(200, rpc.result_bytes(msg_id, result), headers)
+
+    @staticmethod
+    def _notification(method: str, raw: bytes, session: Session) -> None:
+        if method == "notifications/initialized":
+            session.initialized = True
+        elif method == "notifications/cancelled":
+            params = _plain.decode(raw or b"{}")
+            fut = session.inflight.get(params.get("requestId"))
+            if fut is not None:
+                fut.cancel()
+
+    # ---- methods shared by both eras --------------------------------------------------------------
+
+    def _list_tools(self, cursor: Any) -> dict[str, Any]:
+        start = 0
+        if cursor is not None:
+            start = self._decode_cursor(cursor)
+        tools = self._tool_pages
+        page = tools[start : start + self.page_size]
+        result: dict[str, Any] = {"tools": page}
+        if start + self.page_size < len(tools):
+            result["nextCursor"] = base64.urlsafe_b64encode(f"tools:{start + self.page_size}".encode()).decode()
+        return result
+
+    def _decode_cursor(self, cursor: Any) -> int:
+        try:
+            text = base64.urlsafe_b64decode(str(cursor).encode()).decode()
+            kind, _, offset = text.partition(":")
+            start = int(offset)
+            if kind != "tools" or not 0 <= start < len(self._tool_pages):
+                raise ValueError
+            return start
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise RpcError(
+                rpc.INVALID_PARAMS, "invalid cursor: pass back the nextCursor of a previous tools/list"
+            ) from None
+
+    async def _call_tool(
+        self,
+        modern: bool,
+        params: CallParams,
+        meta: dict[str, Any],
+        exch: Exchange,
+        log_level: int | None,
+        session: Session | None,
+        msg_id: Any,
+    ) -> dict[str, Any]:
+        name = params.name
+        if not isinstance(name, str) or not name:
+            raise RpcError(rpc.INVALID_PARAMS, "tools/call needs params.name (the tool's name, a string)")
+        try:
+            tool, fuzzy = self.registry.resolve(name)
+        except UnknownToolError as exc:
+            raise RpcError(rpc.INVALID_PARAMS, str(exc), {"name": name, "suggestions": exc.suggestions}) from None
+        raw_args = bytes(params.arguments)
+        if not raw_args or raw_args == b"null":
+            raw_args = b"{}"
+        if modern and exch.headers is not None and self._header_params.get(tool.name):
+            # A client mirrors only the headers of tools it listed: a typo it sent has none to mirror.
+            self._check_param_headers(tool, raw_args, exch, absent_ok=fuzzy)
+        try:
+            args = msgspec.json.decode(raw_args, type=tool.input_type)
+        except msgspec.ValidationError as exc:
+            return _error_result(_validation_message(tool.name, exc))
+        except msgspec.DecodeError as exc:
+            return _error_result(f"invalid arguments for {tool.name}: {exc}")
+        ctx = ToolContext(
+            services=self.services,
+            progress=self._progress_fn(meta.get("progressToken"), exch),
+            log=self._log_fn(log_level, exch),
+            tool_name=tool.name,
+        )
+        result = await self._run(tool, ctx, args, session, msg_id)
+        if fuzzy:
+            result.setdefault("_meta", {}).update({"io.aqe/requestedTool": name, "io.aqe/resolvedTool": tool.name})
+        return result
+
+    async def _run(
+        self, tool: ToolSpec, ctx: ToolContext, args: Any, session: Session | None, msg_id: Any
+    ) -> dict[str, Any]:
+        coro = tool.handler(ctx, args)
+        try:
+            if session is None:
+                value = await coro
+            else:
+                # A separate task so notifications/cancelled can stop this call and only this call.
+                task = asyncio.ensure_future(coro)
+                session.inflight[msg_id] = task
+                try:
+                    value = await task
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if task.cancelled() and not (current and current.cancelling()):
+                        raise RpcError(REQUEST_CANCELLED, "request cancelled by the client") from None
+                    raise
+                finally:
+                    session.inflight.pop(msg_id, None)
+        except ToolError as exc:
+            return _error_result(str(exc))
+        except (RpcError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("tool %s failed", tool.name)
+            return _error_result(f"{tool.name} failed: {type(exc).__name__}: {exc}")
+        encoded = rpc.encoder.encode(value)
+        return {
+            "content": [{"type": "text", "text": encoded.decode()}],
+            "structuredContent": msgspec.Raw(encoded),
+            "isError": False,
+        }
+
+    def _check_param_headers(self, tool: ToolSpec, raw_args: bytes, exch: Exchange, absent_ok: bool) -> None:
+        """`Mcp-Param-*` headers must mirror the `x-mcp-header` arguments they claim to carry."""
+        assert exch.headers is not None
+        try:
+            arguments = _plain.decode(raw_args)
+        except msgspec.DecodeError:
+            return  # argument decoding reports it with the tool's own message
+        for path, token, json_type in self._header_params[tool.name]:
+            header = f"Mcp-Param-{token}"
+            key = header.lower()
+            raw = exch.headers.get(key)
+            value: Any = arguments
+            for part in path:
+                value = value.get(part) if isinstance(value, dict) else None
+            where = ".".join(path)
+            if raw is not None and key in exch.duplicated:
+                raise RpcError(rpc.HEADER_MISMATCH, f"{header} header appears more than once")
+            rendered = _render(value) if value is not None else None
+            if rendered is None:
+                if raw is not None:
+                    raise RpcError(rpc.HEADER_MISMATCH, f"{header} header is present but argument {where!r} is absent")
+                continue
+            if raw is None:
+                if absent_ok:
+                    continue
+                raise RpcError(rpc.HEADER_MISMATCH, f"{header} header is missing but argument {where!r} is present")
+            decoded = decode_header_value(raw)
+            if decoded is None:
+                raise RpcError(rpc.HEADER_MISMATCH, f"{header} header carries a malformed base64 value")
+            same = decoded == rendered
+            if not same and json_type == "integer" and _CANON_INT.fullmatch(decoded):
+                same = isinstance(value, int | float) and int(decoded.split(".")[0]) == value
+            if not same:
+                raise RpcError(rpc.HEADER_MISMATCH, f"{header} header does not match argument {where!r}")
+
+    @staticmethod
+    def _progress_fn(token: Any, exch: Exchange) -> Callable[[float, float | None, str | None], Awaitable[None]]:
+        send = exch.send
+        last = [float("-inf")]
+
+        async def progress(value: float, total: float | None = None, message: str | None = None) -> None:
+            if token is None or send is None or value <= last[0]:
+                return  # progress must increase; a repeat would confuse the client's bar
+            last[0] = value
+            params: dict[str, Any] = {"progressToken": token, "progress": value}
+            if total is not None:
+                params["total"] = total
+            if message is not None:
+                params["message"] = message
+            await send(rpc.notification_bytes("notifications/progress", params))
+
+        return progress
+
+    @staticmethod
+    def _log_fn(level: int | None, exch: Exchange) -> Callable[[str, str], Awaitable[None]]:
+        send = exch.send
+
+        async def emit(name: str, text: str) -> None:
+            if level is None or send is None or name not in LOG_LEVELS or LOG_LEVELS.index(name) < level:
+                return
+            await send(
+                rpc.notification_bytes("notifications/message", {"level": name, "logger": SERVER_NAME, "data": text})
+            )
+
+        return emit
+
+
+def _error_result(text: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": text}], "isError": True}
+
+
+class SessionMissing(RpcError):
+    """Handshake-era request without Mcp-Session-Id: HTTP 400."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            rpc.INVALID_REQUEST,
+            "missing Mcp-Session-Id header: send initialize first (or use the 2026-07-28 _meta envelope)",
+        )
+
+
+class SessionUnknown(RpcError):
+    """Unknown or ended session: HTTP 404 tells the client to initialize again."""
+
+    def __init__(self) -> None:
+        super().__init__(rpc.INVALID_REQUEST, "unknown or expired session: initialize a new one", http_status=404)

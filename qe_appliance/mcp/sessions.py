@@ -1,0 +1,116 @@
+"""Handshake-era sessions: bounded in number, expired when idle, cheap to look up.
+
+A stdio connection is one Session too (created by the transport, never in the table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import OrderedDict
+from typing import Any
+
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+
+class Session:
+    """What the server remembers between requests of one handshake-era client."""
+
+    __slots__ = (
+        "id",
+        "protocol_version",
+        "client_info",
+        "initialized",
+        "log_level",
+        "last_seen",
+        "inflight",
+        "listeners",
+    )
+
+    def __init__(self, session_id: str, protocol_version: str, client_info: Any = None) -> None:
+        self.id = session_id
+        self.protocol_version = protocol_version
+        self.client_info = client_info
+        self.initialized = False
+        # Index into LOG_LEVELS; None means the client never asked for log messages.
+        self.log_level: int | None = None
+        self.last_seen = time.monotonic()
+        self.inflight: dict[Any, asyncio.Future[Any]] = {}
+        # Queues of open GET /mcp streams, fed with server-initiated notifications.
+        self.listeners: set[asyncio.Queue[bytes | None]] = set()
+
+    def close(self) -> None:
+        for fut in self.inflight.values():
+            fut.cancel()
+        for queue in self.listeners:
+            queue.put_nowait(None)
+        self.listeners.clear()
+
+
+class SessionTable:
+    """Sessions by id, least recently used first; the oldest is evicted when the table is full."""
+
+    def __init__(self, max_sessions: int, idle_timeout_s: float) -> None:
+        self.max_sessions = max_sessions
+        self.idle_timeout_s = idle_timeout_s
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self.created = 0
+        self.expired = 0
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(self, protocol_version: str, client_info: Any) -> Session:
+        self.sweep()
+        while len(self._sessions) >= self.max_sessions:
+            _, oldest = self._sessions.popitem(last=False)
+            oldest.close()
+            self.evicted += 1
+        session = Session(secrets.token_urlsafe(24), protocol_version, client_info)
+        self._sessions[session.id] = session
+        self.created += 1
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        now = time.monotonic()
+        if now - session.last_seen > self.idle_timeout_s and not session.inflight and not session.listeners:
+            self.remove(session_id)
+            self.expired += 1
+            return None
+        session.last_seen = now
+        self._sessions.move_to_end(session_id)
+        return session
+
+    def remove(self, session_id: str) -> bool:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        session.close()
+        return True
+
+    def sweep(self) -> int:
+        """Drop sessions idle past the timeout (oldest first, so the scan stops early)."""
+        deadline = time.monotonic() - self.idle_timeout_s
+        dropped = 0
+        for sid, session in list(self._sessions.items()):
+            if session.last_seen > deadline:
+                break
+            if session.inflight or session.listeners:
+                continue
+            self.remove(sid)
+            dropped += 1
+        self.expired += dropped
+        return dropped
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    def close_all(self) -> None:
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()

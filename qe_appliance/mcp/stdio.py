@@ -1,0 +1,59 @@
+"""MCP over stdio: newline-delimited JSON-RPC on stdin/stdout; nothing else ever goes to stdout.
+
+Requests run concurrently (a slow tool does not hold up a ping); each reply is one line, written whole.
+The transport exits when stdin closes, after the requests in flight have answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from qe_appliance.mcp import jsonrpc as rpc
+from qe_appliance.mcp.dispatcher import Dispatcher, Exchange
+from qe_appliance.mcp.sessions import Session
+
+log = logging.getLogger("aqe_mcp.stdio")
+
+MAX_LINE = 64 * 1024 * 1024
+
+
+async def serve_stdio(dispatcher: Dispatcher, drain_timeout_s: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_LINE)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    out = sys.stdout.buffer
+    session = Session("stdio", rpc.LATEST_HANDSHAKE)
+
+    async def send(line: bytes) -> None:
+        out.write(line + b"\n")
+        out.flush()
+
+    exchange = Exchange(session=session, send=send)
+    pending: set[asyncio.Task[None]] = set()
+
+    async def answer(line: bytes) -> None:
+        reply = await dispatcher.handle(line, exchange)
+        if reply.body is not None:
+            await send(reply.body)
+
+    while True:
+        try:
+            line = await reader.readline()
+        except ValueError:
+            await send(rpc.error_bytes(None, rpc.INVALID_REQUEST, f"message over the {MAX_LINE}-byte line limit"))
+            continue
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        task = asyncio.create_task(answer(line))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        _, late = await asyncio.wait(pending, timeout=drain_timeout_s)
+        for task in late:
+            task.cancel()
+    log.info("stdin closed; exiting")

@@ -1,0 +1,118 @@
+"""The contract every QE tool follows: one input Struct, one async handler, and its metadata.
+
+The dispatcher decodes `arguments` straight into `input_type` (msgspec), calls `handler`, and encodes
+what it returns as `structuredContent` (plus the same JSON as text). A `ToolError` becomes a normal
+result with `isError: true` whose text is the error's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+LogFn = Callable[[str, str], Awaitable[None]]
+
+
+class ToolError(Exception):
+    """A failure the caller can fix (bad input, missing data); reported as `isError: true`."""
+
+
+class NotAvailable(ToolError):
+    """Raised by tools whose implementation has not landed in this build."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} is not available in this build")
+
+
+@dataclass
+class ToolContext:
+    """What a handler may use while it runs.
+
+    `services` is the appliance's shared state (stores, fleet, ...); `progress(progress, total, message)`
+    sends `notifications/progress` when the caller asked for it (a no-op otherwise); `log(level, text)`
+    sends `notifications/message` at or above the caller's log level.
+    """
+
+    services: Any
+    progress: ProgressFn
+    log: LogFn
+    tool_name: str = ""
+
+
+async def _no_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
+    return None
+
+
+async def _no_log(level: str, text: str) -> None:
+    return None
+
+
+def bare_context(services: Any, tool_name: str = "") -> ToolContext:
+    """A context with no progress or log channel (stdio tests, CLI, unit tests)."""
+    return ToolContext(services=services, progress=_no_progress, log=_no_log, tool_name=tool_name)
+
+
+Handler = Callable[[ToolContext, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool: its wire metadata and the handler that does the work."""
+
+    name: str
+    title: str
+    description: str
+    category: str
+    input_type: type[msgspec.Struct]
+    handler: Handler
+    output_type: Any = None
+    read_only: bool = False
+    destructive: bool = False
+    idempotent: bool = False
+    open_world: bool = False
+    input_schema: dict[str, Any] = field(init=False, repr=False, compare=False)
+    output_schema: dict[str, Any] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_schema", object_schema(self.input_type))
+        out = object_schema(self.output_type) if self.output_type is not None else None
+        object.__setattr__(self, "output_schema", out)
+
+    def wire(self) -> dict[str, Any]:
+        """The tool as `tools/list` describes it."""
+        tool: dict[str, Any] = {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "inputSchema": self.input_schema,
+            "annotations": {
+                "title": self.title,
+                "readOnlyHint": self.read_only,
+                "destructiveHint": self.destructive,
+                "idempotentHint": self.idempotent,
+                "openWorldHint": self.open_world,
+            },
+            "_meta": {"io.aqe/category": self.category},
+        }
+        if self.output_schema is not None:
+            tool["outputSchema"] = self.output_schema
+        return tool
+
+
+def object_schema(tp: Any) -> dict[str, Any]:
+    """JSON Schema (2020-12) of a Struct type, with the top level inlined as an object schema.
+
+    msgspec emits `{"$ref": ..., "$defs": {...}}`; MCP wants the object itself at the top, so the
+    referenced definition is lifted up and the remaining definitions stay under `$defs`.
+    """
+    (ref,), components = msgspec.json.schema_components([tp], ref_template="#/$defs/{name}")
+    name = ref["$ref"].rsplit("/", 1)[-1] if "$ref" in ref else None
+    top = dict(components.pop(name)) if name else dict(ref)
+    if components:
+        top["$defs"] = components
+    top.setdefault("type", "object")
+    return top
