@@ -291,13 +291,10 @@ def run_wrk(url: str, connections: int, threads: int, duration: float, keys: int
         raise BenchError(f"wrk did not finish within {duration + 60:g} s: {shlex.join(command)}") from exc
     match = re.search(r"^WRK_SUMMARY (\{.*\})$", done.stdout, re.MULTILINE)
     if done.returncode != 0 or match is None:
-        raise BenchError(
-            f"wrk failed (exit {done.returncode}): {shlex.join(command)}\n{done.stdout}{done.stderr}"
-        )
+        raise BenchError(f"wrk failed (exit {done.returncode}): {shlex.join(command)}\n{done.stdout}{done.stderr}")
     summary: dict[str, Any] = json.loads(match.group(1))
     errors = sum(
-        summary[k]
-        for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts", "bad_bodies")
+        summary[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts", "bad_bodies")
     )
     return WrkRun(
         connections=connections,
@@ -371,9 +368,7 @@ def connection_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected numbers separated by commas, like 1,16,64: {text!r}"
-        ) from exc
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, like 1,16,64: {text!r}") from exc
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"connection counts must be 1 or more: {text!r}")
     return values
@@ -388,12 +383,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[1, 16, 64],
         help="connection counts, comma-separated (default 1,16,64)",
     )
-    parser.add_argument(
-        "--threads", type=int, default=2, help="wrk threads, at most the connections (default 2)"
-    )
-    parser.add_argument(
-        "--entries", type=int, default=1000, help="memory entries seeded and cycled (default 1000)"
-    )
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads, at most the connections (default 2)")
+    parser.add_argument("--entries", type=int, default=1000, help="memory entries seeded and cycled (default 1000)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unreported wrk seconds before measuring")
     parser.add_argument("--only", choices=TARGETS, help="benchmark one server only")
     parser.add_argument("--keep-state", action="store_true", help="keep the temporary state dir and logs")

@@ -1,7 +1,7 @@
 """The benchmark's peer: qe_memory_retrieve served by the official MCP SDK (streamable HTTP, stateless, JSON).
 
 It reads the same `<stateDir>/memory.db` through our MemoryStore, so both servers answer from identical data.
-Run from the repository root: `python bench/sdk_peer.py --port 8801 --state-dir /tmp/x` (`--seed N` fills
+Run: `python bench/sdk_peer.py --port 8801 --state-dir /tmp/x` (`--seed N` fills
 namespace `bench` with keys key-0..key-N-1 first).
 """
 
@@ -19,15 +19,18 @@ if str(REPO) not in sys.path:
     # The peer imports the appliance's MemoryStore from the working tree, wherever it is started from.
     sys.path.insert(0, str(REPO))
 
+from mcp.server.mcpserver import MCPServer  # noqa: E402
+from pydantic import Field  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import JSONResponse, Response  # noqa: E402
+
 from qe_appliance.store.memory import MemoryStore  # noqa: E402
 
 SEED_NAMESPACE = "bench"
 SEED_KEY_PREFIX = "key-"
 
 
-def seed(
-    state_dir: Path, count: int, namespace: str = SEED_NAMESPACE, key_prefix: str = SEED_KEY_PREFIX
-) -> None:
+def seed(state_dir: Path, count: int, namespace: str = SEED_NAMESPACE, key_prefix: str = SEED_KEY_PREFIX) -> None:
     """Write `count` small JSON entries (`key_prefix`0 ..) into `<state_dir>/memory.db`."""
     state_dir.mkdir(parents=True, exist_ok=True)
     store = MemoryStore(state_dir / "memory.db")
@@ -66,16 +69,11 @@ def retrieve_result(store: MemoryStore, key: str, namespace: str) -> dict[str, A
     }
 
 
-def build_server(state_dir: Path) -> Any:
-    """An MCPServer with the one tool; `mcp` is imported here so `seed` stays cheap to import."""
-    from mcp.server.mcpserver import MCPServer
-    from pydantic import Field
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-
+def build_server(state_dir: Path) -> MCPServer[Any]:
+    """An MCPServer with the one tool, plus GET /readyz for the bench's startup timing."""
     store = MemoryStore(state_dir / "memory.db")
     # WARNING keeps uvicorn's per-request access log off, as our server has none on its hot path.
-    server: Any = MCPServer(name="sdk-peer", version="2.3.0", log_level="WARNING")
+    server: MCPServer[Any] = MCPServer(name="sdk-peer", version="2.3.0", log_level="WARNING")
 
     @server.tool(description="Read one memory entry by namespace and key.")
     async def qe_memory_retrieve(

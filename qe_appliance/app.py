@@ -6,7 +6,9 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 from qe_appliance import __version__
@@ -19,6 +21,7 @@ from qe_appliance.mcp.stdio import serve_stdio
 from qe_appliance.registry import ToolRegistry
 from qe_appliance.store.memory import MemoryStore
 from qe_appliance.tools import ALL_TOOLS
+from qe_appliance.tools.base import ToolSpec
 
 log = logging.getLogger("aqe_mcp")
 
@@ -39,12 +42,12 @@ class Services:
         self.memory.close()
 
 
-def build_registry(config: Config) -> ToolRegistry:
-    """The enabled tools, with the category the config gives each."""
+def build_registry(config: Config, catalog: Sequence[ToolSpec] = ALL_TOOLS) -> ToolRegistry:
+    """The enabled tools, with the category the config gives each (tools it does not name keep theirs)."""
     tools = [
-        replace(spec, category=config.tools[spec.name].category)
-        for spec in ALL_TOOLS
-        if config.tools[spec.name].enabled
+        replace(spec, category=config.tools[spec.name].category) if spec.name in config.tools else spec
+        for spec in catalog
+        if spec.name not in config.tools or config.tools[spec.name].enabled
     ]
     reg = config.registry
     return ToolRegistry(
@@ -56,15 +59,16 @@ def build_registry(config: Config) -> ToolRegistry:
 
 
 class App:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, catalog: Sequence[ToolSpec] = ALL_TOOLS) -> None:
         self.config = config
-        self.services = Services(config)
-        self.registry = build_registry(config)
+        self.services: Services | None = Services(config)
+        self.registry = build_registry(config, catalog)
         server = config.server
         self.sessions = SessionTable(server.max_sessions, server.session_idle_timeout_ms / 1000)
         self.dispatcher = Dispatcher(self.registry, self.services, self.sessions)
         self.state: str | None = "starting"
         self.http: HttpServer | None = None
+        self.address: tuple[str, int] | None = None
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._terms = 0
@@ -82,7 +86,7 @@ class App:
         routes = Routes(self.dispatcher, self.sessions, AccessPolicy(cfg.host, cfg.allowed_origins), self.readiness)
         self.http = HttpServer(routes, limits)
         started = time.perf_counter()
-        host, port = await self.http.listen(cfg.host, cfg.port)
+        host, port = self.address = await self.http.listen(cfg.host, cfg.port)
         self._install_signals()
         self._tasks.append(asyncio.create_task(self._sweep_sessions()))
         self.state = None
@@ -109,6 +113,8 @@ class App:
         return 0
 
     def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded (tests, benchmarks): the host process owns signals
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_term)
@@ -144,7 +150,9 @@ class App:
         for task in self._tasks:
             task.cancel()
         self._tasks.clear()
-        self.services.close()
+        if self.services is not None:
+            self.services.close()
+            self.services = None
 
 
 def run(config: Config, *, stdio: bool = False) -> int:

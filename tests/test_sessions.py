@@ -1,0 +1,40 @@
+"""Handshake-era session table: bounded, idle expiry, eviction of the least recently used."""
+
+from __future__ import annotations
+
+import time
+
+from qe_appliance.mcp.sessions import SessionTable
+
+
+def test_ids_are_unguessable_and_visible_ascii() -> None:
+    table = SessionTable(10, 60)
+    ids = {table.create("2025-11-25", None).id for _ in range(10)}
+    assert len(ids) == 10
+    assert all(len(i) >= 32 and i.isascii() and i.isprintable() and " " not in i for i in ids)
+
+
+def test_full_table_evicts_the_least_recently_used() -> None:
+    table = SessionTable(3, 60)
+    a, b, c = (table.create("2025-11-25", None) for _ in range(3))
+    assert table.get(a.id) is a  # a is now the most recent
+    d = table.create("2025-11-25", None)
+    assert len(table) == 3 and table.evicted == 1
+    assert table.get(b.id) is None and table.get(a.id) is a and table.get(c.id) is c and table.get(d.id) is d
+
+
+def test_idle_sessions_expire() -> None:
+    table = SessionTable(10, 0.05)
+    s = table.create("2025-11-25", None)
+    time.sleep(0.08)
+    assert table.get(s.id) is None and table.expired == 1
+    for _ in range(5):
+        table.create("2025-11-25", None)
+    time.sleep(0.08)
+    assert table.sweep() == 5 and len(table) == 0
+
+
+def test_remove_ends_the_session() -> None:
+    table = SessionTable(10, 60)
+    s = table.create("2025-11-25", None)
+    assert table.remove(s.id) is True and table.remove(s.id) is False and table.get(s.id) is None
