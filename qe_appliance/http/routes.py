@@ -7,6 +7,7 @@ protection), media types, and turning an MCP reply into JSON or a server-sent ev
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -45,15 +46,26 @@ class AccessPolicy:
     def __init__(self, bind_host: str, allowed_origins: Iterable[str]) -> None:
         self.loopback_only = is_loopback(bind_host)
         self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
+        self._decided: dict[tuple[str | None, str | None], Response | None] = {}
 
     def check(self, headers: dict[str, str]) -> Response | None:
-        host = headers.get("host")
+        # Clients send the same few Host/Origin values over and over: decide each pair once.
+        pair = (headers.get("host"), headers.get("origin"))
+        try:
+            return self._decided[pair]
+        except KeyError:
+            pass
+        if len(self._decided) >= 256:
+            self._decided.clear()  # bounded: a client cycling through values gains nothing
+        verdict = self._decided[pair] = self._check(pair[0], pair[1])
+        return verdict
+
+    def _check(self, host: str | None, origin: str | None) -> Response | None:
         if host is None:
             return _plain_error(400, "missing Host header")
         if self.loopback_only and not is_loopback(_hostname(host)):
             # A browser tricked by DNS rebinding sends the attacker's name; a local client sends ours.
             return _plain_error(421, f"Host {host!r} is not served here: this server listens on loopback only")
-        origin = headers.get("origin")
         if origin is not None and not self._origin_allowed(origin):
             return _plain_error(403, f"Origin {origin!r} is not allowed (add it to server.allowedOrigins)")
         return None
@@ -76,13 +88,17 @@ def _rpc_error(status: int, code: int, message: str) -> Response:
     return Response(status, rpc.error_bytes(None, code, message))
 
 
+@functools.lru_cache(maxsize=64)
+def _media_ranges(accept: str) -> frozenset[str]:
+    return frozenset(part.split(";", 1)[0].strip().lower() for part in accept.split(","))
+
+
 def _accepts(headers: dict[str, str], media: str) -> bool:
     accept = headers.get("accept")
     if accept is None:
         return True
-    kinds = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
-    major = media.split("/", 1)[0]
-    return media in kinds or "*/*" in kinds or f"{major}/*" in kinds
+    kinds = _media_ranges(accept)
+    return media in kinds or "*/*" in kinds or f"{media.split('/', 1)[0]}/*" in kinds
 
 
 class Routes:

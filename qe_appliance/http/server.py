@@ -21,6 +21,8 @@ log = logging.getLogger("aqe_mcp.http")
 
 MAX_PIPELINED = 32  # parsed-but-unanswered requests before reading pauses
 WRITE_HIGH_WATER = 256 * 1024
+SWEEP_INTERVAL_S = 0.1
+JSON = "application/json"
 
 
 @dataclass
@@ -47,11 +49,12 @@ class Request:
 class Response:
     status: int
     body: bytes = b""
-    content_type: str = "application/json"
+    content_type: str = JSON
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+_OK_JSON = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
 
 
 def _head(status: int, headers: list[tuple[str, str]]) -> bytes:
@@ -125,12 +128,13 @@ class HttpProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._writable = asyncio.Event()
         self._writable.set()
-        self._timer: asyncio.TimerHandle | None = None
+        # Monotonic time after which the connection is timed out (HttpServer's sweep checks it);
+        # inf while a response is being produced, whose own deadline applies.
+        self.deadline = float("inf")
         self._closing = False
         # Per-request parse state.
         self._url = b""
-        self._headers: dict[str, str] = {}
-        self._dups: set[str] = set()
+        self._raw_headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_len = 0
@@ -147,7 +151,7 @@ class HttpProtocol(asyncio.Protocol):
         self._arm(self.limits.keep_alive_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self.deadline = float("inf")
         self.transport = None
         self._writable.set()
         if self.current is not None and not self.current.done():
@@ -181,8 +185,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url = b""
-        self._headers = {}
-        self._dups = set()
+        self._raw_headers = []
         self._header_bytes = 0
         self._body = []
         self._body_len = 0
@@ -190,21 +193,36 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_header_bytes(len(url))
+        self._header_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value))
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        if key in self._headers:
-            self._dups.add(key)
-            self._headers[key] += ", " + text
-        else:
-            self._headers[key] = text
+        # Only collect here (called once per header line); decoding happens once per request.
+        self._raw_headers.append((name, value))
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise _Refuse(431, f"request headers over the {self.limits.max_header_bytes}-byte limit")
+
+    def _decode_headers(self) -> tuple[dict[str, str], frozenset[str]]:
+        headers: dict[str, str] = {}
+        dups: set[str] = set()
+        for name, value in self._raw_headers:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            if key in headers:
+                dups.add(key)
+                headers[key] += ", " + text
+            else:
+                headers[key] = text
+        return headers, frozenset(dups)
 
     def on_headers_complete(self) -> None:
-        length = self._headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise _Refuse(431, f"request headers over the {self.limits.max_header_bytes}-byte limit")
+        length = 0
+        for name, value in self._raw_headers:
+            if name.lower() == b"content-length" and value.strip().isdigit():
+                length = int(value)
+        if length > self.limits.max_body_bytes:
             raise _Refuse(413, f"request body over the {self.limits.max_body_bytes}-byte limit")
 
     def on_body(self, body: bytes) -> None:
@@ -214,14 +232,15 @@ class HttpProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self.deadline = float("inf")
         url = httptools.parse_url(self._url)
+        headers, duplicated = self._decode_headers()
         request = Request(
             method=self.parser.get_method().decode("latin-1"),
             path=url.path.decode("latin-1") if url.path else "/",
             query=url.query.decode("latin-1") if url.query else "",
-            headers=self._headers,
-            duplicated=frozenset(self._dups),
+            headers=headers,
+            duplicated=duplicated,
             body=b"".join(self._body),
             client=self.client,
             keep_alive=self.parser.should_keep_alive(),
@@ -273,6 +292,10 @@ class HttpProtocol(asyncio.Protocol):
     def write_response(self, response: Response, keep_alive: bool) -> None:
         if self.transport is None:
             return
+        if response.status == 200 and keep_alive and not response.headers and response.content_type == JSON:
+            # The common case, a JSON-RPC reply, skips building the header list.
+            self.transport.write(b"%b%d\r\n\r\n%b" % (_OK_JSON, len(response.body), response.body))
+            return
         headers = [("content-type", response.content_type), ("content-length", str(len(response.body)))]
         headers.extend(response.headers)
         if not keep_alive:
@@ -281,25 +304,15 @@ class HttpProtocol(asyncio.Protocol):
 
     # ---- limits, timers, teardown -------------------------------------------------------------------
 
-    def _count_header_bytes(self, n: int) -> None:
-        self._header_bytes += n
-        if self._header_bytes > self.limits.max_header_bytes:
-            raise _Refuse(431, f"request headers over the {self.limits.max_header_bytes}-byte limit")
-
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, self._timed_out)
+        self.deadline = self.loop.time() + seconds
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _timed_out(self) -> None:
-        self._timer = None
+    def timed_out(self) -> None:
+        """Called by the server's sweep once `deadline` has passed."""
+        self.deadline = float("inf")
         if self.current is not None:
             return  # a response is being produced; its own deadline applies
-        if self._url or self._headers or self._body_len:
+        if self._url or self._raw_headers or self._body_len:
             self._fail(408, "request not completed in time")
         else:
             self._close()  # idle keep-alive connection
@@ -313,7 +326,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
-        self._disarm()
+        self.deadline = float("inf")
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
@@ -343,12 +356,24 @@ class HttpServer:
         self.limits = limits
         self.connections: set[HttpProtocol] = set()
         self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, host=host, port=port, backlog=2048)
+        self._sweeper = loop.create_task(self._sweep_timeouts())
         sock = self._server.sockets[0].getsockname()
         return sock[0], sock[1]
+
+    async def _sweep_timeouts(self) -> None:
+        # One periodic check instead of a timer per request: requests stay cheap, timeouts stay
+        # accurate to a tenth of a second.
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            now = loop.time()
+            for conn in [c for c in self.connections if c.deadline <= now]:
+                conn.timed_out()
 
     def _protocol(self) -> HttpProtocol:
         conn = HttpProtocol(self.handler, self.limits, self.connections.discard)
@@ -369,3 +394,5 @@ class HttpServer:
             if conn.current is not None:
                 conn.current.cancel()
             conn._close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()

@@ -24,7 +24,7 @@ from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.sessions import LOG_LEVELS, Session, SessionTable
 from qe_appliance.registry import ToolRegistry, UnknownToolError
-from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
+from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec, no_log, no_progress
 
 log = logging.getLogger("aqe_mcp.dispatch")
 
@@ -91,6 +91,8 @@ def decode_header_value(value: str | None) -> str | None:
     if value is None:
         return None
     value = value.strip(" \t")
+    if not value.startswith("=?"):
+        return value
     m = _B64.fullmatch(value)
     if m is None:
         return value
@@ -418,19 +420,24 @@ class Dispatcher:
         raw_args = bytes(params.arguments)
         if not raw_args or raw_args == b"null":
             raw_args = b"{}"
-        if modern and exch.headers is not None and self._header_params.get(tool.name):
-            # A client mirrors only the headers of tools it listed: a typo it sent has none to mirror.
-            self._check_param_headers(tool, raw_args, exch, absent_ok=fuzzy)
         try:
-            args = msgspec.json.decode(raw_args, type=tool.input_type)
+            if modern and exch.headers is not None and self._header_params.get(tool.name):
+                # A client mirrors only the headers of tools it listed: a typo it sent has none to mirror.
+                plain = _plain.decode(raw_args)
+                self._check_param_headers(tool, plain, exch, absent_ok=fuzzy)
+                args = msgspec.convert(plain, tool.input_type)
+            else:
+                args = msgspec.json.decode(raw_args, type=tool.input_type)
         except msgspec.ValidationError as exc:
             return _error_result(_validation_message(tool.name, exc))
         except msgspec.DecodeError as exc:
             return _error_result(f"invalid arguments for {tool.name}: {exc}")
+        token = meta.get("progressToken")
+        send = exch.send
         ctx = ToolContext(
             services=self.services,
-            progress=self._progress_fn(meta.get("progressToken"), exch),
-            log=self._log_fn(log_level, exch),
+            progress=no_progress if token is None or send is None else _progress_fn(token, send),
+            log=no_log if log_level is None or send is None else _log_fn(log_level, send),
             tool_name=tool.name,
         )
         result = await self._run(tool, ctx, args, session, msg_id)
@@ -472,13 +479,9 @@ class Dispatcher:
             "isError": False,
         }
 
-    def _check_param_headers(self, tool: ToolSpec, raw_args: bytes, exch: Exchange, absent_ok: bool) -> None:
+    def _check_param_headers(self, tool: ToolSpec, arguments: Any, exch: Exchange, absent_ok: bool) -> None:
         """`Mcp-Param-*` headers must mirror the `x-mcp-header` arguments they claim to carry."""
         assert exch.headers is not None
-        try:
-            arguments = _plain.decode(raw_args)
-        except msgspec.DecodeError:
-            return  # argument decoding reports it with the tool's own message
         for path, token, json_type in self._header_params[tool.name]:
             header = f"Mcp-Param-{token}"
             key = header.lower()
@@ -507,36 +510,31 @@ class Dispatcher:
             if not same:
                 raise RpcError(rpc.HEADER_MISMATCH, f"{header} header does not match argument {where!r}")
 
-    @staticmethod
-    def _progress_fn(token: Any, exch: Exchange) -> Callable[[float, float | None, str | None], Awaitable[None]]:
-        send = exch.send
-        last = [float("-inf")]
 
-        async def progress(value: float, total: float | None = None, message: str | None = None) -> None:
-            if token is None or send is None or value <= last[0]:
-                return  # progress must increase; a repeat would confuse the client's bar
-            last[0] = value
-            params: dict[str, Any] = {"progressToken": token, "progress": value}
-            if total is not None:
-                params["total"] = total
-            if message is not None:
-                params["message"] = message
-            await send(rpc.notification_bytes("notifications/progress", params))
+def _progress_fn(token: Any, send: Send) -> Callable[[float, float | None, str | None], Awaitable[None]]:
+    last = [float("-inf")]
 
-        return progress
+    async def progress(value: float, total: float | None = None, message: str | None = None) -> None:
+        if value <= last[0]:
+            return  # progress must increase; a repeat would confuse the client's bar
+        last[0] = value
+        params: dict[str, Any] = {"progressToken": token, "progress": value}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await send(rpc.notification_bytes("notifications/progress", params))
 
-    @staticmethod
-    def _log_fn(level: int | None, exch: Exchange) -> Callable[[str, str], Awaitable[None]]:
-        send = exch.send
+    return progress
 
-        async def emit(name: str, text: str) -> None:
-            if level is None or send is None or name not in LOG_LEVELS or LOG_LEVELS.index(name) < level:
-                return
-            await send(
-                rpc.notification_bytes("notifications/message", {"level": name, "logger": SERVER_NAME, "data": text})
-            )
 
-        return emit
+def _log_fn(level: int, send: Send) -> Callable[[str, str], Awaitable[None]]:
+    async def emit(name: str, text: str) -> None:
+        if name in LOG_LEVELS and LOG_LEVELS.index(name) >= level:
+            params = {"level": name, "logger": SERVER_NAME, "data": text}
+            await send(rpc.notification_bytes("notifications/message", params))
+
+    return emit
 
 
 def _error_result(text: str) -> dict[str, Any]:

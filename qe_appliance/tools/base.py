@@ -43,17 +43,17 @@ class ToolContext:
     tool_name: str = ""
 
 
-async def _no_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
+async def no_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
     return None
 
 
-async def _no_log(level: str, text: str) -> None:
+async def no_log(level: str, text: str) -> None:
     return None
 
 
 def bare_context(services: Any, tool_name: str = "") -> ToolContext:
     """A context with no progress or log channel (stdio tests, CLI, unit tests)."""
-    return ToolContext(services=services, progress=_no_progress, log=_no_log, tool_name=tool_name)
+    return ToolContext(services=services, progress=no_progress, log=no_log, tool_name=tool_name)
 
 
 Handler = Callable[[ToolContext, Any], Awaitable[Any]]
