@@ -3,7 +3,7 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["lru", "registry"]
+MODULES = ["lru", "registry", "balancer"]
 
 setup(
     ext_modules=cythonize(

@@ -5,6 +5,7 @@ reports every problem in a file with its line, and the overrides `aqe-v3 mcp sta
 import math
 import os
 import pathlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal, get_args
@@ -95,11 +96,46 @@ class MonitoringConfig(_Section, frozen=True):
     alert_thresholds: AlertThresholds = msgspec.field(default_factory=AlertThresholds)
 
 
+# The namespace memory tools use when the caller names none; memory.namespacePattern must accept it.
+DEFAULT_NAMESPACE: Final = "default"
+
+
+class MemoryConfig(_Section, frozen=True):
+    max_value_bytes: AtLeastOne = 1_048_576
+    max_key_length: AtLeastOne = 512
+    namespace_pattern: Annotated[str, msgspec.Meta(min_length=1)] = "[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
+    purge_interval_ms: Millis = 60_000
+
+
+class LearningConfig(_Section, frozen=True):
+    dedupe_threshold: Ratio = 0.9
+    promotion_min_successes: AtLeastOne = 3
+    promotion_min_success_rate: Ratio = 0.7
+    promotion_min_confidence: Ratio = 0.6
+
+
 class ToolConfig(_Section, frozen=True):
     category: Category
     target_latency_ms: LatencyMs
     enabled: bool = True
     execution: Execution = "local"
+    timeout_ms: Millis = 60_000
+
+
+AgentType = Literal["generalist", "test-generator", "coverage-analyzer", "quality-analyzer"]
+
+
+class FleetConfig(_Section, frozen=True):
+    agents: dict[AgentType, Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(
+        default_factory=lambda: {"generalist": 2}
+    )
+    max_agents: AtLeastOne = 8
+    capacity: AtLeastOne = 1
+    eject_after_failures: AtLeastOne = 5
+    base_ejection_ms: Millis = 10_000
+    restart_backoff_ms: Millis = 500
+    runtime_dir: str = ""
+    preload: tuple[str, ...] = ()
 
 
 # The design's tool table; the CPU-heavy tools run on the agent fleet, the rest on the event loop.
@@ -132,6 +168,9 @@ class Config(_Section, frozen=True):
     balancer: BalancerConfig = msgspec.field(default_factory=BalancerConfig)
     targets: TargetsConfig = msgspec.field(default_factory=TargetsConfig)
     monitoring: MonitoringConfig = msgspec.field(default_factory=MonitoringConfig)
+    memory: MemoryConfig = msgspec.field(default_factory=MemoryConfig)
+    learning: LearningConfig = msgspec.field(default_factory=LearningConfig)
+    fleet: FleetConfig = msgspec.field(default_factory=FleetConfig)
     tools: dict[str, ToolConfig] = msgspec.field(default_factory=lambda: dict(TOOL_DEFAULTS))
 
 
@@ -274,6 +313,13 @@ def control_socket(cfg: Config) -> pathlib.Path:
     if cfg.server.control_socket:
         return pathlib.Path(cfg.server.control_socket).absolute()
     return (_systemd_dir("RUNTIME_DIRECTORY") or state_dir(cfg)) / "control.sock"
+
+
+def runtime_dir(cfg: Config) -> pathlib.Path:
+    """Where agent sockets live: fleet.runtimeDir, else $RUNTIME_DIRECTORY (systemd), else <stateDir>/run."""
+    if cfg.fleet.runtime_dir:
+        return pathlib.Path(cfg.fleet.runtime_dir).absolute()
+    return _systemd_dir("RUNTIME_DIRECTORY") or state_dir(cfg) / "run"
 
 
 def _systemd_dir(variable: str) -> pathlib.Path | None:
@@ -451,15 +497,21 @@ class _Checker:
         if not isinstance(raw, dict):
             self.fail(path, f"expected a mapping of names to settings, got {_describe(raw)}")
             return _INVALID
-        # Only names that have a default entry exist; an entry overrides some fields of that default.
-        result = dict(current)
         noun = str(path[-1]).removesuffix("s") if path else "name"
+        if isinstance(info.key_type, mi.LiteralType):
+            # A closed set of names (fleet.agents): the file's mapping replaces the default one.
+            names: list[Any] = list(info.key_type.values)
+            result: dict[Any, Any] = {}
+        else:
+            # Only names that have a default entry exist; an entry overrides some fields of that default.
+            names = list(current)
+            result = dict(current)
         for key, entry in raw.items():
-            if key not in current:
-                self._unknown(path, key, list(current), noun)
+            if key not in names:
+                self._unknown(path, key, [str(n) for n in names], noun)
                 result[key] = _INVALID
             else:
-                result[key] = self.decode(entry, info.value_type, (*path, key), current[key])
+                result[key] = self.decode(entry, info.value_type, (*path, key), current.get(key))
         if any(value is _INVALID for value in result.values()):
             return _INVALID
         return result
@@ -595,10 +647,28 @@ def _check_registry(checker: _Checker, registry: _Decoded) -> None:
                      "cacheEnabled: false")
 
 
+def _check_memory(checker: _Checker, memory: _Decoded) -> None:
+    pattern = memory.values["namespace_pattern"]
+    if pattern is _INVALID:
+        return
+    try:
+        accepts_default = re.fullmatch(pattern, DEFAULT_NAMESPACE) is not None
+    except re.error as exc:
+        checker.fail((*memory.path, "namespacePattern"),
+                     f"is not a valid regular expression ({exc}); write it in single quotes so YAML keeps "
+                     "backslashes as they are, e.g. '[a-z0-9_-]{1,64}'")
+        return
+    if not accepts_default:
+        checker.fail((*memory.path, "namespacePattern"),
+                     f"does not accept the default namespace `{DEFAULT_NAMESPACE}`, which calls without a "
+                     "namespace use; widen the pattern")
+
+
 _CHECKS: Final[dict[type, Callable[[_Checker, _Decoded], None]]] = {
     ServerConfig: _check_server,
     PoolConfig: _check_pool,
     RegistryConfig: _check_registry,
+    MemoryConfig: _check_memory,
 }
 _CONFIG_INFO: Final = mi.type_info(Config)
 

@@ -98,7 +98,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
-    while not (holder and holder[0].address) and time.monotonic() < deadline:
+    while not (holder and holder[0].address and holder[0].readiness() is None) and time.monotonic() < deadline:
         time.sleep(0.01)
     app = holder[0]
     assert app.address is not None

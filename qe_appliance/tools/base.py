@@ -7,6 +7,7 @@ result with `isError: true` whose text is the error's message.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,18 @@ class ToolContext:
     progress: ProgressFn
     log: LogFn
     tool_name: str = ""
+
+    async def compute(self, fn: Callable[[Any], Any], payload: Any) -> Any:
+        """Run a `@compute` function (qe_appliance.fleet.compute) for this tool.
+
+        On an agent of the fleet when the tool's `execution` is `fleet`, else in a worker thread; either
+        way the event loop stays free. `payload` and the result must be msgpack-able (dicts, lists, str,
+        bytes, numbers). A ToolError raised by `fn` reaches the caller as a ToolError.
+        """
+        runner = getattr(self.services, "compute", None)
+        if runner is None:
+            return await asyncio.to_thread(fn, payload)
+        return await runner(self.tool_name, fn, payload)
 
 
 async def no_progress(progress: float, total: float | None = None, message: str | None = None) -> None:

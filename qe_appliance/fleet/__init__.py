@@ -1,0 +1,1 @@
+"""The agent fleet: worker processes behind a connection pool and a load balancer."""

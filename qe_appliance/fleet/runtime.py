@@ -1,0 +1,404 @@
+"""The fleet at run time: spawns and supervises agents, balances calls over them through the pool.
+
+Agents are forked from a forkserver that has the tool modules preloaded, so a new agent is ready in
+milliseconds. Each agent's process sentinel is watched on the event loop: a death is noticed at once,
+its connections leave the pool, and it is restarted after a back-off that grows with repeated deaths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qe_appliance._core.balancer import Balancer
+from qe_appliance.config import CATEGORIES, Config, runtime_dir
+from qe_appliance.fleet import agent as agent_main
+from qe_appliance.fleet.pool import AgentConnection, AgentGone, AgentUnreachable, ConnectionPool, PoolTimeout
+from qe_appliance.tools.base import ToolError
+
+log = logging.getLogger("aqe_mcp.fleet")
+
+# The tool categories each agent type serves.
+AGENT_TYPES: dict[str, frozenset[str]] = {
+    "generalist": frozenset(CATEGORIES),
+    "test-generator": frozenset({"test-generation"}),
+    "coverage-analyzer": frozenset({"coverage-analysis"}),
+    "quality-analyzer": frozenset({"quality-assessment"}),
+}
+READY_TIMEOUT_S = 10.0
+MAX_RESTART_BACKOFF_S = 30.0
+MAX_EJECTION_S = 300.0
+
+
+class FleetError(ToolError):
+    """A fleet request that cannot be served; the message says why and what to do."""
+
+
+@dataclass
+class Agent:
+    id: str
+    type: str
+    capacity: int
+    socket_path: Path
+    process: Any = None
+    status: str = "starting"  # starting, available, draining, dead
+    started_at: float = field(default_factory=time.time)
+    ready_ms: float | None = None
+    restarts: int = 0
+    backoff_s: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "categories": sorted(AGENT_TYPES[self.type]),
+            "capacity": self.capacity,
+            "status": self.status,
+            "pid": self.process.pid if self.process is not None else None,
+            "startedAt": self.started_at,
+            "readyMs": self.ready_ms,
+            "restarts": self.restarts,
+        }
+
+
+class Fleet:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        fleet = config.fleet
+        self.runtime_dir = runtime_dir(config)
+        self.agents: dict[str, Agent] = {}
+        self.balancer = Balancer(
+            config.balancer.strategy,
+            capacity_aware=config.balancer.capacity_aware,
+            failures_to_eject=fleet.eject_after_failures,
+            base_ejection_s=fleet.base_ejection_ms / 1000,
+            max_ejection_s=MAX_EJECTION_S,
+        )
+        pool = config.pool
+        self.pool = ConnectionPool(
+            self._connect,
+            max_connections=pool.max_connections,
+            min_connections=pool.min_connections,
+            idle_timeout_s=pool.idle_timeout_ms / 1000,
+        )
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload([*agent_main.PRELOAD, *fleet.preload])
+        self._seq = 0
+        self._capacity_waiters: deque[asyncio.Future[None]] = deque()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.stopping = False
+        self.saturated = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the configured agents and pre-warm the pool; returns when they answer."""
+        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        wanted = [t for t, n in self.config.fleet.agents.items() for _ in range(n)]
+        await asyncio.gather(*(self.spawn(t) for t in wanted))
+        await self.pool.prewarm([a.id for a in self.agents.values() if a.status == "available"])
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._maintain()))
+
+    async def spawn(self, agent_type: str, capacity: int | None = None) -> Agent:
+        """A new agent process, registered with the balancer once it answers."""
+        if agent_type not in AGENT_TYPES:
+            raise FleetError(f"unknown agent type {agent_type!r}; use one of {', '.join(AGENT_TYPES)}")
+        if len(self.agents) >= self.config.fleet.max_agents:
+            raise FleetError(
+                f"the fleet already has {len(self.agents)} agents (fleet.maxAgents = "
+                f"{self.config.fleet.max_agents}); remove one or raise fleet.maxAgents"
+            )
+        self._seq += 1
+        agent_id = f"agent-{self._seq}"
+        agent = Agent(
+            agent_id, agent_type, capacity or self.config.fleet.capacity, self.runtime_dir / f"{agent_id}.sock"
+        )
+        self.agents[agent_id] = agent
+        try:
+            await self._launch(agent)
+        except Exception:
+            self.agents.pop(agent_id, None)
+            raise
+        self.balancer.add(agent.id, agent.capacity, AGENT_TYPES[agent.type])
+        self._wake_capacity_waiters()
+        return agent
+
+    async def _launch(self, agent: Agent) -> None:
+        started = time.perf_counter()
+        agent.status = "starting"
+        agent.started_at = time.time()
+        process = self._ctx.Process(
+            target=agent_main.main, args=(str(agent.socket_path), agent.id), name=agent.id, daemon=True
+        )
+        # start() talks to the forkserver (and starts it the first time): off the event loop.
+        await asyncio.to_thread(process.start)
+        agent.process = process
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if process.exitcode is not None:
+                raise FleetError(f"agent {agent.id} exited during start-up (exit code {process.exitcode})")
+            try:
+                conn = await self._connect(agent.id, agent)
+            except OSError:
+                if time.monotonic() > deadline:
+                    process.kill()
+                    raise FleetError(f"agent {agent.id} did not start within {READY_TIMEOUT_S:.0f} s") from None
+                await asyncio.sleep(0.002)
+                continue
+            result = await conn.call("ping")
+            conn.close()
+            if result.ok:
+                break
+        agent.ready_ms = (time.perf_counter() - started) * 1000
+        agent.status = "available"
+        asyncio.get_running_loop().add_reader(process.sentinel, self._on_exit, agent.id, process)
+        log.info("agent %s (%s) ready in %.1f ms, pid %d", agent.id, agent.type, agent.ready_ms, process.pid)
+
+    async def _connect(self, agent_id: str, agent: Agent | None = None) -> AgentConnection:
+        agent = agent or self.agents.get(agent_id)
+        if agent is None or agent.status == "dead":
+            raise AgentGone(f"agent {agent_id} is not running")
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_unix_connection(lambda: AgentConnection(agent_id), str(agent.socket_path))
+        return conn
+
+    def _on_exit(self, agent_id: str, process: Any) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(process.sentinel)
+        process.join(0)
+        agent = self.agents.get(agent_id)
+        if agent is None or agent.process is not process:
+            return
+        self.balancer.remove(agent_id)
+        self.pool.forget_agent(agent_id)
+        if agent.status == "draining" or self.stopping:
+            self.agents.pop(agent_id, None)
+            return
+        agent.status = "dead"
+        agent.backoff_s = min(
+            max(agent.backoff_s * 2, self.config.fleet.restart_backoff_ms / 1000), MAX_RESTART_BACKOFF_S
+        )
+        log.warning("agent %s died (exit code %s); restarting in %.1f s", agent_id, process.exitcode, agent.backoff_s)
+        self._tasks.append(loop.create_task(self._restart(agent)))
+
+    async def _restart(self, agent: Agent) -> None:
+        await asyncio.sleep(agent.backoff_s)
+        if self.stopping or self.agents.get(agent.id) is not agent:
+            return
+        try:
+            await self._launch(agent)
+        except FleetError as exc:
+            log.error("%s; retrying", exc)
+            agent.backoff_s = min(agent.backoff_s * 2, MAX_RESTART_BACKOFF_S)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._restart(agent)))
+            return
+        agent.restarts += 1
+        self.balancer.add(agent.id, agent.capacity, AGENT_TYPES[agent.type])
+        self._wake_capacity_waiters()
+
+    async def remove(self, agent_id: str) -> None:
+        """Scale down: stop routing to the agent, let its calls finish, then stop it."""
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            raise FleetError(f"no agent {agent_id}")
+        agent.status = "draining"
+        self.balancer.set_available(agent_id, False)
+        self.pool.forget_agent(agent_id)
+        if agent.process is not None and agent.process.exitcode is None:
+            agent.process.terminate()
+
+    async def stop(self, deadline_s: float) -> None:
+        self.stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await self.pool.drain(deadline_s)
+        for agent in list(self.agents.values()):
+            if agent.process is not None and agent.process.exitcode is None:
+                agent.process.terminate()
+        for agent in list(self.agents.values()):
+            if agent.process is not None:
+                await asyncio.to_thread(agent.process.join, 2)
+                if agent.process.exitcode is None:
+                    agent.process.kill()
+
+    async def _maintain(self) -> None:
+        """Expire idle connections and ping the idle ones, replacing those that do not answer."""
+        pool_cfg = self.config.pool
+        interval = min(pool_cfg.health_check_interval_ms, pool_cfg.idle_timeout_ms) / 1000
+        while True:
+            await asyncio.sleep(interval)
+            self.pool.expire_idle(time.monotonic())
+            for conn in self.pool.idle_connections():
+                try:
+                    result = await asyncio.wait_for(conn.call("ping"), 2.0)
+                    ok = result.ok
+                except (TimeoutError, ConnectionError):
+                    ok = False
+                if not ok:
+                    self.pool.discard_idle(conn)
+            missing = self.pool.min_connections - self.pool.total
+            alive = [a.id for a in self.agents.values() if a.status == "available"]
+            if missing > 0 and alive:
+                await self.pool.prewarm(alive)
+
+    # ---- calls ---------------------------------------------------------------------------------------
+
+    async def run(self, category: str, fn: str, payload: Any, timeout_s: float, *, idempotent: bool) -> Any:
+        """Run a registered compute function on an agent serving `category`."""
+        deadline = time.monotonic() + timeout_s
+        retries_left = 1 if idempotent else 0
+        unreachable_left = 3
+        while True:
+            agent_id = await self._pick(category, deadline)
+            try:
+                return await self._call(agent_id, fn, payload, deadline, timeout_s)
+            except AgentUnreachable as exc:
+                # Nothing was sent: any tool may go elsewhere (the agent died before we heard of it).
+                if unreachable_left == 0:
+                    raise FleetError(f"{exc}; the agents are being replaced, retry the call") from None
+                unreachable_left -= 1
+            except AgentGone as exc:
+                if retries_left == 0:
+                    raise FleetError(
+                        f"{exc} while running {fn.rsplit(':', 1)[-1]}; the agent is being replaced, retry the call"
+                    ) from None
+                retries_left -= 1
+                log.warning("%s; retrying once on another agent (the tool is idempotent)", exc)
+
+    async def _pick(self, category: str, deadline: float) -> str:
+        while True:
+            agent_id = self.balancer.pick(category, time.monotonic())
+            if agent_id is not None:
+                return agent_id
+            serving = [a for a in self.agents.values() if category in AGENT_TYPES[a.type] and a.status != "draining"]
+            if not serving:
+                kind = next((t for t, cats in AGENT_TYPES.items() if cats == {category}), "generalist")
+                raise FleetError(f"no agent serves {category}; start one with qe_agent_spawn {{type: {kind}}}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.saturated += 1
+                in_flight = sum(a["inFlight"] for a in self.balancer.agents(time.monotonic()))
+                capacity = sum(a.capacity for a in serving)
+                raise FleetError(f"fleet saturated: {in_flight} in flight of {capacity}; retry later")
+            waiter = asyncio.get_running_loop().create_future()
+            self._capacity_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                pass
+
+    def _wake_capacity_waiters(self) -> None:
+        while self._capacity_waiters:
+            waiter = self._capacity_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _call(self, agent_id: str, fn: str, payload: Any, deadline: float, timeout_s: float) -> Any:
+        try:
+            conn = await self.pool.acquire(agent_id, max(deadline - time.monotonic(), 0.001))
+        except PoolTimeout as exc:
+            self.balancer.release(agent_id)
+            self._wake_capacity_waiters()
+            self.saturated += 1
+            raise FleetError(f"fleet saturated: {exc}; retry later") from None
+        except (OSError, AgentGone) as exc:
+            self.balancer.release(agent_id)
+            self._suspect(agent_id)
+            raise AgentUnreachable(f"agent {agent_id} is unreachable ({exc})") from None
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(conn.call("call", fn, payload), max(deadline - time.monotonic(), 0.001))
+        except TimeoutError:
+            self.pool.release(conn, broken=True)
+            self.balancer.finish(agent_id, time.perf_counter() - started, False, time.monotonic())
+            self._replace_hung(agent_id)
+            raise FleetError(
+                f"{fn.rsplit(':', 1)[-1]} timed out after {timeout_s:g} s on {agent_id}; the agent is being "
+                "replaced (raise tools.<name>.timeoutMs if the input is legitimately this large)"
+            ) from None
+        except AgentGone:
+            self.pool.release(conn, broken=True)
+            self.balancer.finish(agent_id, time.perf_counter() - started, False, time.monotonic())
+            self._suspect(agent_id)
+            raise
+        except asyncio.CancelledError:
+            # The agent is still busy with the abandoned call: that connection cannot carry another.
+            self.pool.release(conn, broken=True)
+            self.balancer.release(agent_id)
+            raise
+        finally:
+            self._wake_capacity_waiters()
+        self.pool.release(conn)
+        # A tool refusing its input is not the agent's fault: only crashes count toward ejection.
+        agent_fault = not result.ok and not result.error.startswith(agent_main.INPUT_ERROR)
+        self.balancer.finish(agent_id, time.perf_counter() - started, not agent_fault, time.monotonic())
+        if not result.ok:
+            raise ToolError(result.error.removeprefix(agent_main.INPUT_ERROR))
+        return result.value
+
+    def _suspect(self, agent_id: str) -> None:
+        """Passive health check: a broken connection takes the agent out of rotation at once.
+
+        Its process may be dead before the supervisor hears of it; a probe puts it back if it answers.
+        """
+        agent = self.agents.get(agent_id)
+        if agent is None or agent.status != "available":
+            return
+        agent.status = "suspect"
+        self.balancer.set_available(agent_id, False)
+        self._wake_capacity_waiters()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._probe(agent)))
+
+    async def _probe(self, agent: Agent) -> None:
+        await asyncio.sleep(0.05)  # time for the supervisor to see a death first
+        if self.agents.get(agent.id) is not agent or agent.status != "suspect":
+            return
+        try:
+            conn = await asyncio.wait_for(self._connect(agent.id, agent), 1.0)
+            ok = (await asyncio.wait_for(conn.call("ping"), 1.0)).ok
+            conn.close()
+        except (OSError, TimeoutError, ConnectionError):
+            ok = False
+        if agent.status != "suspect":
+            return
+        if ok:
+            agent.status = "available"
+            self.balancer.set_available(agent.id, True)
+            self._wake_capacity_waiters()
+        elif agent.process is not None and agent.process.exitcode is None:
+            self._replace_hung(agent.id)
+
+    def _replace_hung(self, agent_id: str) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is not None and agent.process is not None and agent.process.exitcode is None:
+            log.warning("agent %s did not answer in time; killing it so the supervisor replaces it", agent_id)
+            os.kill(agent.process.pid, signal.SIGKILL)
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        balance = {a["id"]: a for a in self.balancer.agents(now)}
+        agents = []
+        for agent in self.agents.values():
+            entry = agent.describe()
+            entry.update({k: v for k, v in balance.get(agent.id, {}).items() if k not in entry})
+            if entry.get("ejected"):
+                entry["status"] = "ejected"
+            elif agent.status == "available" and entry.get("inFlight", 0) >= agent.capacity:
+                entry["status"] = "busy"
+            agents.append(entry)
+        return {
+            "agents": agents,
+            "pool": self.pool.stats(),
+            "balancer": {**self.balancer.stats(), "saturated": self.saturated},
+            "maxAgents": self.config.fleet.max_agents,
+        }
