@@ -8,20 +8,28 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 from qe_appliance import __version__
 from qe_appliance.config import Config, state_dir
+from qe_appliance.fleet.compute import name_of
+from qe_appliance.fleet.orchestrator import Orchestrator
+from qe_appliance.fleet.runtime import Fleet
 from qe_appliance.http.routes import AccessPolicy, Routes
 from qe_appliance.http.server import HttpServer, Limits
 from qe_appliance.mcp.dispatcher import Dispatcher
 from qe_appliance.mcp.sessions import SessionTable
 from qe_appliance.mcp.stdio import serve_stdio
 from qe_appliance.registry import ToolRegistry
-from qe_appliance.store.memory import MemoryStore
+from qe_appliance.store.memory import MemoryStore, purge_periodically
+from qe_appliance.store.patterns import PatternStore
+from qe_appliance.store.reports import ReportStore
+from qe_appliance.store.tasks import TaskStore
 from qe_appliance.tools import ALL_TOOLS
-from qe_appliance.tools.base import ToolSpec
+from qe_appliance.tools.base import ToolError, ToolSpec
+from qe_appliance.workspace import Workspace
 
 log = logging.getLogger("aqe_mcp")
 
@@ -37,8 +45,39 @@ class Services:
         directory.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.memory = MemoryStore(directory / "memory.db")
+        try:
+            self.patterns = PatternStore(directory / "patterns.db")
+            self.tasks = TaskStore(directory / "tasks.db")
+            self.reports = ReportStore(directory / "reports.db")
+        except BaseException:
+            self.memory.close()
+            raise
+        # Files the coverage and quality tools may read; relative roots start from the start directory.
+        server = config.server
+        self.workspace = Workspace.from_config(server.workspace_roots, server.max_input_file_bytes)
+        # Set by App: the fleet (started before the server reports ready), its orchestrator, the tools.
+        self.fleet: Fleet | None = None
+        self.orchestrator: Orchestrator | None = None
+        self.tools: dict[str, ToolSpec] = {}
+
+    async def compute(self, tool_name: str, fn: Callable[[Any], Any], payload: Any) -> Any:
+        """Run a tool's heavy step where its config says: an agent (`execution: fleet`) or a thread."""
+        cfg = self.config.tools.get(tool_name)
+        timeout = cfg.timeout_ms / 1000 if cfg is not None else 60.0
+        spec = self.tools.get(tool_name)
+        if cfg is not None and cfg.execution == "fleet" and self.fleet is not None and spec is not None:
+            return await self.fleet.run(spec.category, name_of(fn), payload, timeout, idempotent=spec.idempotent)
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, payload), timeout)
+        except TimeoutError:
+            raise ToolError(f"{tool_name} did not finish within {timeout:g} s (tools.{tool_name}.timeoutMs)") from None
 
     def close(self) -> None:
+        if self.orchestrator is not None:
+            self.orchestrator.cancel_all()
+        self.tasks.close()
+        self.patterns.close()
+        self.reports.close()
         self.memory.close()
 
 
@@ -89,6 +128,8 @@ class App:
         host, port = self.address = await self.http.listen(cfg.host, cfg.port)
         self._install_signals()
         self._tasks.append(asyncio.create_task(self._sweep_sessions()))
+        self._start_memory_purge()
+        await self._start_fleet()
         self.state = None
         log.info(
             "aqe-mcp %s listening on http://%s:%d/mcp (ready in %.0f ms, %d tools)",
@@ -104,13 +145,31 @@ class App:
     async def run_stdio(self) -> int:
         self.state = None
         self._install_signals()
+        self._start_memory_purge()
+        await self._start_fleet()
         stdin_done = asyncio.create_task(serve_stdio(self.dispatcher))
         stopped = asyncio.create_task(self._stopped.wait())
         await asyncio.wait({stdin_done, stopped}, return_when=asyncio.FIRST_COMPLETED)
         for task in (stdin_done, stopped):
             task.cancel()
+        await self._stop_fleet(DRAIN_DEADLINE_S)
         self.close()
         return 0
+
+    async def _start_fleet(self) -> None:
+        """Agents up and the pool warm before the server says it is ready."""
+        assert self.services is not None
+        self.services.tools = {tool.name: tool for tool in self.registry.tools()}
+        fleet = Fleet(self.config)
+        self.services.fleet = fleet
+        self.services.orchestrator = Orchestrator(
+            self.services.tasks, lambda: self.services.tools if self.services else {}, self.services, fleet.capacity
+        )
+        await fleet.start()
+
+    async def _stop_fleet(self, deadline_s: float) -> None:
+        if self.services is not None and self.services.fleet is not None:
+            await self.services.fleet.stop(deadline_s)
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -138,8 +197,14 @@ class App:
         self.sessions.close_all()
         if self.http is not None:
             await self.http.shutdown(deadline_s)
+        await self._stop_fleet(deadline_s)
         self.close()
         self._stopped.set()
+
+    def _start_memory_purge(self) -> None:
+        assert self.services is not None
+        interval_s = self.config.memory.purge_interval_ms / 1000
+        self._tasks.append(asyncio.create_task(purge_periodically(self.services.memory, interval_s)))
 
     async def _sweep_sessions(self) -> None:
         while True:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from qe_appliance import __version__
 from qe_appliance.config import ConfigError, apply_overrides, load_config
+from qe_appliance.store.memory import StoreError
 
 STRATEGIES = ("least-connections", "response-time", "round-robin")
 
@@ -86,7 +87,7 @@ def _start(args: argparse.Namespace) -> int:
 
     try:
         return run(cfg, stdio=args.stdio)
-    except OSError as exc:
+    except (OSError, StoreError) as exc:
         print(f"aqe-v3: cannot start: {exc}", file=sys.stderr)
         return 1
 

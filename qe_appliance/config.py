@@ -16,6 +16,8 @@ import msgspec.inspect as mi
 import yaml
 from rapidfuzz import fuzz, process
 
+from qe_appliance.quality.gate import GatePolicy
+
 MAX_FILE_BYTES: Final = 1 << 20
 # A full configuration is a few hundred YAML nodes; the bound stops alias bombs (billion laughs) early.
 MAX_NODES: Final = 10_000
@@ -56,6 +58,8 @@ class ServerConfig(_Section, frozen=True):
     state_dir: str = ""
     control_socket: str = ""
     log_level: LogLevel = "info"
+    workspace_roots: tuple[str, ...] = ()
+    max_input_file_bytes: AtLeastOne = 67_108_864
 
 
 class PoolConfig(_Section, frozen=True):
@@ -138,6 +142,23 @@ class FleetConfig(_Section, frozen=True):
     preload: tuple[str, ...] = ()
 
 
+# Named qe_quality_gate policies; a configured name replaces or adds to these.
+POLICY_DEFAULTS: Final[dict[str, GatePolicy]] = {
+    "default": GatePolicy(
+        min_line_coverage=80.0, min_branch_coverage=70.0, max_complexity=15, min_maintainability=20.0,
+        max_failed_tests=0, max_critical_gaps=0, max_skipped_ratio=0.1,
+    ),
+    "strict": GatePolicy(
+        min_line_coverage=90.0, min_branch_coverage=85.0, max_complexity=10, min_maintainability=40.0,
+        max_failed_tests=0, min_pass_rate=1.0, max_critical_gaps=0, max_skipped_ratio=0.02,
+    ),
+}
+
+
+class QualityConfig(_Section, frozen=True):
+    policies: dict[str, GatePolicy] = msgspec.field(default_factory=lambda: dict(POLICY_DEFAULTS))
+
+
 # The design's tool table; the CPU-heavy tools run on the agent fleet, the rest on the event loop.
 TOOL_DEFAULTS: Final[dict[str, ToolConfig]] = {
     "qe_test_generate": ToolConfig(category="test-generation", target_latency_ms=500.0, execution="fleet"),
@@ -171,6 +192,7 @@ class Config(_Section, frozen=True):
     memory: MemoryConfig = msgspec.field(default_factory=MemoryConfig)
     learning: LearningConfig = msgspec.field(default_factory=LearningConfig)
     fleet: FleetConfig = msgspec.field(default_factory=FleetConfig)
+    quality: QualityConfig = msgspec.field(default_factory=QualityConfig)
     tools: dict[str, ToolConfig] = msgspec.field(default_factory=lambda: dict(TOOL_DEFAULTS))
 
 
@@ -457,6 +479,8 @@ class _Checker:
         return [text for _, text in sorted(self.errors, key=lambda error: error[0])]
 
     def decode(self, raw: Any, info: mi.Type, path: KeyPath, current: Any) -> Any:
+        if isinstance(info, mi.Metadata):  # a described field (Annotated with Meta): check the type inside
+            info = info.type
         if isinstance(info, mi.StructType):
             return self._struct(raw, info, path, current)
         if isinstance(info, mi.DictType):
@@ -498,20 +522,28 @@ class _Checker:
             self.fail(path, f"expected a mapping of names to settings, got {_describe(raw)}")
             return _INVALID
         noun = str(path[-1]).removesuffix("s") if path else "name"
+        fresh: Callable[[], Any] | None = None
         if isinstance(info.key_type, mi.LiteralType):
             # A closed set of names (fleet.agents): the file's mapping replaces the default one.
             names: list[Any] = list(info.key_type.values)
             result: dict[Any, Any] = {}
+        elif isinstance(info.value_type, mi.StructType) and _open_mapping(info.value_type):
+            # Any name may be added (quality.policies); each entry stands alone and replaces a default
+            # entry of the same name.
+            names = []
+            result = dict(current)
+            fresh = info.value_type.cls
         else:
             # Only names that have a default entry exist; an entry overrides some fields of that default.
             names = list(current)
             result = dict(current)
         for key, entry in raw.items():
-            if key not in names:
+            if (fresh is None and key not in names) or not isinstance(key, str):
                 self._unknown(path, key, [str(n) for n in names], noun)
                 result[key] = _INVALID
             else:
-                result[key] = self.decode(entry, info.value_type, (*path, key), current.get(key))
+                base = fresh() if fresh is not None else current.get(key)
+                result[key] = self.decode(entry, info.value_type, (*path, key), base)
         if any(value is _INVALID for value in result.values()):
             return _INVALID
         return result
@@ -526,6 +558,10 @@ class _Checker:
         return _INVALID if any(item is _INVALID for item in items) else items
 
     def _scalar(self, raw: Any, info: mi.Type, path: KeyPath, current: Any) -> Any:
+        if isinstance(info, mi.UnionType):  # an optional value (a policy threshold): null leaves it unset
+            if raw is None:
+                return None
+            info = next(member for member in info.types if not isinstance(member, mi.NoneType))
         value = _coerce(raw, info)
         if value is _INVALID:
             self.fail(path, _type_problem(raw, info, path, current))
@@ -543,6 +579,11 @@ class _Checker:
         guess = _closest(key, choices)
         hint = f"did you mean `{guess}`?" if guess else f"expected one of: {', '.join(choices)}"
         self.fail((*path, key), f"unknown {noun} `{key}`; {hint}")
+
+
+def _open_mapping(value: mi.StructType) -> bool:
+    """Named entries of a struct whose every field has a default: any name can be defined."""
+    return not any(field.required for field in value.fields)
 
 
 def _coerce(raw: Any, info: mi.Type) -> Any:

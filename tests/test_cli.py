@@ -60,3 +60,18 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         cfg.write_text(f"server: {{port: {port}, stateDir: '{tmp_path}/state'}}\n")
         done = run_cli("mcp", "start", "--config", str(cfg))
     assert done.returncode == 1 and "cannot start" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_second_server_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    from tests.conftest import start_server
+
+    (tmp_path / "a").mkdir()
+    first = start_server(tmp_path / "a")
+    try:
+        cfg = tmp_path / "b.yaml"
+        cfg.write_text(f"server: {{port: 0, stateDir: '{first.state}'}}\n")
+        done = run_cli("mcp", "start", "--config", str(cfg))
+        assert done.returncode == 1 and "in use by another process" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        first.stop()

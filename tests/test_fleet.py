@@ -170,7 +170,7 @@ async def test_spawn_remove_and_limits(tmp_path: Path) -> None:
         agent = await f.spawn("test-generator", capacity=2)
         assert agent.status == "available" and agent.ready_ms is not None and agent.ready_ms < 1000
         assert (await f.run("test-generation", name_of(fns.echo), 2, 5, idempotent=False))["payload"] == 2
-        with pytest.raises(FleetError, match=r"fleet.maxAgents = 2"):
+        with pytest.raises(FleetError, match=r"maxAgents = 2"):
             await f.spawn("generalist")
         with pytest.raises(FleetError, match="unknown agent type 'wizard'"):
             await f.spawn("wizard")
@@ -206,3 +206,29 @@ async def test_stop_leaves_no_agent_behind(tmp_path: Path) -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_an_agent_that_stops_answering_leaves_rotation(tmp_path: Path) -> None:
+    import json
+
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps({
+        "server": {"stateDir": str(tmp_path / "state")},
+        "fleet": {"agents": {"generalist": 2}, "preload": ["tests.agent_functions"]},
+        "balancer": {"healthCheckIntervalMs": 100},
+        "pool": {"minConnections": 2},
+    }))
+    f = Fleet(apply_overrides(load_config(path)))
+    await f.start()
+    try:
+        frozen = f.status()["agents"][0]
+        os.kill(frozen["pid"], signal.SIGSTOP)  # alive but silent: only a probe can tell
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(a["restarts"] for a in f.status()["agents"]):
+            await asyncio.sleep(0.05)
+        agent = next(a for a in f.status()["agents"] if a["id"] == frozen["id"])
+        assert agent["restarts"] == 1 and agent["pid"] != frozen["pid"]
+        for _ in range(4):
+            assert (await run(f, fns.echo, "ok"))["payload"] == "ok"
+    finally:
+        await f.stop(5)

@@ -78,7 +78,7 @@ async def _exercise(client: Client, namespace: str) -> None:
     assert bad.is_error and "key" in _text(bad)
 
     # Unimplemented tools say so instead of inventing output.
-    na = await client.call_tool("qe_fleet_status", {})
+    na = await client.call_tool("qe_test_generate", {"source": "def f(x: int) -> int:\n    return x\n"})
     assert na.is_error and "not available in this build" in _text(na)
 
     with pytest.raises(MCPError) as err:

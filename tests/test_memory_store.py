@@ -1,7 +1,10 @@
-"""The SQLite memory store: upsert and versions, TTL, search, persistence, and durability across kill -9."""
+"""The SQLite memory store: upsert and versions, tags and metadata, TTL and purging, full-text and glob
+search, schema upgrades, persistence, and durability across kill -9 of a writer process."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import pathlib
 import signal
@@ -13,7 +16,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from qe_appliance.store.memory import MemoryStore, MemoryStoreError
+from qe_appliance.store import memory as memory_module
+from qe_appliance.store.memory import (
+    MemoryStore,
+    SearchQueryError,
+    StoreError,
+    fts_query,
+    open_database,
+    purge_periodically,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -31,16 +42,24 @@ def store(db_path: pathlib.Path) -> Iterator[MemoryStore]:
 
 
 def keys(store: MemoryStore, **query: object) -> tuple[list[tuple[str, str]], int]:
-    params: dict[str, object] = {
-        "namespace": None,
-        "pattern": None,
-        "prefix": None,
-        "limit": 100,
-        "offset": 0,
-    }
-    params.update(query)
-    entries, total = store.search(**params)  # type: ignore[arg-type]
-    return [(e.namespace, e.key) for e in entries], total
+    query.setdefault("limit", 100)
+    hits, total = store.search(**query)  # type: ignore[arg-type]
+    return [(hit.entry.namespace, hit.entry.key) for hit in hits], total
+
+
+def found(store: MemoryStore, **query: object) -> list[str]:
+    return [key for _, key in keys(store, **query)[0]]
+
+
+def index_is_consistent(target: pathlib.Path | MemoryStore) -> bool:
+    """FTS5's own check that the index matches memory_entries, plus SQLite's integrity check.
+
+    An open store holds its database exclusively, so it is checked through its own connection.
+    """
+    if isinstance(target, MemoryStore):
+        return target.integrity_check()
+    with contextlib.closing(MemoryStore(target)) as store:
+        return store.integrity_check()
 
 
 def test_put_inserts_then_replaces_and_bumps_the_version(store: MemoryStore) -> None:
@@ -74,44 +93,169 @@ def test_values_come_back_byte_for_byte(store: MemoryStore) -> None:
     assert entry is not None and entry.value_json == value
 
 
+def test_tags_and_metadata_are_stored_deduplicated_and_replaced_with_the_value(store: MemoryStore) -> None:
+    store.put("default", "run/1", b"1", None, tags=["flaky", "auth", "flaky"], metadata_json=b'{"by":"ci"}')
+    entry = store.get("default", "run/1")
+    assert entry is not None
+    assert (entry.tags, entry.metadata_json) == (["auth", "flaky"], b'{"by":"ci"}')
+
+    store.put("default", "run/1", b"2", None, tags=["stable"])
+    entry = store.get("default", "run/1")
+    assert entry is not None and (entry.tags, entry.metadata_json) == (["stable"], None)
+    assert found(store, tags=["flaky"]) == []
+    assert found(store, tags=["stable"]) == ["run/1"]
+
+
+def test_a_batch_of_puts_commits_together_or_not_at_all(store: MemoryStore) -> None:
+    with store.batch():
+        store.put("default", "a", b"1", None, tags=["seed"])
+        store.put("default", "b", b"2", None, tags=["seed"])
+    assert found(store, tags=["seed"]) == ["a", "b"]
+    with pytest.raises(RuntimeError, match="import failed"), store.batch():
+        store.put("default", "c", b"3", None, tags=["seed"])
+        raise RuntimeError("import failed")
+    assert store.get("default", "c") is None and found(store, query="seed") == ["a", "b"]
+
+
+def test_tag_filter_needs_every_tag(store: MemoryStore) -> None:
+    store.put("default", "a", b"0", None, tags=["flaky", "auth"])
+    store.put("default", "b", b"0", None, tags=["flaky"])
+    store.put("default", "c", b"0", None, tags=["auth", "flaky", "slow"])
+    store.put("default", "d", b"0", None, tags=["Flaky"])
+    assert found(store, tags=["flaky"]) == ["a", "b", "c"]
+    assert found(store, tags=["flaky", "auth"]) == ["a", "c"]
+    assert found(store, tags=["flaky", "auth", "slow"]) == ["c"]
+    assert found(store, tags=["flaky", "nope"]) == []
+
+
 def test_expired_entries_are_gone_for_reads_and_search_and_restart_at_version_one(store: MemoryStore) -> None:
-    put = store.put("default", "short", b'"soon gone"', 0.2)
+    put = store.put("default", "short", b'"soon gone"', 0.2, tags=["t"])
     assert put.expires_at is not None and put.expires_at == pytest.approx(put.updated_at + 0.2)
-    store.put("default", "stays", b'"kept"', None)
+    store.put("default", "stays", b'"kept"', None, tags=["t"])
     assert store.get("default", "short") is not None
+    assert found(store, query="soon") == ["short"]
 
     time.sleep(0.3)
     assert store.get("default", "short") is None
     assert keys(store) == ([("default", "stays")], 1)
+    assert keys(store, query="soon") == ([], 0)
+    assert found(store, tags=["t"]) == ["stays"]
 
     again = store.put("default", "short", b'"back"', None)
     assert (again.version, again.replaced, again.expires_at) == (1, False, None)
 
 
-def test_purge_expired_deletes_only_expired_rows(store: MemoryStore) -> None:
+def test_purge_removes_expired_rows_with_their_index_and_tag_rows(
+    store: MemoryStore, db_path: pathlib.Path
+) -> None:
     for i in range(3):
-        store.put("default", f"tmp{i}", b"0", 0.05)
-    store.put("default", "keep", b"1", 3600)
+        store.put("default", f"tmp{i}", b'"temporary words"', 0.05, tags=["tmp"])
+    store.put("default", "keep", b'"lasting words"', 3600, tags=["tmp"])
     time.sleep(0.1)
     assert store.purge_expired() == 3
     assert store.purge_expired() == 0
     assert keys(store) == ([("default", "keep")], 1)
+    db = store._db  # the store holds its file exclusively: look through its own connection
+    assert db.execute("SELECT count(*) FROM memory_tags").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM memory_fts WHERE memory_fts MATCH 'temporary'").fetchone() == (0,)
+    assert index_is_consistent(store)
+
+
+def test_background_purge_clears_a_backlog_larger_than_one_batch(
+    store: MemoryStore, db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory_module, "PURGE_BATCH", 7)
+    for i in range(30):
+        store.put("default", f"tmp{i}", b"0", 0.01)
+    store.put("default", "keep", b"1", None)
+    time.sleep(0.05)
+
+    async def one_tick() -> None:
+        task = asyncio.create_task(purge_periodically(store, 3600))
+        await asyncio.sleep(0.2)
+        task.cancel()
+
+    asyncio.run(one_tick())
+    assert store._db.execute("SELECT key FROM memory_entries").fetchall() == [("keep",)]
+
+
+def test_full_text_search_ranks_key_matches_first_and_highlights_the_words(store: MemoryStore) -> None:
+    store.put("default", "notes/misc", b'{"text": "the checkout page had a timeout once"}', None)
+    store.put("default", "timeout/checkout", b'{"text": "retry the payment call"}', None)
+    store.put("default", "unrelated", b'{"text": "nothing to see"}', None)
+    hits, total = store.search(query="timeout checkout")
+    assert total == 2
+    assert [hit.entry.key for hit in hits] == ["timeout/checkout", "notes/misc"]
+    assert hits[0].score is not None and hits[1].score is not None and hits[0].score > hits[1].score
+    assert "**timeout**" in (hits[1].snippet or "") and "**checkout**" in (hits[1].snippet or "")
+
+
+def test_full_text_search_stems_folds_case_and_accents_and_matches_prefixes(store: MemoryStore) -> None:
+    store.put("default", "a", b'{"why": "Timeouts while connecting to the caf\xc3\xa9 API"}', None)
+    store.put("default", "b", b'{"why": "assertion failed"}', None, tags=["regression"])
+    assert found(store, query="timeout") == ["a"]
+    assert found(store, query="CAFE") == ["a"]
+    assert found(store, query="connect") == ["a"]
+    assert found(store, query="assert*") == ["b"]
+    assert found(store, query="regression") == ["b"]
+    assert found(store, query="timeout assertion") == []
+
+
+def test_full_text_query_words_are_literal_not_fts_syntax(store: MemoryStore) -> None:
+    store.put("default", "coverage/api", b'{"x": "NOT OR AND near"}', None)
+    store.put("default", "coverage-web", b'"api"', None)
+    assert found(store, query="coverage/api") == ["coverage/api"]
+    assert found(store, query='NOT "near') == ["coverage/api"]
+    assert found(store, query="col:api") == []
+    assert fts_query('say "hi"') == '"say" """hi"""'
+    with pytest.raises(SearchQueryError, match="no words to search for"):
+        store.search(query=" - * () ")
+
+
+def test_replaced_values_are_reindexed(store: MemoryStore, db_path: pathlib.Path) -> None:
+    store.put("default", "k", b'"alpha words"', None, tags=["one"])
+    store.put("default", "k", b'"beta words"', None, tags=["two"])
+    assert found(store, query="alpha") == [] and found(store, query="one") == []
+    assert found(store, query="beta") == ["k"] and found(store, query="two") == ["k"]
+    assert index_is_consistent(store)
+
+
+def test_search_combines_words_glob_namespace_and_tags(store: MemoryStore) -> None:
+    store.put("proj", "flaky/login", b'"timeout on submit"', None, tags=["flaky"])
+    store.put("proj", "flaky/pay", b'"timeout on pay"', None)
+    store.put("other", "flaky/login", b'"timeout on submit"', None, tags=["flaky"])
+    store.put("proj", "perf/login", b'"timeout on submit"', None, tags=["flaky"])
+    assert keys(store, query="timeout", namespace="proj", pattern="flaky/*", tags=["flaky"]) == (
+        [("proj", "flaky/login")],
+        1,
+    )
+    assert keys(store, query="timeout", pattern="flaky/*")[1] == 3
+
+
+def test_full_text_search_pages_with_a_total(store: MemoryStore) -> None:
+    for i in range(12):
+        store.put("default", f"k{i:02d}", b'"shared word"', None)
+    first, total = keys(store, query="shared", limit=5)
+    second, _ = keys(store, query="shared", limit=5, offset=5)
+    last, _ = keys(store, query="shared", limit=5, offset=10)
+    assert total == 12 and len(first) == 5 and len(last) == 2
+    assert len({key for _, key in first + second + last}) == 12
 
 
 def test_glob_search_matches_keys_case_sensitively(store: MemoryStore) -> None:
     for key in ["coverage/api", "coverage/web", "coverage", "Coverage/old", "flaky/login", "cov1", "cov2"]:
         store.put("default", key, b"0", None)
-    assert keys(store, pattern="coverage/*")[0] == [("default", "coverage/api"), ("default", "coverage/web")]
-    assert keys(store, pattern="cov?")[0] == [("default", "cov1"), ("default", "cov2")]
-    assert keys(store, pattern="*/[lo]*")[0] == [("default", "Coverage/old"), ("default", "flaky/login")]
+    assert found(store, pattern="coverage/*") == ["coverage/api", "coverage/web"]
+    assert found(store, pattern="cov?") == ["cov1", "cov2"]
+    assert found(store, pattern="*/[lo]*") == ["Coverage/old", "flaky/login"]
     assert keys(store, pattern="nothing*") == ([], 0)
 
 
 def test_prefix_search_includes_keys_that_continue_with_any_character(store: MemoryStore) -> None:
     for key in ["run/1", "run/2", "run/\uffff", "run/😀", "run", "rum", "ruo"]:
         store.put("default", key, b"0", None)
-    found, total = keys(store, prefix="run/")
-    assert sorted(key for _, key in found) == sorted(["run/1", "run/2", "run/\uffff", "run/😀"])
+    hits, total = keys(store, prefix="run/")
+    assert sorted(key for _, key in hits) == sorted(["run/1", "run/2", "run/\uffff", "run/😀"])
     assert total == 4
 
 
@@ -135,33 +279,57 @@ def test_search_filters_by_namespace_and_pages_with_a_total(store: MemoryStore) 
 def test_entries_persist_across_close_and_reopen(db_path: pathlib.Path) -> None:
     store = MemoryStore(db_path)
     store.put("default", "a", b'{"v":1}', None)
-    store.put("default", "a", b'{"v":2}', 3600)
+    store.put("default", "a", b'{"v":2}', 3600, tags=["x"], metadata_json=b"{}")
     store.close()
 
     reopened = MemoryStore(db_path)
     try:
         entry = reopened.get("default", "a")
         assert entry is not None
-        assert (entry.value_json, entry.version) == (b'{"v":2}', 2)
+        assert (entry.value_json, entry.version, entry.tags, entry.metadata_json) == (
+            b'{"v":2}',
+            2,
+            ["x"],
+            b"{}",
+        )
         assert entry.expires_at is not None
         assert reopened.put("default", "a", b"3", None).version == 3
     finally:
         reopened.close()
 
 
+def test_a_database_from_the_previous_schema_is_upgraded_and_indexed(db_path: pathlib.Path) -> None:
+    old = open_database(db_path, memory_module._MIGRATIONS[:1], "memory database")
+    old.execute(
+        "INSERT INTO memory_entries (namespace, key, value, version, created_at, updated_at) "
+        "VALUES ('default', 'legacy/run', '{\"note\": \"written before tags existed\"}', 4, 1.0, 2.0)"
+    )
+    old.close()
+
+    store = MemoryStore(db_path)
+    try:
+        entry = store.get("default", "legacy/run")
+        assert entry is not None and (entry.version, entry.tags, entry.metadata_json) == (4, [], None)
+        assert found(store, query="tags existed") == ["legacy/run"]
+        store.put("default", "legacy/run", b'"new"', None, tags=["t"])
+        assert found(store, query="existed") == [] and found(store, tags=["t"]) == ["legacy/run"]
+    finally:
+        store.close()
+    assert index_is_consistent(db_path)
+
+
 def test_a_database_from_a_newer_build_is_refused_with_a_clear_message(db_path: pathlib.Path) -> None:
     MemoryStore(db_path).close()
-    with sqlite3.connect(db_path) as db:
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
         db.execute("INSERT INTO schema_version (version) VALUES (99)")
-    db.close()
-    with pytest.raises(MemoryStoreError, match="schema version 99.*upgrade aqe-mcp"):
+    with pytest.raises(StoreError, match="schema version 99.*upgrade aqe-mcp"):
         MemoryStore(db_path)
 
 
 def test_an_unopenable_path_names_the_file_and_the_fix(tmp_path: pathlib.Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    with pytest.raises(MemoryStoreError, match=r"not-a-dir.*writable"):
+    with pytest.raises(StoreError, match=r"not-a-dir.*writable"):
         MemoryStore(blocker / "memory.db")
 
 
@@ -175,7 +343,8 @@ deadline = time.monotonic() + 5.0
 for i in range(1_000_000):
     if time.monotonic() > deadline:
         break
-    store.put("crash", f"k{i:07d}", b'{"i": %d, "pad": "%s"}' % (i, b"x" * 200), None)
+    value = b'{"i": %d, "pad": "%s words to index"}' % (i, b"x" * 200)
+    store.put("crash", f"k{i:07d}", value, None, tags=["crash", f"t{i % 7}"])
     sys.stdout.write(f"{i}\\n")
     sys.stdout.flush()
 """
@@ -210,8 +379,8 @@ def test_every_acknowledged_write_survives_kill_9(db_path: pathlib.Path) -> None
             entry = store.get("crash", f"k{i:07d}")
             assert entry is not None, f"acknowledged key k{i:07d} was lost"
             assert entry.value_json.startswith(b'{"i": %d,' % i)
+            assert entry.tags == sorted(["crash", f"t{i % 7}"])
+        assert keys(store, query="words", tags=["crash"], limit=1)[1] >= len(acked)
     finally:
         store.close()
-    with sqlite3.connect(db_path) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    db.close()
+    assert index_is_consistent(db_path)

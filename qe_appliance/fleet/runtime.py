@@ -11,6 +11,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
 import time
 from collections import deque
@@ -96,6 +97,10 @@ class Fleet:
         self._tasks: list[asyncio.Task[None]] = []
         self.stopping = False
         self.saturated = 0
+        self.fleet_id = "fleet-" + secrets.token_hex(4)
+        # Recorded as the caller asked; coordination itself always runs through this server (a hub).
+        self.topology = "hierarchical"
+        self.max_agents = fleet.max_agents
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
@@ -107,15 +112,16 @@ class Fleet:
         await self.pool.prewarm([a.id for a in self.agents.values() if a.status == "available"])
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._maintain()))
+        self._tasks.append(loop.create_task(self._probe_agents()))
 
     async def spawn(self, agent_type: str, capacity: int | None = None) -> Agent:
         """A new agent process, registered with the balancer once it answers."""
         if agent_type not in AGENT_TYPES:
             raise FleetError(f"unknown agent type {agent_type!r}; use one of {', '.join(AGENT_TYPES)}")
-        if len(self.agents) >= self.config.fleet.max_agents:
+        if len(self.agents) >= self.max_agents:
             raise FleetError(
-                f"the fleet already has {len(self.agents)} agents (fleet.maxAgents = "
-                f"{self.config.fleet.max_agents}); remove one or raise fleet.maxAgents"
+                f"the fleet already has {len(self.agents)} agents (maxAgents = {self.max_agents}); "
+                "remove one or raise maxAgents (qe_fleet_init maxAgents, or fleet.maxAgents in the config)"
             )
         self._seq += 1
         agent_id = f"agent-{self._seq}"
@@ -205,6 +211,30 @@ class Fleet:
         self.balancer.add(agent.id, agent.capacity, AGENT_TYPES[agent.type])
         self._wake_capacity_waiters()
 
+    async def ensure(self, counts: dict[str, int]) -> list[Agent]:
+        """Start agents until each type has at least its count (idempotent); returns the new ones."""
+        have: dict[str, int] = {}
+        for agent in self.agents.values():
+            if agent.status != "draining":
+                have[agent.type] = have.get(agent.type, 0) + 1
+        wanted = [t for t, n in counts.items() for _ in range(n - have.get(t, 0))]
+        if len(self.agents) + len(wanted) > self.max_agents:
+            raise FleetError(
+                f"starting {len(wanted)} more agents would exceed maxAgents = {self.max_agents} "
+                f"({len(self.agents)} running); ask for fewer or raise maxAgents"
+            )
+        new = await asyncio.gather(*(self.spawn(t) for t in wanted))
+        missing = min(self.pool.min_connections, self.pool.max_connections) - self.pool.total
+        if missing > 0:
+            await self.pool.prewarm([a.id for a in self.agents.values() if a.status == "available"])
+        return list(new)
+
+    def capacity(self, category: str) -> int:
+        """Requests the available agents serving `category` can take at once."""
+        return sum(
+            a.capacity for a in self.agents.values() if a.status == "available" and category in AGENT_TYPES[a.type]
+        )
+
     async def remove(self, agent_id: str) -> None:
         """Scale down: stop routing to the agent, let its calls finish, then stop it."""
         agent = self.agents.get(agent_id)
@@ -249,6 +279,20 @@ class Fleet:
             alive = [a.id for a in self.agents.values() if a.status == "available"]
             if missing > 0 and alive:
                 await self.pool.prewarm(alive)
+
+    async def _probe_agents(self) -> None:
+        """Active health check (balancer.healthCheckIntervalMs): an agent that stops answering leaves rotation."""
+        while True:
+            await asyncio.sleep(self.config.balancer.health_check_interval_ms / 1000)
+            for agent in [a for a in self.agents.values() if a.status == "available"]:
+                try:
+                    conn = await asyncio.wait_for(self._connect(agent.id, agent), 2.0)
+                    ok = (await asyncio.wait_for(conn.call("ping"), 2.0)).ok
+                    conn.close()
+                except (OSError, TimeoutError, ConnectionError):
+                    ok = False
+                if not ok:
+                    self._suspect(agent.id)
 
     # ---- calls ---------------------------------------------------------------------------------------
 
@@ -400,5 +444,7 @@ class Fleet:
             "agents": agents,
             "pool": self.pool.stats(),
             "balancer": {**self.balancer.stats(), "saturated": self.saturated},
-            "maxAgents": self.config.fleet.max_agents,
+            "fleetId": self.fleet_id,
+            "topology": self.topology,
+            "maxAgents": self.max_agents,
         }

@@ -1,18 +1,32 @@
-"""Durable key/value memory for QE agents: SQLite in WAL mode, namespaced keys, versions and TTL.
-
-Calls are synchronous and sub-millisecond; they run on the event loop over one long-lived connection.
+"""Durable, searchable key/value memory for QE agents: SQLite in WAL mode with namespaces, versions, TTL,
+tags and an FTS5 index (BM25) over key, value text and tags. Also the SQLite plumbing the other stores share.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import pathlib
 import sqlite3
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import msgspec
 
+log = logging.getLogger("aqe_mcp.store")
+
+# Purging deletes in batches so a backlog of expired rows never holds the event loop for long.
+PURGE_BATCH = 500
+PURGE_MAX_BATCHES = 200
+
+# Key matches weigh most, then tags, then the value text (bm25 column weights in that column order).
+_BM25 = "bm25(memory_fts, 4.0, 1.0, 2.0)"
+_SNIPPET_TOKENS = 12
+
 # Entry N holds the statements that take the schema from version N to N + 1; a database is brought up
-# to date on open. The table keeps an integer rowid so a later FTS5 index can use it as content rowid.
+# to date on open. The integer rowid is the FTS5 content rowid and the tag rows' foreign key.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """CREATE TABLE memory_entries (
@@ -29,14 +43,58 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX memory_entries_key ON memory_entries (key, namespace)",
         "CREATE INDEX memory_entries_expiry ON memory_entries (expires_at) WHERE expires_at IS NOT NULL",
     ),
+    (
+        # tags: a JSON array of distinct strings, mirrored row by row into memory_tags for filtering.
+        "ALTER TABLE memory_entries ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE memory_entries ADD COLUMN metadata TEXT",
+        """CREATE TABLE memory_tags (
+            tag TEXT NOT NULL,
+            entry_id INTEGER NOT NULL,
+            PRIMARY KEY (tag, entry_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX memory_tags_entry ON memory_tags (entry_id)",
+        # Lets the total of a listing count live entries from this index alone instead of every row.
+        "CREATE INDEX memory_entries_live ON memory_entries (namespace, expires_at)",
+        # External content: the index stores only tokens; snippets read the text from memory_entries.
+        """CREATE VIRTUAL TABLE memory_fts USING fts5(
+            key, value, tags,
+            content = 'memory_entries', content_rowid = 'id',
+            tokenize = 'porter unicode61 remove_diacritics 2'
+        )""",
+        # Triggers keep the index and the tag rows in the writing statement's own transaction.
+        """CREATE TRIGGER memory_entries_ai AFTER INSERT ON memory_entries BEGIN
+            INSERT INTO memory_fts (rowid, key, value, tags) VALUES (new.id, new.key, new.value, new.tags);
+            INSERT INTO memory_tags (tag, entry_id) SELECT DISTINCT value, new.id FROM json_each(new.tags);
+        END""",
+        """CREATE TRIGGER memory_entries_ad AFTER DELETE ON memory_entries BEGIN
+            INSERT INTO memory_fts (memory_fts, rowid, key, value, tags)
+                VALUES ('delete', old.id, old.key, old.value, old.tags);
+            DELETE FROM memory_tags WHERE entry_id = old.id;
+        END""",
+        """CREATE TRIGGER memory_entries_au AFTER UPDATE OF key, value, tags ON memory_entries BEGIN
+            INSERT INTO memory_fts (memory_fts, rowid, key, value, tags)
+                VALUES ('delete', old.id, old.key, old.value, old.tags);
+            INSERT INTO memory_fts (rowid, key, value, tags) VALUES (new.id, new.key, new.value, new.tags);
+        END""",
+        """CREATE TRIGGER memory_entries_au_tags AFTER UPDATE OF tags ON memory_entries
+        WHEN old.tags IS NOT new.tags BEGIN
+            DELETE FROM memory_tags WHERE entry_id = old.id;
+            INSERT INTO memory_tags (tag, entry_id) SELECT DISTINCT value, new.id FROM json_each(new.tags);
+        END""",
+        # Rows written by schema version 1 get indexed too.
+        "INSERT INTO memory_fts (memory_fts) VALUES ('rebuild')",
+    ),
 )
 
 # An expired row is treated as absent; re-storing its key starts a fresh entry (version 1).
 _UPSERT = """
-INSERT INTO memory_entries (namespace, key, value, version, created_at, updated_at, expires_at)
-VALUES (:namespace, :key, CAST(:value AS TEXT), 1, :now, :now, :expires_at)
+INSERT INTO memory_entries
+    (namespace, key, value, tags, metadata, version, created_at, updated_at, expires_at)
+VALUES (:namespace, :key, CAST(:value AS TEXT), :tags, CAST(:metadata AS TEXT), 1, :now, :now, :expires_at)
 ON CONFLICT (namespace, key) DO UPDATE SET
     value = excluded.value,
+    tags = excluded.tags,
+    metadata = excluded.metadata,
     version = CASE WHEN expires_at <= :now THEN 1 ELSE version + 1 END,
     created_at = CASE WHEN expires_at <= :now THEN :now ELSE created_at END,
     updated_at = :now,
@@ -44,18 +102,36 @@ ON CONFLICT (namespace, key) DO UPDATE SET
 RETURNING version, created_at
 """
 
-_LIVE = "(expires_at IS NULL OR expires_at > :now)"
+_LIVE = "(e.expires_at IS NULL OR e.expires_at > :now)"
 
 # Values go in as TEXT and come out as bytes via CAST, so neither direction decodes in Python.
-_COLUMNS = "namespace, key, CAST(value AS BLOB), version, created_at, updated_at, expires_at"
+_COLUMNS = (
+    "e.namespace, e.key, CAST(e.value AS BLOB), e.version, e.created_at, e.updated_at, e.expires_at, "
+    "CAST(e.tags AS BLOB), CAST(e.metadata AS BLOB)"
+)
 
-_GET = f"SELECT {_COLUMNS} FROM memory_entries WHERE namespace = :namespace AND key = :key AND {_LIVE}"
+_GET = f"SELECT {_COLUMNS} FROM memory_entries e WHERE e.namespace = :namespace AND e.key = :key AND {_LIVE}"
 
-_PURGE = "DELETE FROM memory_entries WHERE expires_at <= :now"
+_PURGE = (
+    "DELETE FROM memory_entries WHERE id IN "
+    "(SELECT id FROM memory_entries WHERE expires_at <= :now LIMIT :batch)"
+)
+
+# The excerpt comes from the value (column 1): the key and tags are returned whole beside it anyway.
+_SNIPPETS = (
+    f"SELECT rowid, snippet(memory_fts, 1, '**', '**', '…', {_SNIPPET_TOKENS}) FROM memory_fts "
+    "WHERE memory_fts MATCH :query AND rowid IN (SELECT value FROM json_each(:ids))"
+)
+
+_TAGS = msgspec.json.Decoder(list[str])
 
 
-class MemoryStoreError(RuntimeError):
-    """The memory database cannot be opened or used; the message says which file and what to do."""
+class StoreError(RuntimeError):
+    """A database cannot be opened or used; the message says which file and what to do."""
+
+
+class SearchQueryError(ValueError):
+    """A full-text query with nothing to search for; the message says what to send instead."""
 
 
 class MemoryEntry(msgspec.Struct, frozen=True, gc=False):
@@ -68,6 +144,16 @@ class MemoryEntry(msgspec.Struct, frozen=True, gc=False):
     created_at: float
     updated_at: float
     expires_at: float | None
+    tags: list[str]
+    metadata_json: bytes | None
+
+
+class MemoryHit(msgspec.Struct, frozen=True, gc=False):
+    """One search match: the entry, and for a full-text query its relevance and a highlighted excerpt."""
+
+    entry: MemoryEntry
+    score: float | None = None
+    snippet: str | None = None
 
 
 class PutResult(msgspec.Struct, frozen=True, gc=False):
@@ -78,6 +164,112 @@ class PutResult(msgspec.Struct, frozen=True, gc=False):
     created_at: float
     updated_at: float
     expires_at: float | None
+
+
+def open_database(path: pathlib.Path, migrations: Sequence[Sequence[str]], what: str) -> sqlite3.Connection:
+    """An autocommit connection in WAL mode with `synchronous=FULL`, its schema brought up to date.
+
+    `what` names the database in errors ("memory database"). Raises StoreError with the fix.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit: each statement is its own transaction, committed (and fsynced) before return.
+        db = sqlite3.connect(path, isolation_level=None, cached_statements=64)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(
+            f"cannot open the {what} {path}: {exc}; check that the state directory exists and is writable "
+            "by the server's user"
+        ) from exc
+    try:
+        # One server owns its state: with the lock held for the connection's life, reads skip the
+        # per-transaction file locking (3 syscalls a read), and a second server on the same stateDir
+        # is refused instead of sharing the files.
+        db.execute("PRAGMA locking_mode = EXCLUSIVE")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreError(
+                f"the {what} {path} cannot use WAL mode (got {mode!r}); put the state directory on a "
+                "local filesystem"
+            )
+        # FULL fsyncs the WAL on every commit: an acknowledged write survives kill -9 and power loss.
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA busy_timeout = 1000")
+        _migrate(db, path, migrations, what)
+        with transaction(db):  # takes the write lock now, so a second server fails here
+            pass
+    except sqlite3.OperationalError as exc:
+        db.close()
+        if "locked" in str(exc):
+            raise StoreError(
+                f"the {what} {path} is in use by another process (another aqe-mcp on the same stateDir?); "
+                "stop it or give this server its own server.stateDir"
+            ) from exc
+        raise StoreError(
+            f"the {what} {path} is unusable: {exc}; move it aside to start empty, or restore it from a backup"
+        ) from exc
+    except sqlite3.Error as exc:
+        db.close()
+        raise StoreError(
+            f"the {what} {path} is unusable: {exc}; move it aside to start empty, or restore it from a backup"
+        ) from exc
+    except StoreError:
+        db.close()
+        raise
+    return db
+
+
+def _migrate(
+    db: sqlite3.Connection, path: pathlib.Path, migrations: Sequence[Sequence[str]], what: str
+) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    current = db.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+    if current > len(migrations):
+        raise StoreError(
+            f"the {what} {path} has schema version {current}, newer than this build understands "
+            f"({len(migrations)}); upgrade aqe-mcp or point stateDir elsewhere"
+        )
+    for version, statements in enumerate(migrations[current:], start=current + 1):
+        # One transaction per step, so a crash mid-migration leaves the previous version intact.
+        with transaction(db):
+            for statement in statements:
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT on an autocommit connection; ROLLBACK when the block raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        # SQLite has already rolled back by itself after some errors (disk full, I/O).
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def fts_query(text: str) -> str:
+    """A user's search words as an FTS5 query: every word must occur; `word*` matches a prefix.
+
+    Each word is quoted so FTS5 operators and punctuation in it are taken literally; a word with
+    punctuation inside (`coverage/api`) matches as a phrase. Raises SearchQueryError when no word is left.
+    """
+    terms = []
+    for word in text.split():
+        prefix = word.endswith("*")
+        core = word.rstrip("*")
+        if not any(char.isalnum() for char in core):
+            continue
+        quoted = '"' + core.replace('"', '""') + '"'
+        terms.append(quoted + "*" if prefix else quoted)
+    if not terms:
+        raise SearchQueryError(
+            f"query {text!r} has no words to search for; give one or more words (letters or digits), "
+            "or search by pattern or tags instead"
+        )
+    return " ".join(terms)
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
@@ -97,70 +289,39 @@ def prefix_upper_bound(prefix: str) -> str | None:
     return None
 
 
+def _entry(row: Any) -> MemoryEntry:
+    namespace, key, value, version, created, updated, expires, tags, metadata = row
+    return MemoryEntry(
+        namespace, key, value, version, created, updated, expires, _TAGS.decode(tags), metadata
+    )
+
+
 class MemoryStore:
-    """Namespaced JSON values with versions and expiry, durable once `put` returns."""
+    """Namespaced JSON values with versions, tags, metadata and expiry; durable once `put` returns."""
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Autocommit: each statement is its own transaction, committed (and fsynced) before return.
-            self._db = sqlite3.connect(path, isolation_level=None, cached_statements=64)
-        except (OSError, sqlite3.Error) as exc:
-            raise MemoryStoreError(
-                f"cannot open the memory database {path}: {exc}; check that the state directory "
-                "exists and is writable by the server's user"
-            ) from exc
-        try:
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise MemoryStoreError(
-                    f"the memory database {path} cannot use WAL mode (got {mode!r}); put the state "
-                    "directory on a local filesystem"
-                )
-            # FULL fsyncs the WAL on every commit: an acknowledged write survives kill -9 and power loss.
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.execute("PRAGMA busy_timeout = 1000")
-            self._migrate()
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise MemoryStoreError(
-                f"the memory database {path} is unusable: {exc}; move it aside to start empty, or "
-                "restore it from a backup"
-            ) from exc
-        except MemoryStoreError:
-            self._db.close()
-            raise
+        self._db = open_database(path, _MIGRATIONS, "memory database")
 
-    def _migrate(self) -> None:
-        self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
-        current = row[0] or 0
-        if current > len(_MIGRATIONS):
-            raise MemoryStoreError(
-                f"the memory database {self.path} has schema version {current}, newer than this build "
-                f"understands ({len(_MIGRATIONS)}); upgrade aqe-mcp or point stateDir elsewhere"
-            )
-        for version, statements in enumerate(_MIGRATIONS[current:], start=current + 1):
-            # One transaction per step, so a crash mid-migration leaves the previous version intact.
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in statements:
-                    self._db.execute(statement)
-                self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-
-    def put(self, namespace: str, key: str, value_json: bytes, ttl_seconds: float | None) -> PutResult:
-        """Insert or replace `key` in `namespace`; durable when this returns."""
+    def put(
+        self,
+        namespace: str,
+        key: str,
+        value_json: bytes,
+        ttl_seconds: float | None,
+        *,
+        tags: Sequence[str] = (),
+        metadata_json: bytes | None = None,
+    ) -> PutResult:
+        """Insert or replace `key` in `namespace` (value, tags and metadata together); durable on return."""
         now = time.time()
         expires_at = None if ttl_seconds is None else now + ttl_seconds
         params = {
             "namespace": namespace,
             "key": key,
             "value": value_json,
+            "tags": msgspec.json.encode(sorted(set(tags))).decode(),
+            "metadata": metadata_json,
             "now": now,
             "expires_at": expires_at,
         }
@@ -174,46 +335,129 @@ class MemoryStore:
             expires_at=expires_at,
         )
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run the puts made inside the block as one transaction, with one fsync (imports, seeding).
+
+        Nothing in it is durable until the block ends; an exception rolls all of it back.
+        """
+        with transaction(self._db):
+            yield
+
     def get(self, namespace: str, key: str) -> MemoryEntry | None:
         """The live entry, or None when the key is missing or has expired."""
         row = self._db.execute(_GET, {"namespace": namespace, "key": key, "now": time.time()}).fetchone()
-        return None if row is None else MemoryEntry(*row)
+        return None if row is None else _entry(row)
 
     def search(
-        self, *, namespace: str | None, pattern: str | None, prefix: str | None, limit: int, offset: int
-    ) -> tuple[list[MemoryEntry], int]:
-        """Live entries whose key matches the glob `pattern` and/or starts with `prefix`.
+        self,
+        *,
+        query: str | None = None,
+        namespace: str | None = None,
+        pattern: str | None = None,
+        prefix: str | None = None,
+        tags: Sequence[str] = (),
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[MemoryHit], int]:
+        """Live entries that match every filter given, one page (`limit` from `offset`) and the total.
 
-        Ordered by key then namespace; returns one page (`limit` from `offset`) and the total count.
+        `query`: words searched with FTS5 over key, value text and tags (see `fts_query`), ranked by BM25,
+        best first; without it hits are ordered by key then namespace. `pattern`: a case-sensitive glob
+        on keys. `prefix`: keys starting with it. `tags`: entries carrying all of them.
         """
         params: dict[str, object] = {"now": time.time(), "limit": limit, "offset": offset}
         clauses = [_LIVE]
         if namespace is not None:
-            clauses.append("namespace = :namespace")
+            clauses.append("e.namespace = :namespace")
             params["namespace"] = namespace
         if pattern is not None:
-            clauses.append("key GLOB :pattern")
+            clauses.append("e.key GLOB :pattern")
             params["pattern"] = pattern
         if prefix:
-            clauses.append("key >= :prefix")
+            clauses.append("e.key >= :prefix")
             params["prefix"] = prefix
             upper = prefix_upper_bound(prefix)
             if upper is not None:
-                clauses.append("key < :upper")
+                clauses.append("e.key < :upper")
                 params["upper"] = upper
+        names = [f"tag{i}" for i in range(len(set(tags)))]
+        params.update(zip(names, sorted(set(tags)), strict=True))
+        if names and query is None and pattern is None and not prefix:
+            # Nothing narrower to start from: the tag index drives, the entries with every tag.
+            every = " INTERSECT ".join(
+                f"SELECT entry_id FROM memory_tags WHERE tag = :{name}" for name in names
+            )
+            clauses.append(f"e.id IN ({every})")
+        else:
+            # The words or the key range drive; each candidate's tags are then looked up by primary key
+            # (listing every entry with a common tag first would cost more than the search itself).
+            clauses += [
+                f"EXISTS (SELECT 1 FROM memory_tags WHERE tag = :{name} AND entry_id = e.id)"
+                for name in names
+            ]
+        if query is None:
+            rows, total = self._page(_COLUMNS, "memory_entries e", clauses, "e.key, e.namespace", params)
+            return [MemoryHit(_entry(row)) for row in rows], total
+        match = params["query"] = fts_query(query)
+        rows, total = self._page(
+            f"e.id, -{_BM25} AS score, {_COLUMNS}",
+            # CROSS JOIN keeps the FTS index as the outer loop; otherwise the planner may walk a namespace's
+            # entries and run the full-text match once per entry.
+            "memory_fts CROSS JOIN memory_entries e ON e.id = memory_fts.rowid",
+            ["memory_fts MATCH :query", *clauses],
+            "score DESC, e.key, e.namespace",
+            params,
+        )
+        if not rows:
+            return [], total
+        # Snippets only for the page: computed in the ranking query they would cost one per match.
+        ids = msgspec.json.encode([row[0] for row in rows]).decode()
+        snippets = dict(self._db.execute(_SNIPPETS, {"query": match, "ids": ids}).fetchall())
+        return [MemoryHit(_entry(row[2:]), row[1], snippets.get(row[0])) for row in rows], total
+
+    def _page(
+        self, columns: str, source: str, clauses: list[str], order: str, params: dict[str, object]
+    ) -> tuple[list[Any], int]:
+        """One page of rows (`:limit` from `:offset`) and the number of rows matching in all."""
         where = " AND ".join(clauses)
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM memory_entries WHERE {where} ORDER BY key, namespace "
-            "LIMIT :limit OFFSET :offset",
+            f"SELECT {columns} FROM {source} WHERE {where} ORDER BY {order} LIMIT :limit OFFSET :offset",
             params,
         ).fetchall()
-        (total,) = self._db.execute(f"SELECT count(*) FROM memory_entries WHERE {where}", params).fetchone()
-        return [MemoryEntry(*row) for row in rows], total
+        (total,) = self._db.execute(f"SELECT count(*) FROM {source} WHERE {where}", params).fetchone()
+        return rows, total
 
-    def purge_expired(self) -> int:
-        """Delete expired entries; returns how many were removed."""
-        return self._db.execute(_PURGE, {"now": time.time()}).rowcount
+    def purge_expired(self, batch: int = PURGE_BATCH) -> int:
+        """Delete up to `batch` expired entries; returns how many were removed."""
+        return self._db.execute(_PURGE, {"now": time.time(), "batch": batch}).rowcount
+
+    def integrity_check(self) -> bool:
+        """SQLite's integrity check plus FTS5's check that the search index matches the entries."""
+        self._db.execute("INSERT INTO memory_fts (memory_fts) VALUES ('integrity-check')")
+        return self._db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
     def close(self) -> None:
         """Close the database; later calls raise sqlite3.ProgrammingError."""
         self._db.close()
+
+
+async def purge_periodically(store: MemoryStore, interval_s: float) -> None:
+    """Delete expired entries now and every `interval_s`, a batch at a time so requests run in between.
+
+    Runs until cancelled; a database error is logged and retried at the next interval.
+    """
+    while True:
+        removed = 0
+        try:
+            for _ in range(PURGE_MAX_BATCHES):
+                count = store.purge_expired()
+                removed += count
+                if count < PURGE_BATCH:
+                    break
+                await asyncio.sleep(0)
+        except sqlite3.Error as exc:
+            log.warning("purging expired memory entries from %s failed: %s; retrying later", store.path, exc)
+        if removed:
+            log.debug("purged %d expired memory entries", removed)
+        await asyncio.sleep(interval_s)

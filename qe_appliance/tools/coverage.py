@@ -1,22 +1,53 @@
-"""The coverage tools: parse real coverage reports, then rank the riskiest uncovered code (issue 5)."""
+"""The coverage tools: parse real coverage reports, then rank the riskiest uncovered code (issue 5).
+
+Parsing and gap analysis are `@compute` jobs (an agent of the fleet, or a worker thread): they get the
+workspace and any stored report as data and never touch the server's databases; the handlers read and
+write the reports store on the event loop.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, NoReturn
+import functools
+import hashlib
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from qe_appliance.tools.base import NotAvailable, ToolContext, ToolSpec
+from qe_appliance.coverage.formats import FormatChoice, parse_report
+from qe_appliance.coverage.gaps import Gap, find_gaps
+from qe_appliance.coverage.model import (
+    FileCoverage,
+    Measure,
+    Report,
+    Totals,
+    file_totals,
+    missed_runs,
+    ranges_text,
+    report_totals,
+)
+from qe_appliance.fleet.compute import compute
+from qe_appliance.store.reports import StoredReport
+from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
+from qe_appliance.workspace import InputError, Workspace, WorkspaceSpec
 
 CATEGORY = "coverage-analysis"
 COVERAGE_ANALYZE = "qe_coverage_analyze"
 COVERAGE_GAPS = "qe_coverage_gaps"
 
-ReportFormat = Literal["auto", "coveragepy-json", "cobertura", "lcov", "istanbul", "jacoco"]
+SortKey = Literal["lineCoverage", "branchCoverage", "functionCoverage", "missedLines", "path"]
 
 Text = Annotated[str, msgspec.Meta(min_length=1)]
 _PATH = "Coverage report file under the server's workspace roots; or give content."
 _CONTENT = "The coverage report itself, inline; or give path."
+_REPORTS = msgspec.msgpack.Decoder(Report)
+_ENCODER = msgspec.msgpack.Encoder()
+_REPORT_ID = re.compile(r"cov-[0-9a-f]{16}")
+T = TypeVar("T")
 
 
 class CoverageAnalyzeInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -25,12 +56,51 @@ class CoverageAnalyzeInput(msgspec.Struct, rename="camel", forbid_unknown_fields
     path: Annotated[Text | None, msgspec.Meta(description=_PATH)] = None
     content: Annotated[Text | None, msgspec.Meta(description=_CONTENT)] = None
     format: Annotated[
-        ReportFormat, msgspec.Meta(description="Report format; auto detects it from the content.")
+        FormatChoice, msgspec.Meta(description="Report format; auto detects it from the content.")
     ] = "auto"
     root: Annotated[
         Text | None,
-        msgspec.Meta(description="Project root that the report's file names are relative to."),
+        msgspec.Meta(
+            description="Project root that the report's file names are relative to; default: the report "
+            "file's directory (for inline content, the first workspace root)."
+        ),
     ] = None
+    sort_by: Annotated[
+        SortKey,
+        msgspec.Meta(
+            description="Order of the per-file table; coverage sorts put files with nothing to cover last."
+        ),
+    ] = "lineCoverage"
+    descending: Annotated[
+        bool, msgspec.Meta(description="Sort the table high to low (default low first).")
+    ] = False
+    max_files: Annotated[
+        int, msgspec.Meta(ge=1, le=10_000, description="Rows of the per-file table to return.")
+    ] = 50
+
+
+class FileRow(msgspec.Struct, rename="camel", frozen=True):
+    path: str
+    lines: Measure
+    branches: Measure | None
+    functions: Measure | None
+    missed: Annotated[str, msgspec.Meta(description="Missed line ranges, e.g. '18-19,23-29'.")]
+
+
+class CoverageAnalyzeResult(msgspec.Struct, rename="camel", frozen=True):
+    report_id: Annotated[str, msgspec.Meta(description="Give to qe_coverage_gaps or qe_quality_gate.")]
+    format: str
+    root: str
+    files: int
+    totals: Annotated[
+        Totals,
+        msgspec.Meta(
+            description="branches / functions are null when the format or "
+            "this report does not carry them; percent is null for 0 of 0."
+        ),
+    ]
+    table: list[FileRow]
+    table_truncated: bool
 
 
 class CoverageGapsInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -44,7 +114,8 @@ class CoverageGapsInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     source_root: Annotated[
         Text | None,
         msgspec.Meta(
-            description="Source tree the report covers, so gaps name their function and git churn counts."
+            description="Source tree the report covers, so gaps name their function and git churn counts; "
+            "default: the report's root."
         ),
     ] = None
     min_risk: Annotated[
@@ -53,12 +124,221 @@ class CoverageGapsInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     limit: Annotated[int, msgspec.Meta(ge=1, le=500, description="Most gaps to return, riskiest first.")] = 20
 
 
-async def coverage_analyze(ctx: ToolContext, args: CoverageAnalyzeInput) -> NoReturn:
-    raise NotAvailable(COVERAGE_ANALYZE)
+class SeverityCounts(msgspec.Struct, frozen=True):
+    critical: int
+    high: int
+    medium: int
+    low: int
 
 
-async def coverage_gaps(ctx: ToolContext, args: CoverageGapsInput) -> NoReturn:
-    raise NotAvailable(COVERAGE_GAPS)
+class CoverageGapsResult(msgspec.Struct, rename="camel", frozen=True):
+    report_id: str | None
+    format: str
+    source_root: str
+    files_with_gaps: int
+    sources_found: Annotated[int, msgspec.Meta(description="Files with gaps whose source was read.")]
+    churn_measured: bool
+    gaps_total: int
+    severities: SeverityCounts
+    gaps: Annotated[
+        list[Gap], msgspec.Meta(description="At or above minRisk, riskiest first, at most limit.")
+    ]
+    warnings: list[str]
+
+
+def one_source(**given: str | None) -> str:
+    """The name of the single argument given among `given`; ToolError naming them otherwise."""
+    present = [name for name, value in given.items() if value is not None]
+    if len(present) != 1:
+        names = " or ".join(given)
+        raise ToolError(f"give exactly one of {names} (got {', '.join(present) or 'none'})")
+    return present[0]
+
+
+def report_id(fmt: str, root: str, data: bytes) -> str:
+    digest = hashlib.blake2b(data, digest_size=8, person=b"aqe-report")
+    digest.update(f"\x00{fmt}\x00{root}".encode())
+    return f"cov-{digest.hexdigest()}"
+
+
+def read_report(
+    workspace: Workspace, path: str | None, content: str | None, fmt: FormatChoice, root: str | None
+) -> tuple[Report, bytes]:
+    """Parse a report from a workspace file or inline text; returns it and the bytes it came from."""
+    if path is not None:
+        report_file = workspace.file(path)
+        data = workspace.read_bytes(report_file)
+        default_root = report_file.parent
+    else:
+        assert content is not None
+        data = content.encode()
+        default_root = workspace.roots[0]
+    root_dir = workspace.directory(root) if root is not None else default_root
+    return parse_report(data, fmt, str(root_dir)), data
+
+
+class _AnalyzeJob(msgspec.Struct, frozen=True):
+    workspace: WorkspaceSpec
+    args: CoverageAnalyzeInput
+
+
+class _AnalyzeOutcome(msgspec.Struct, frozen=True):
+    result: CoverageAnalyzeResult
+    meta: StoredReport
+    body: bytes
+
+
+class _GapsJob(msgspec.Struct, frozen=True):
+    workspace: WorkspaceSpec
+    args: CoverageGapsInput
+    body: bytes | None
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """An InputError (a bad path, report or source file) becomes a ToolError: an isError result that
+    tells the caller what to fix, and not a fault of the agent that ran the job."""
+    try:
+        yield
+    except InputError as exc:
+        raise ToolError(str(exc)) from None
+
+
+def job(fn: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """Register `fn` as a `@compute` job (msgpack bytes in, msgpack bytes out) that reports input errors."""
+
+    @functools.wraps(fn)
+    def run(payload: bytes) -> bytes:
+        with user_errors():
+            return fn(payload)
+
+    return compute(run)
+
+
+async def offload(ctx: ToolContext, job_fn: Callable[[bytes], bytes], work: Any, result_type: type[T]) -> T:
+    """Run a `@compute` job for this tool: the job and its result travel as msgpack bytes."""
+    raw = await ctx.compute(job_fn, _ENCODER.encode(work))
+    return msgspec.msgpack.decode(raw, type=result_type)
+
+
+@job
+def analyze_job(payload: bytes) -> bytes:
+    task = msgspec.msgpack.decode(payload, type=_AnalyzeJob)
+    args = task.args
+    report, data = read_report(
+        Workspace.from_spec(task.workspace), args.path, args.content, args.format, args.root
+    )
+    rid = report_id(report.format, report.root, data)
+    rows = [
+        FileRow(entry.path, *_measures(entry), ranges_text(missed_runs(entry.lines, entry.missed)))
+        for entry in report.files
+    ]
+    rows.sort(key=_sort_key(args.sort_by), reverse=args.descending)
+    if args.sort_by != "path":  # files with nothing to measure stay last whichever way the sort goes
+        rows.sort(key=lambda row: _value(row, args.sort_by) is None)
+    result = CoverageAnalyzeResult(
+        report_id=rid,
+        format=report.format,
+        root=report.root,
+        files=len(report.files),
+        totals=report_totals(report.files),
+        table=rows[: args.max_files],
+        table_truncated=len(rows) > args.max_files,
+    )
+    meta = StoredReport(rid, report.format, report.root, args.path or "inline", time.time())
+    return _ENCODER.encode(_AnalyzeOutcome(result, meta, _ENCODER.encode(report)))
+
+
+def _measures(entry: FileCoverage) -> tuple[Measure, Measure | None, Measure | None]:
+    totals = file_totals(entry)
+    return totals.lines, totals.branches, totals.functions
+
+
+def _value(row: FileRow, key: SortKey) -> float | str | None:
+    if key == "path":
+        return row.path
+    if key == "missedLines":
+        return row.lines.total - row.lines.covered
+    measure = {"lineCoverage": row.lines, "branchCoverage": row.branches, "functionCoverage": row.functions}[
+        key
+    ]
+    return measure.percent if measure is not None else None
+
+
+def _sort_key(key: SortKey) -> Callable[[FileRow], tuple[Any, str]]:
+    def sort_key(row: FileRow) -> tuple[Any, str]:
+        value = _value(row, key)
+        return (0 if value is None else value, row.path)
+
+    return sort_key
+
+
+async def coverage_analyze(ctx: ToolContext, args: CoverageAnalyzeInput) -> CoverageAnalyzeResult:
+    one_source(path=args.path, content=args.content)
+    outcome = await offload(
+        ctx, analyze_job, _AnalyzeJob(ctx.services.workspace.spec(), args), _AnalyzeOutcome
+    )
+    ctx.services.reports.put(outcome.meta, outcome.body)
+    return outcome.result
+
+
+def stored_report(ctx: ToolContext, rid: str) -> bytes | None:
+    """The encoded report stored under `rid` (read on the loop thread). None when `rid` is not shaped
+    like a reportId; ToolError when it is but no such report is kept."""
+    found = ctx.services.reports.get(rid)
+    if found is not None:
+        return found[1]
+    if _REPORT_ID.fullmatch(rid):
+        raise ToolError(
+            f"no stored report {rid!r}; run qe_coverage_analyze to get a reportId (the newest "
+            f"{ctx.services.reports.max_reports} reports are kept)"
+        )
+    return None
+
+
+def decode_report(body: bytes) -> Report:
+    return _REPORTS.decode(body)
+
+
+@job
+def gaps_job(payload: bytes) -> bytes:
+    task = msgspec.msgpack.decode(payload, type=_GapsJob)
+    args, workspace = task.args, Workspace.from_spec(task.workspace)
+    if task.body is not None:
+        report = decode_report(task.body)
+    else:
+        report = read_report(workspace, args.path, args.content, "auto", None)[0]
+    source_root = workspace.directory(args.source_root) if args.source_root else Path(report.root)
+    analysis = find_gaps(report, workspace, source_root)
+    counts = {"critical": 0, "high": 0, "medium": 0, "low": 0}
+    for gap in analysis.gaps:
+        counts[gap.severity] += 1
+    kept = [gap for gap in analysis.gaps if gap.risk >= args.min_risk]
+    result = CoverageGapsResult(
+        report_id=args.report_id,
+        format=report.format,
+        source_root=str(source_root),
+        files_with_gaps=analysis.files_with_gaps,
+        sources_found=analysis.sources_found,
+        churn_measured=analysis.churn_measured,
+        gaps_total=len(analysis.gaps),
+        severities=SeverityCounts(**counts),
+        gaps=kept[: args.limit],
+        warnings=analysis.warnings,
+    )
+    return _ENCODER.encode(result)
+
+
+async def coverage_gaps(ctx: ToolContext, args: CoverageGapsInput) -> CoverageGapsResult:
+    one_source(reportId=args.report_id, path=args.path, content=args.content)
+    body = None
+    if args.report_id is not None:
+        body = stored_report(ctx, args.report_id)
+        if body is None:
+            raise ToolError(f"{args.report_id!r} is not a reportId (they look like cov-0123456789abcdef)")
+    return await offload(
+        ctx, gaps_job, _GapsJob(ctx.services.workspace.spec(), args, body), CoverageGapsResult
+    )
 
 
 TOOLS: tuple[ToolSpec, ...] = (
@@ -74,6 +354,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         category=CATEGORY,
         input_type=CoverageAnalyzeInput,
         handler=coverage_analyze,
+        output_type=CoverageAnalyzeResult,
         # Keeps the parsed report for later calls, so it writes state and each call may add a report.
         read_only=False,
         idempotent=False,
@@ -83,12 +364,15 @@ TOOLS: tuple[ToolSpec, ...] = (
         title="Find coverage gaps",
         description=(
             "List uncovered code as contiguous line ranges, each with its enclosing function or class, a "
-            "risk score 0..1 (gap size, uncovered fraction, branch gaps, complexity, git churn), a severity, "
-            "and the test file to add it to, riskiest first."
+            "risk score 0..1 (weighted mean of gap size 0.20, the function's uncovered share 0.25, its "
+            "missed branches 0.15, cyclomatic complexity 0.25 and git churn 0.15, over the factors that "
+            "could be measured), a severity (critical >= 0.75, high >= 0.5, medium >= 0.3) and the test "
+            "file to add it to, riskiest first."
         ),
         category=CATEGORY,
         input_type=CoverageGapsInput,
         handler=coverage_gaps,
+        output_type=CoverageGapsResult,
         read_only=True,
         idempotent=True,
     ),

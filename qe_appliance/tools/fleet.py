@@ -1,12 +1,18 @@
-"""The coordination tools: start and inspect the agent fleet, spawn agents, orchestrate tasks (issue 3)."""
+"""The coordination tools: start and inspect the agent fleet, spawn agents, orchestrate tasks."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import msgspec
 
-from qe_appliance.tools.base import NotAvailable, ToolContext, ToolSpec
+from qe_appliance.fleet.pipelines import PIPELINES, pass_input
+from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec, no_progress
+
+if TYPE_CHECKING:
+    from qe_appliance.fleet.orchestrator import Orchestrator
+    from qe_appliance.fleet.runtime import Fleet
+    from qe_appliance.store.tasks import TaskStore
 
 CATEGORY = "coordination"
 FLEET_INIT = "qe_fleet_init"
@@ -60,52 +66,121 @@ class AgentSpawnInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True
     ] = None
 
 
-class ToolTask(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
-    """Run one tool once per item of `inputs`, spread over the fleet."""
+class TaskSpec(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """What to run once per item of `inputs`: one tool, or a named pipeline of tools."""
 
-    tool: Annotated[Text, msgspec.Meta(description="A QE tool name, e.g. qe_coverage_gaps.")]
     inputs: Annotated[
         list[dict[str, Any]],
         msgspec.Meta(min_length=1, max_length=10_000, description="Arguments of each subtask, one per run."),
     ]
+    tool: Annotated[Text | None, msgspec.Meta(description="A QE tool name, e.g. qe_coverage_analyze.")] = None
+    pipeline: Annotated[
+        Text | None,
+        msgspec.Meta(
+            description="A named pipeline instead of a tool: "
+            + "; ".join(f"{name}: {text}" for name, (text, _) in PIPELINES.items())
+        ),
+    ] = None
 
 
 class TaskOrchestrateInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     """Submit work to the fleet; it is accepted at once with a taskId whose progress qe_fleet_status shows."""
 
     task: Annotated[
-        ToolTask | Text,
-        msgspec.Meta(
-            description="Either {tool, inputs} or the name of a configured pipeline "
-            "(e.g. coverage analyze, then gaps, then gate).",
-        ),
+        TaskSpec,
+        msgspec.Meta(description="{tool | pipeline, inputs}: what to run once per item of inputs."),
     ]
     strategy: Annotated[
         Literal["parallel", "sequential", "adaptive"],
-        msgspec.Meta(description="Run subtasks all at once, one after another, or as the fleet allows."),
+        msgspec.Meta(description="Run subtasks all at once, one after another, or as wide as the fleet serving them."),
     ] = "adaptive"
     priority: Annotated[
-        Literal["low", "normal", "high", "critical"], msgspec.Meta(description="Queue priority.")
+        Literal["low", "normal", "high", "critical"],
+        msgspec.Meta(description="Subtasks of higher-priority tasks start first when the fleet is busy."),
     ] = "normal"
     max_agents: Annotated[
-        AgentLimit | None, msgspec.Meta(description="Most agents this task may occupy at once.")
+        AgentLimit | None, msgspec.Meta(description="Most subtasks of this task running at once.")
     ] = None
+    wait: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Return when every subtask is done (with results and progress notifications) "
+            "instead of at once with the taskId."
+        ),
+    ] = False
 
 
-async def fleet_init(ctx: ToolContext, args: FleetInitInput) -> NoReturn:
-    raise NotAvailable(FLEET_INIT)
+def _fleet(ctx: ToolContext) -> Fleet:
+    fleet = getattr(ctx.services, "fleet", None)
+    if fleet is None:
+        raise ToolError("the agent fleet is not running in this server")
+    return cast("Fleet", fleet)
 
 
-async def fleet_status(ctx: ToolContext, args: FleetStatusInput) -> NoReturn:
-    raise NotAvailable(FLEET_STATUS)
+async def fleet_init(ctx: ToolContext, args: FleetInitInput) -> dict[str, Any]:
+    fleet = _fleet(ctx)
+    if args.max_agents is not None:
+        fleet.max_agents = args.max_agents
+    fleet.topology = args.topology
+    started = await fleet.ensure({str(kind): n for kind, n in args.agents.items()})
+    status = fleet.status()
+    return {
+        "fleetId": fleet.fleet_id,
+        "topology": fleet.topology,
+        "maxAgents": fleet.max_agents,
+        "started": [a.id for a in started],
+        "agents": status["agents"],
+    }
 
 
-async def agent_spawn(ctx: ToolContext, args: AgentSpawnInput) -> NoReturn:
-    raise NotAvailable(AGENT_SPAWN)
+async def fleet_status(ctx: ToolContext, args: FleetStatusInput) -> dict[str, Any]:
+    store: TaskStore = ctx.services.tasks
+    if args.task_id is not None:
+        task = store.get(args.task_id)
+        if task is None:
+            raise ToolError(f"no task {args.task_id!r}; taskIds come from qe_task_orchestrate")
+        return {"task": task}
+    status = _fleet(ctx).status()
+    if not args.verbose:
+        keep = ("id", "type", "status", "capacity", "inFlight", "ewmaMs", "completed", "failed")
+        status["agents"] = [{k: a.get(k) for k in keep} for a in status["agents"]]
+    status["tasks"] = store.recent(20 if args.verbose else 5)
+    return status
 
 
-async def task_orchestrate(ctx: ToolContext, args: TaskOrchestrateInput) -> NoReturn:
-    raise NotAvailable(TASK_ORCHESTRATE)
+async def agent_spawn(ctx: ToolContext, args: AgentSpawnInput) -> dict[str, Any]:
+    agent = await _fleet(ctx).spawn(args.type, args.capacity)
+    return agent.describe()
+
+
+async def task_orchestrate(ctx: ToolContext, args: TaskOrchestrateInput) -> dict[str, Any]:
+    spec = args.task
+    if (spec.tool is None) == (spec.pipeline is None):
+        raise ToolError("task needs exactly one of `tool` (a tool name) or `pipeline` (a pipeline name)")
+    if spec.pipeline is not None:
+        if spec.pipeline not in PIPELINES:
+            raise ToolError(f"unknown pipeline {spec.pipeline!r}; known: {', '.join(PIPELINES)}")
+        kind, steps = spec.pipeline, PIPELINES[spec.pipeline][1]
+    else:
+        assert spec.tool is not None
+        if spec.tool == TASK_ORCHESTRATE:
+            raise ToolError("a task cannot orchestrate qe_task_orchestrate itself")
+        kind, steps = spec.tool, [(spec.tool, pass_input)]
+    orchestrator: Orchestrator = ctx.services.orchestrator
+    task_id, done = orchestrator.submit(
+        kind,
+        steps,
+        spec.inputs,
+        strategy=args.strategy,
+        priority=args.priority,
+        max_agents=args.max_agents,
+        progress=ctx.progress if args.wait else no_progress,
+    )
+    if args.wait:
+        await done
+        return {"taskId": task_id, "task": ctx.services.tasks.get(task_id)}
+    await ctx.progress(0, len(spec.inputs), f"accepted {len(spec.inputs)} subtasks")
+    return {"taskId": task_id, "status": "running", "subtasks": len(spec.inputs)}
 
 
 TOOLS: tuple[ToolSpec, ...] = (
@@ -114,8 +189,9 @@ TOOLS: tuple[ToolSpec, ...] = (
         title="Start agent fleet",
         description=(
             "Start QE agent worker processes (test-generator, coverage-analyzer, quality-analyzer, "
-            "generalist) in a topology and return the fleet id and its agents. Idempotent: a running fleet "
-            "with the same shape is returned as is."
+            "generalist) until each type has the count asked for, and return the fleet id and its agents. "
+            "Idempotent: agents already running count. The topology is recorded and reported; agents are "
+            "always coordinated through this server."
         ),
         category=CATEGORY,
         input_type=FleetInitInput,

@@ -1,22 +1,35 @@
-"""The learning tools: a store of test patterns that improve with reported outcomes (issue 4)."""
+"""The learning tools: a store of test patterns that merges near-duplicates and improves with reported
+outcomes."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, NoReturn
+from typing import Annotated
 
 import msgspec
 
-from qe_appliance.tools.base import NotAvailable, ToolContext, ToolSpec
+from qe_appliance.config import LearningConfig
+from qe_appliance.store.patterns import (
+    LearningStatus,
+    LearnResult,
+    PatternDraft,
+    PatternStore,
+    PatternType,
+    UnknownPatternError,
+    normalise,
+)
+from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
+from qe_appliance.tools.memory import store_failures
 
 CATEGORY = "learning"
 LEARN_PATTERN = "qe_learn_pattern"
 LEARN_STATUS = "qe_learn_status"
+TOP_PATTERNS = 10
+RECENT_EVENTS = 10
 
-PatternType = Literal["test-template", "assertion", "mock", "edge-case", "flaky-fix", "anti-pattern"]
 Domain = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Language = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
-_DOMAIN = "Problem area, e.g. 'api', 'auth', 'parsing'."
-_LANGUAGE = "Programming language, e.g. 'python'."
+_DOMAIN = "Problem area, e.g. 'api', 'auth', 'parsing' (compared case-insensitively)."
+_LANGUAGE = "Programming language, e.g. 'python' (compared case-insensitively)."
 
 
 class PatternOutcome(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -39,7 +52,7 @@ class LearnPatternInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     confidence: Annotated[float, msgspec.Meta(ge=0, le=1, description="How sure you are it is good, 0..1.")]
     framework: Annotated[
         Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None,
-        msgspec.Meta(description="Test framework, e.g. 'pytest'."),
+        msgspec.Meta(description="Test framework, e.g. 'pytest'; omit for a framework-agnostic pattern."),
     ] = None
     example: Annotated[
         Annotated[str, msgspec.Meta(min_length=1, max_length=65_536)] | None,
@@ -47,7 +60,10 @@ class LearnPatternInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     ] = None
     outcome: Annotated[
         PatternOutcome | None,
-        msgspec.Meta(description="Report how applying an existing pattern went, to update its success rate."),
+        msgspec.Meta(
+            description="Report how applying a stored pattern (this one or another, by id) went; it updates "
+            "that pattern's usage count, success rate, quality score and tier."
+        ),
     ] = None
 
 
@@ -58,12 +74,42 @@ class LearnStatusInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tru
     language: Annotated[Language | None, msgspec.Meta(description=f"Only this language. {_LANGUAGE}")] = None
 
 
-async def learn_pattern(ctx: ToolContext, args: LearnPatternInput) -> NoReturn:
-    raise NotAvailable(LEARN_PATTERN)
+def _name(field: str, value: str) -> str:
+    if not normalise(value):
+        raise ToolError(f"{field} is blank; give a name such as 'python' or 'api'.")
+    return value
 
 
-async def learn_status(ctx: ToolContext, args: LearnStatusInput) -> NoReturn:
-    raise NotAvailable(LEARN_STATUS)
+async def learn_pattern(ctx: ToolContext, args: LearnPatternInput) -> LearnResult:
+    if not args.pattern.strip():
+        raise ToolError("pattern is blank; give the pattern's text or code template.")
+    if not 0 <= args.confidence <= 1:
+        raise ToolError(f"confidence is {args.confidence}; it must be between 0 and 1.")
+    draft = PatternDraft(
+        text=args.pattern,
+        pattern_type=args.pattern_type,
+        domain=_name("domain", args.domain),
+        language=_name("language", args.language),
+        confidence=args.confidence,
+        framework=None if args.framework is None else _name("framework", args.framework),
+        example=args.example,
+    )
+    store: PatternStore = ctx.services.patterns
+    rules: LearningConfig = ctx.services.config.learning
+    outcome = None if args.outcome is None else (args.outcome.pattern_id, args.outcome.success)
+    try:
+        with store_failures(store.path):
+            return store.learn(draft, rules, outcome)
+    except UnknownPatternError as exc:
+        raise ToolError(str(exc)) from None
+
+
+async def learn_status(ctx: ToolContext, args: LearnStatusInput) -> LearningStatus:
+    store: PatternStore = ctx.services.patterns
+    with store_failures(store.path):
+        return store.status(
+            domain=args.domain, language=args.language, top=TOP_PATTERNS, recent=RECENT_EVENTS
+        )
 
 
 TOOLS: tuple[ToolSpec, ...] = (
@@ -72,24 +118,29 @@ TOOLS: tuple[ToolSpec, ...] = (
         title="Learn test pattern",
         description=(
             "Store a reusable testing pattern (test template, assertion, mock, edge case, flaky-test fix or "
-            "anti-pattern) for a domain and language; a near-duplicate is merged instead of added, and an "
-            "outcome updates a pattern's usage and success rate. Returns the pattern with its quality score "
-            "and tier (short-term or long-term)."
+            "anti-pattern) for a domain and language; a near-duplicate of the same language, type, domain "
+            "and framework is merged instead of added, and an outcome updates a pattern's usage and success "
+            "rate. "
+            "Returns the pattern with its quality score (0.3 confidence + 0.2 min(uses/100, 1) + 0.5 success "
+            "rate) and tier (short-term, or long-term after enough successful uses)."
         ),
         category=CATEGORY,
         input_type=LearnPatternInput,
         handler=learn_pattern,
+        output_type=LearnResult,
     ),
     ToolSpec(
         name=LEARN_STATUS,
         title="Learning status",
         description=(
             "Summarise learned patterns: totals by type, domain and tier, average confidence and success "
-            "rate, the top patterns by quality, and the latest learning events."
+            f"rate, the top {TOP_PATTERNS} patterns by quality, and the latest {RECENT_EVENTS} learning "
+            "events."
         ),
         category=CATEGORY,
         input_type=LearnStatusInput,
         handler=learn_status,
+        output_type=LearningStatus,
         read_only=True,
         idempotent=True,
     ),

@@ -1,6 +1,7 @@
 """The memory tools: store, retrieve and search JSON values that agents share across sessions.
 
 Values are kept as the JSON text they arrived as and returned as raw JSON (msgspec.Raw), never re-encoded.
+Key length, value size and namespace characters are limited by the `memory` block of the configuration.
 """
 
 from __future__ import annotations
@@ -10,44 +11,42 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
-from qe_appliance.store.memory import MemoryEntry, MemoryStore
+from qe_appliance.config import DEFAULT_NAMESPACE, MemoryConfig
+from qe_appliance.store.memory import MemoryHit, MemoryStore, SearchQueryError
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
 
 CATEGORY = "memory"
 
-KEY_MAX_CHARS = 512
-NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
-VALUE_MAX_BYTES = 1024 * 1024
 TTL_MAX_SECONDS = 10 * 365 * 86400
 SEARCH_LIMIT_MAX = 500
-DEFAULT_NAMESPACE = "default"
+TAGS_MAX = 32
+TAG_MAX_CHARS = 64
+QUERY_MAX_CHARS = 1000
 
-# `$` in a Python regex also matches before a trailing newline (which the decoder's `pattern` check lets
-# through), so the handler checks again with fullmatch.
-_NAMESPACE_RE = re.compile(NAMESPACE_PATTERN)
+_DEFAULTS = MemoryConfig()
 _HEADER = {"x-mcp-header": "Namespace"}
 
 Key = Annotated[
     str,
     msgspec.Meta(
         min_length=1,
-        max_length=KEY_MAX_CHARS,
-        description=f"Entry key, 1..{KEY_MAX_CHARS} characters, e.g. 'coverage/last-run' or 'flaky:login'.",
+        description="Entry key, e.g. 'coverage/last-run' or 'flaky:login'; at most "
+        f"{_DEFAULTS.max_key_length} characters unless the server's memory.maxKeyLength says otherwise.",
     ),
 ]
-NamespaceName = Annotated[str, msgspec.Meta(pattern=NAMESPACE_PATTERN)]
-Namespace = Annotated[
-    NamespaceName,
-    msgspec.Meta(
-        description="Namespace that groups related keys (letters, digits, '_', '.', ':', '-'; at most 64).",
-        extra_json_schema=_HEADER,
-    ),
-]
+_NAMESPACE_TEXT = (
+    "Namespace that groups related keys; by default letters, digits, '_', '.', ':' and '-', starting with a "
+    "letter or digit, 64 at most (the server's memory.namespacePattern)."
+)
+Namespace = Annotated[str, msgspec.Meta(description=_NAMESPACE_TEXT, extra_json_schema=_HEADER)]
 Timestamp = Annotated[datetime, msgspec.Meta(extra_json_schema={"format": "date-time"})]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=TAG_MAX_CHARS)]
+Tags = Annotated[list[Tag], msgspec.Meta(max_length=TAGS_MAX)]
 
 
 class MemoryStoreInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -58,7 +57,7 @@ class MemoryStoreInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tru
         Any,
         msgspec.Meta(
             description="Any JSON value (object, array, string, number, bool, null), "
-            f"at most {VALUE_MAX_BYTES} bytes encoded."
+            f"at most {_DEFAULTS.max_value_bytes} bytes encoded unless memory.maxValueBytes says otherwise."
         ),
     ]
     namespace: Namespace = DEFAULT_NAMESPACE
@@ -66,6 +65,20 @@ class MemoryStoreInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tru
         Annotated[float, msgspec.Meta(gt=0, le=TTL_MAX_SECONDS)] | None,
         msgspec.Meta(
             description="Seconds until the entry expires and reads stop finding it; omit to keep it."
+        ),
+    ] = None
+    tags: Annotated[
+        Tags | None,
+        msgspec.Meta(
+            description=f"Labels for finding the entry again (case-sensitive, at most {TAGS_MAX} of "
+            f"{TAG_MAX_CHARS} characters each), e.g. ['flaky', 'checkout']. Replaces the previous tags."
+        ),
+    ] = None
+    metadata: Annotated[
+        dict[str, Any] | None,
+        msgspec.Meta(
+            description="A JSON object about the value (source, author, run id); returned as given, not "
+            "searched. Replaces the previous metadata."
         ),
     ] = None
 
@@ -97,6 +110,8 @@ class MemoryRetrieveResult(msgspec.Struct, rename="camel", omit_defaults=True):
     key: str
     namespace: str
     value: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    tags: list[str] | msgspec.UnsetType = msgspec.UNSET
+    metadata: msgspec.Raw | None | msgspec.UnsetType = msgspec.UNSET
     version: int | msgspec.UnsetType = msgspec.UNSET
     created_at: Timestamp | msgspec.UnsetType = msgspec.UNSET
     updated_at: Timestamp | msgspec.UnsetType = msgspec.UNSET
@@ -104,10 +119,18 @@ class MemoryRetrieveResult(msgspec.Struct, rename="camel", omit_defaults=True):
 
 
 class MemorySearchInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
-    """Find entries by key: a glob pattern, a key prefix, or both; all live entries when neither is given."""
+    """Find entries by words (ranked), key glob, key prefix and tags; all live entries when none is given."""
 
+    query: Annotated[
+        Annotated[str, msgspec.Meta(min_length=1, max_length=QUERY_MAX_CHARS)] | None,
+        msgspec.Meta(
+            description="Words to find in keys, values and tags; every word must occur (case- and "
+            "accent-insensitive, English stemming), 'word*' matches a prefix. Results are ranked by "
+            "relevance (BM25) and carry a snippet."
+        ),
+    ] = None
     pattern: Annotated[
-        Annotated[str, msgspec.Meta(min_length=1)] | None,
+        Annotated[str, msgspec.Meta(min_length=1, max_length=QUERY_MAX_CHARS)] | None,
         msgspec.Meta(
             description="Glob on keys, case-sensitive: * any run, ? one character, [abc] one of a set; "
             "e.g. 'coverage/*'."
@@ -115,19 +138,22 @@ class MemorySearchInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     ] = None
     prefix: Annotated[
         Annotated[str, msgspec.Meta(min_length=1)] | None,
-        msgspec.Meta(description="Only keys starting with this text."),
+        msgspec.Meta(description="Only keys starting with this text (taken literally)."),
     ] = None
     # UNSET rather than None: clients only mirror `x-mcp-header` from a plain string property.
     namespace: (
         Annotated[
-            NamespaceName,
+            str,
             msgspec.Meta(
-                description="Search only this namespace; omit to search all namespaces.",
+                description=f"Search only this namespace; omit to search all namespaces. {_NAMESPACE_TEXT}",
                 extra_json_schema=_HEADER,
             ),
         ]
         | msgspec.UnsetType
     ) = msgspec.UNSET
+    tags: Annotated[
+        Tags | None, msgspec.Meta(description="Only entries carrying all of these tags (case-sensitive).")
+    ] = None
     limit: Annotated[
         int, msgspec.Meta(ge=1, le=SEARCH_LIMIT_MAX, description="Most matches to return (page size).")
     ] = 20
@@ -140,13 +166,24 @@ class MemoryMatch(msgspec.Struct, rename="camel"):
     key: str
     namespace: str
     value: msgspec.Raw
+    tags: list[str]
+    metadata: msgspec.Raw | None
     version: int
     updated_at: Timestamp
     expires_at: Timestamp | None
+    score: Annotated[
+        float | None, msgspec.Meta(description="Relevance to the query, higher is better; null without one.")
+    ]
+    snippet: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="Excerpt of the value with matched words in **bold**; null without a query."
+        ),
+    ]
 
 
 class MemorySearchResult(msgspec.Struct, rename="camel"):
-    """One page of matches ordered by key then namespace, and how many match in all."""
+    """One page of matches (best first for a query, else by key then namespace) and how many match in all."""
 
     matches: list[MemoryMatch]
     total: int
@@ -160,57 +197,79 @@ def _optional_timestamp(epoch: float | None) -> datetime | None:
     return None if epoch is None else _timestamp(epoch)
 
 
-def _check_key(key: str) -> None:
-    if not 1 <= len(key) <= KEY_MAX_CHARS:
+def _limits(ctx: ToolContext) -> MemoryConfig:
+    limits: MemoryConfig = ctx.services.config.memory
+    return limits
+
+
+def _check_key(key: str, limits: MemoryConfig) -> None:
+    if not 1 <= len(key) <= limits.max_key_length:
         raise ToolError(
-            f"key is {len(key)} characters; the limit is 1..{KEY_MAX_CHARS} characters (key length). "
-            "Use a shorter key, e.g. a path-like name or a hash of the long one."
+            f"key is {len(key)} characters; keys must be 1..{limits.max_key_length} characters "
+            f"(memory.maxKeyLength = {limits.max_key_length}). Use a shorter key, e.g. a path-like name or "
+            "a hash of the long one."
         )
 
 
-def _check_namespace(namespace: str) -> None:
-    if not _NAMESPACE_RE.fullmatch(namespace):
+def _check_namespace(namespace: str, limits: MemoryConfig) -> None:
+    if re.fullmatch(limits.namespace_pattern, namespace) is None:
         raise ToolError(
-            f"namespace {namespace!r} is not allowed; it must match {NAMESPACE_PATTERN} "
-            "(start with a letter or digit, then letters, digits, '_', '.', ':' or '-', 64 at most)."
+            f"namespace {namespace!r} is not allowed: it must match memory.namespacePattern = "
+            f"{limits.namespace_pattern!r}. Pick a namespace that matches it, e.g. 'team-api' under the "
+            "default pattern."
         )
 
 
-def _check_limit(name: str, value: int, low: int, high: int | None) -> None:
+def _check_size(name: str, encoded: bytes, limits: MemoryConfig) -> None:
+    if len(encoded) > limits.max_value_bytes:
+        raise ToolError(
+            f"{name} is {len(encoded)} bytes as JSON; the limit is memory.maxValueBytes = "
+            f"{limits.max_value_bytes} bytes. Store a summary, or split it over several keys."
+        )
+
+
+def _check_range(name: str, value: int, low: int, high: int | None) -> None:
     if value < low or (high is not None and value > high):
         bounds = f"{low}..{high}" if high is not None else f">= {low}"
         raise ToolError(f"{name} is {value}; it must be {bounds}.")
 
 
 @contextmanager
-def _store_errors(store: MemoryStore) -> Iterator[None]:
+def store_failures(path: Path) -> Iterator[None]:
     """Turn a database failure into a result the caller can read instead of an internal error."""
     try:
         yield
     except sqlite3.Error as exc:
         raise ToolError(
-            f"the memory store at {store.path} failed: {exc}. Retry; if it persists, check free disk "
-            "space and the server log."
+            f"the database {path} failed: {exc}. Retry; if it persists, check free disk space and the "
+            "server log."
         ) from exc
 
 
 async def memory_store(ctx: ToolContext, args: MemoryStoreInput) -> MemoryStoreResult:
-    _check_key(args.key)
-    _check_namespace(args.namespace)
+    limits = _limits(ctx)
+    _check_key(args.key, limits)
+    _check_namespace(args.namespace, limits)
     if args.ttl_seconds is not None and not 0 < args.ttl_seconds <= TTL_MAX_SECONDS:
         raise ToolError(
             f"ttlSeconds is {args.ttl_seconds}; it must be > 0 and <= {TTL_MAX_SECONDS} (10 years). "
             "Omit it to keep the entry until it is replaced."
         )
     value_json = msgspec.json.encode(args.value)
-    if len(value_json) > VALUE_MAX_BYTES:
-        raise ToolError(
-            f"value is {len(value_json)} bytes as JSON; the limit is {VALUE_MAX_BYTES} bytes (value size). "
-            "Store a summary, or split it over several keys."
-        )
+    _check_size("value", value_json, limits)
+    metadata_json = None if args.metadata is None else msgspec.json.encode(args.metadata)
+    if metadata_json is not None:
+        _check_size("metadata", metadata_json, limits)
     store: MemoryStore = ctx.services.memory
-    with _store_errors(store):
-        put = store.put(args.namespace, args.key, value_json, args.ttl_seconds)
+    with store_failures(store.path):
+        put = store.put(
+            args.namespace,
+            args.key,
+            value_json,
+            args.ttl_seconds,
+            tags=args.tags or (),
+            metadata_json=metadata_json,
+        )
     return MemoryStoreResult(
         key=args.key,
         namespace=args.namespace,
@@ -221,11 +280,16 @@ async def memory_store(ctx: ToolContext, args: MemoryStoreInput) -> MemoryStoreR
     )
 
 
+def _raw(data: bytes | None) -> msgspec.Raw | None:
+    return None if data is None else msgspec.Raw(data)
+
+
 async def memory_retrieve(ctx: ToolContext, args: MemoryRetrieveInput) -> MemoryRetrieveResult:
-    _check_key(args.key)
-    _check_namespace(args.namespace)
+    limits = _limits(ctx)
+    _check_key(args.key, limits)
+    _check_namespace(args.namespace, limits)
     store: MemoryStore = ctx.services.memory
-    with _store_errors(store):
+    with store_failures(store.path):
         entry = store.get(args.namespace, args.key)
     if entry is None:
         return MemoryRetrieveResult(found=False, key=args.key, namespace=args.namespace)
@@ -234,6 +298,8 @@ async def memory_retrieve(ctx: ToolContext, args: MemoryRetrieveInput) -> Memory
         key=entry.key,
         namespace=entry.namespace,
         value=msgspec.Raw(entry.value_json),
+        tags=entry.tags,
+        metadata=_raw(entry.metadata_json),
         version=entry.version,
         created_at=_timestamp(entry.created_at),
         updated_at=_timestamp(entry.updated_at),
@@ -241,33 +307,43 @@ async def memory_retrieve(ctx: ToolContext, args: MemoryRetrieveInput) -> Memory
     )
 
 
-def _match(entry: MemoryEntry) -> MemoryMatch:
+def _match(hit: MemoryHit) -> MemoryMatch:
+    entry = hit.entry
     return MemoryMatch(
         key=entry.key,
         namespace=entry.namespace,
         value=msgspec.Raw(entry.value_json),
+        tags=entry.tags,
+        metadata=_raw(entry.metadata_json),
         version=entry.version,
         updated_at=_timestamp(entry.updated_at),
         expires_at=_optional_timestamp(entry.expires_at),
+        score=hit.score,
+        snippet=hit.snippet,
     )
 
 
 async def memory_search(ctx: ToolContext, args: MemorySearchInput) -> MemorySearchResult:
     namespace = None if args.namespace is msgspec.UNSET else args.namespace
     if namespace is not None:
-        _check_namespace(namespace)
-    _check_limit("limit", args.limit, 1, SEARCH_LIMIT_MAX)
-    _check_limit("offset", args.offset, 0, None)
+        _check_namespace(namespace, _limits(ctx))
+    _check_range("limit", args.limit, 1, SEARCH_LIMIT_MAX)
+    _check_range("offset", args.offset, 0, None)
     store: MemoryStore = ctx.services.memory
-    with _store_errors(store):
-        entries, total = store.search(
-            namespace=namespace,
-            pattern=args.pattern,
-            prefix=args.prefix,
-            limit=args.limit,
-            offset=args.offset,
-        )
-    return MemorySearchResult(matches=[_match(entry) for entry in entries], total=total)
+    try:
+        with store_failures(store.path):
+            hits, total = store.search(
+                query=args.query,
+                namespace=namespace,
+                pattern=args.pattern,
+                prefix=args.prefix,
+                tags=args.tags or (),
+                limit=args.limit,
+                offset=args.offset,
+            )
+    except SearchQueryError as exc:
+        raise ToolError(str(exc)) from None
+    return MemorySearchResult(matches=[_match(hit) for hit in hits], total=total)
 
 
 TOOLS: tuple[ToolSpec, ...] = (
@@ -276,9 +352,10 @@ TOOLS: tuple[ToolSpec, ...] = (
         title="Store memory",
         description=(
             "Save any JSON value under a key in a namespace so later sessions and other agents can read it "
-            "(test results, flaky-test notes, decisions). Storing an existing key replaces its value and "
-            "increments its version. Optional ttlSeconds makes the entry expire. The write is durable on "
-            "disk before the result is returned."
+            "(test results, flaky-test notes, decisions), with optional tags and metadata. Storing an "
+            "existing "
+            "key replaces its value and increments its version. Optional ttlSeconds makes the entry expire. "
+            "The write is durable on disk before the result is returned."
         ),
         category=CATEGORY,
         input_type=MemoryStoreInput,
@@ -292,8 +369,8 @@ TOOLS: tuple[ToolSpec, ...] = (
         name="qe_memory_retrieve",
         title="Retrieve memory",
         description=(
-            "Read the JSON value stored under a key in a namespace, with its version and timestamps. "
-            "A key that was never stored or has expired returns found=false (not an error)."
+            "Read the JSON value stored under a key in a namespace, with its tags, metadata, version and "
+            "timestamps. A key that was never stored or has expired returns found=false (not an error)."
         ),
         category=CATEGORY,
         input_type=MemoryRetrieveInput,
@@ -306,9 +383,9 @@ TOOLS: tuple[ToolSpec, ...] = (
         name="qe_memory_search",
         title="Search memory",
         description=(
-            "List stored entries whose keys match a glob pattern (e.g. 'coverage/*') and/or start with a "
-            "prefix, in one namespace or all of them, with their values. Results are ordered by key and "
-            "paged with limit and offset; total is the number of matches across all pages."
+            "Search stored entries: full-text words over keys, values and tags ranked by relevance (BM25) "
+            "with a highlighted snippet, and/or a glob or prefix on keys, required tags and a namespace. "
+            "Paged with limit and offset; total is the number of matches across all pages."
         ),
         category=CATEGORY,
         input_type=MemorySearchInput,

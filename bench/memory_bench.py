@@ -1,0 +1,479 @@
+"""Memory and learning benchmark: tool-call latency end to end over HTTP against a running server.
+
+For each scale (10k and 100k stored entries by default) it seeds `<stateDir>/memory.db`, starts the server
+the way bench/http_bench.py does, and times qe_memory_store, qe_memory_retrieve and qe_memory_search calls
+made one at a time over a keep-alive connection (client-side wall time: request written to response read).
+The first scale also holds 10k learned patterns and times qe_learn_pattern and qe_learn_status.
+Prints the command, then p50/p95/p99 per operation against the issue's targets.
+Run: `python bench/memory_bench.py` (`--help` for the knobs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import http_bench
+from http_bench import HOST, PROTOCOL, BenchError
+
+if str(http_bench.REPO) not in sys.path:
+    sys.path.insert(0, str(http_bench.REPO))
+
+from qe_appliance.config import LearningConfig  # noqa: E402
+from qe_appliance.store.memory import MemoryStore  # noqa: E402
+from qe_appliance.store.patterns import PATTERN_TYPES, PatternDraft, PatternStore  # noqa: E402
+
+NAMESPACE = "bench"
+# The issue's p95 targets, in ms.
+TARGETS_MS = {"store": 2.0, "retrieve": 1.0, "search": 10.0, "learn_pattern": 10.0, "learn_status": 30.0}
+LANGUAGES = {
+    "python": ("pytest", "unittest"),
+    "typescript": ("jest", "vitest"),
+    "java": ("junit",),
+    "go": (None,),
+}
+DOMAINS = [f"domain-{i}" for i in range(20)]
+STATUSES = ("pass", "fail", "flaky", "skip")
+
+
+def vocabulary(size: int, rng: random.Random) -> list[str]:
+    """Pronounceable made-up words, so each search word matches a known share of the entries."""
+    consonants, vowels = "bcdfghklmnprstvz", "aeiou"
+    words: set[str] = set()
+    while len(words) < size:
+        words.add("".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(rng.randint(2, 4))))
+    return sorted(words)
+
+
+@dataclass
+class Corpus:
+    """What the seeded data looks like, so requests can aim at entries that exist."""
+
+    entries: int
+    words: list[str]
+    rng: random.Random
+
+    def value(self, i: int) -> dict[str, Any]:
+        rng = random.Random(i)
+        return {
+            "suite": f"suite-{i % 500}",
+            "test": f"test_{rng.choice(self.words)}_{i}",
+            "status": STATUSES[i % len(STATUSES)],
+            "error": " ".join(rng.choices(self.words, k=8)),
+            "durationMs": rng.randint(1, 5000),
+        }
+
+    def tags(self, i: int) -> list[str]:
+        return ["bench", f"suite-{i % 50}", STATUSES[i % len(STATUSES)]]
+
+
+def seed_memory(state_dir: Path, corpus: Corpus) -> float:
+    started = time.perf_counter()
+    store = MemoryStore(state_dir / "memory.db")
+    try:
+        with store.batch():
+            for i in range(corpus.entries):
+                value = json.dumps(corpus.value(i)).encode()
+                store.put(NAMESPACE, f"run/{i % 500}/{i}", value, None, tags=corpus.tags(i))
+    finally:
+        store.close()
+    return time.perf_counter() - started
+
+
+def pattern_text(rng: random.Random, words: list[str]) -> str:
+    name, subject, expected = rng.sample(words, 3)
+    steps = " ".join(rng.choices(words, k=6))
+    return f"def test_{name}_{subject}():\n    # {steps}\n    assert {subject}({name!r}) == {expected!r}\n"
+
+
+def pattern_draft(rng: random.Random, words: list[str]) -> PatternDraft:
+    language = rng.choice(list(LANGUAGES))
+    return PatternDraft(
+        text=pattern_text(rng, words),
+        pattern_type=rng.choice(PATTERN_TYPES),
+        domain=rng.choice(DOMAINS),
+        language=language,
+        framework=rng.choice(LANGUAGES[language]),
+        confidence=round(rng.uniform(0.4, 1.0), 2),
+    )
+
+
+def seed_patterns(
+    state_dir: Path, count: int, words: list[str]
+) -> tuple[list[PatternDraft], list[str], float]:
+    """`count` patterns taught one call at a time, as the tool does; returns the drafts and their ids."""
+    started = time.perf_counter()
+    rng = random.Random(7)
+    store = PatternStore(state_dir / "patterns.db")
+    drafts: list[PatternDraft] = []
+    ids: list[str] = []
+    try:
+        rules = LearningConfig()
+        for _ in range(count):
+            draft = pattern_draft(rng, words)
+            result = store.learn(draft, rules)
+            if result.action == "created":
+                drafts.append(draft)
+                ids.append(result.pattern.id)
+    finally:
+        store.close()
+    return drafts, ids, time.perf_counter() - started
+
+
+class McpClient:
+    """Sequential tools/call requests over one keep-alive connection, in the 2026-07-28 envelope."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=30)
+        self.next_id = 0
+
+    def call(self, tool: str, arguments: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """(seconds, structuredContent) of one call; a tool error stops the benchmark."""
+        self.next_id += 1
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": self.next_id,
+                "method": "tools/call",
+                "params": {
+                    "name": tool,
+                    "arguments": arguments,
+                    "_meta": {
+                        "io.modelcontextprotocol/protocolVersion": PROTOCOL,
+                        "io.modelcontextprotocol/clientCapabilities": {},
+                        "io.modelcontextprotocol/clientInfo": {"name": "memory-bench", "version": "1.0"},
+                    },
+                },
+            }
+        )
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": PROTOCOL,
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": tool,
+        }
+        if "namespace" in arguments:
+            headers["Mcp-Param-Namespace"] = arguments["namespace"]
+        started = time.perf_counter()
+        self.conn.request("POST", "/mcp", body, headers)
+        response = self.conn.getresponse()
+        raw = response.read()
+        elapsed = time.perf_counter() - started
+        try:
+            result = json.loads(raw)["result"]
+        except (ValueError, KeyError) as exc:
+            raise BenchError(f"{tool} answered HTTP {response.status}: {raw[:300]!r}") from exc
+        if result.get("isError"):
+            raise BenchError(f"{tool} returned an error for {arguments}: {result['content'][0]['text']}")
+        return elapsed, result["structuredContent"]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class Row:
+    scale: str
+    operation: str
+    target: str
+    samples: list[float]
+    note: str = ""
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    def line(self) -> str:
+        p95 = self.percentile(0.95)
+        limit = TARGETS_MS.get(self.target)
+        verdict = "" if limit is None else ("ok" if p95 <= limit else f"OVER {limit:g} ms")
+        return (
+            f"{self.scale:>7} {self.operation:<34} {len(self.samples):>6} {self.percentile(0.5):>8.3f} "
+            f"{p95:>8.3f} {self.percentile(0.99):>8.3f}  {verdict:<12} {self.note}"
+        ).rstrip()
+
+
+def measure(
+    count: int,
+    make: Callable[[int], tuple[str, dict[str, Any]]],
+    client: McpClient,
+    check: Callable[[dict[str, Any]], bool] | None = None,
+) -> list[float]:
+    samples = []
+    for i in range(count):
+        tool, arguments = make(i)
+        elapsed, content = client.call(tool, arguments)
+        if check is not None and not check(content):
+            raise BenchError(f"{tool} {arguments} gave an unexpected result: {json.dumps(content)[:300]}")
+        samples.append(elapsed)
+    return samples
+
+
+def memory_rows(client: McpClient, corpus: Corpus, scale: str, requests: int) -> list[Row]:
+    rng = random.Random(11)
+    n = corpus.entries
+
+    def store_new(i: int) -> tuple[str, dict[str, Any]]:
+        return "qe_memory_store", {
+            "key": f"new/{i}",
+            "namespace": NAMESPACE,
+            "value": corpus.value(n + i),
+            "tags": corpus.tags(n + i),
+        }
+
+    def store_replace(i: int) -> tuple[str, dict[str, Any]]:
+        j = rng.randrange(n)
+        return "qe_memory_store", {
+            "key": f"run/{j % 500}/{j}",
+            "namespace": NAMESPACE,
+            "value": corpus.value(j),
+            "tags": corpus.tags(j),
+        }
+
+    def retrieve(i: int) -> tuple[str, dict[str, Any]]:
+        j = rng.randrange(n)
+        return "qe_memory_retrieve", {"key": f"run/{j % 500}/{j}", "namespace": NAMESPACE}
+
+    def one_word(i: int) -> tuple[str, dict[str, Any]]:
+        return "qe_memory_search", {"query": rng.choice(corpus.words), "namespace": NAMESPACE}
+
+    def two_words_and_tag(i: int) -> tuple[str, dict[str, Any]]:
+        a, b = rng.sample(corpus.words, 2)
+        return "qe_memory_search", {"query": f"{a} {b[:3]}*", "tags": ["bench"], "namespace": NAMESPACE}
+
+    def glob_and_tags(i: int) -> tuple[str, dict[str, Any]]:
+        return "qe_memory_search", {
+            "pattern": f"run/{rng.randrange(500)}/*",
+            "tags": [f"suite-{rng.randrange(50)}"],
+        }
+
+    def broad(i: int) -> tuple[str, dict[str, Any]]:
+        return "qe_memory_search", {"query": rng.choice(STATUSES), "namespace": NAMESPACE}
+
+    def whole_namespace(i: int) -> tuple[str, dict[str, Any]]:
+        return "qe_memory_search", {"namespace": NAMESPACE, "offset": rng.randrange(1000)}
+
+    def has_matches(content: dict[str, Any]) -> bool:
+        return bool(content["matches"]) and content["total"] > 0
+
+    words_per_entry = 9 / len(corpus.words)  # about 8 error words and 1 test-name word per entry
+    searches = max(requests // 2, 50)
+    return [
+        Row(scale, "store (new key)", "store", measure(requests, store_new, client)),
+        Row(scale, "store (replace existing key)", "store", measure(requests, store_replace, client)),
+        Row(scale, "retrieve", "retrieve", measure(requests, retrieve, client, lambda c: c["found"] is True)),
+        Row(
+            scale,
+            "search: 1 word",
+            "search",
+            measure(searches, one_word, client, has_matches),
+            f"~{n * words_per_entry:.0f} matches per word",
+        ),
+        Row(scale, "search: word + prefix* + tag", "search", measure(searches, two_words_and_tag, client)),
+        Row(scale, "search: key glob + tag", "search", measure(searches, glob_and_tags, client)),
+        Row(
+            scale,
+            "search: word in 1/4 of entries",
+            "",
+            measure(max(searches // 10, 10), broad, client, has_matches),
+            f"~{n // 4} matches ranked; no target",
+        ),
+        Row(
+            scale,
+            "search: list a whole namespace",
+            "",
+            measure(max(searches // 10, 10), whole_namespace, client, has_matches),
+            f"total counts all {n}; no target",
+        ),
+    ]
+
+
+def learning_rows(
+    client: McpClient, drafts: list[PatternDraft], ids: list[str], words: list[str], requests: int
+) -> list[Row]:
+    rng = random.Random(13)
+
+    def args(draft: PatternDraft, text: str) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "pattern": text,
+            "patternType": draft.pattern_type,
+            "domain": draft.domain,
+            "language": draft.language,
+            "confidence": draft.confidence,
+        }
+        if draft.framework is not None:
+            arguments["framework"] = draft.framework
+        return arguments
+
+    def new_pattern(i: int) -> tuple[str, dict[str, Any]]:
+        draft = pattern_draft(rng, words)
+        return "qe_learn_pattern", args(draft, draft.text)
+
+    def near_duplicate(i: int) -> tuple[str, dict[str, Any]]:
+        j = rng.randrange(len(drafts))
+        return "qe_learn_pattern", args(drafts[j], drafts[j].text.replace("    ", "  "))
+
+    def with_outcome(i: int) -> tuple[str, dict[str, Any]]:
+        j = rng.randrange(len(drafts))
+        arguments = args(drafts[j], drafts[j].text)
+        arguments["outcome"] = {"patternId": ids[j], "success": rng.random() < 0.8}
+        return "qe_learn_pattern", arguments
+
+    def status(i: int) -> tuple[str, dict[str, Any]]:
+        return "qe_learn_status", {}
+
+    def status_filtered(i: int) -> tuple[str, dict[str, Any]]:
+        return "qe_learn_status", {"domain": rng.choice(DOMAINS), "language": rng.choice(list(LANGUAGES))}
+
+    scale = f"{len(ids) // 1000}k pat"
+    return [
+        Row(scale, "learn_pattern (new)", "learn_pattern", measure(requests, new_pattern, client)),
+        Row(
+            scale,
+            "learn_pattern (near-duplicate)",
+            "learn_pattern",
+            measure(requests, near_duplicate, client, lambda c: c["action"] == "merged"),
+        ),
+        Row(scale, "learn_pattern (+ outcome)", "learn_pattern", measure(requests, with_outcome, client)),
+        Row(scale, "learn_status", "learn_status", measure(max(requests // 5, 20), status, client)),
+        Row(
+            scale,
+            "learn_status (domain + language)",
+            "learn_status",
+            measure(max(requests // 5, 20), status_filtered, client),
+        ),
+    ]
+
+
+def run_scale(
+    entries: int, patterns: int, args: argparse.Namespace, workdir: Path, started: list[http_bench.Server]
+) -> list[Row]:
+    scale = f"{entries // 1000}k" if entries >= 1000 else str(entries)
+    state_dir = workdir / f"state-{entries}"
+    state_dir.mkdir(parents=True)
+    corpus = Corpus(entries, vocabulary(2000, random.Random(5)), random.Random(3))
+    print(f"\n[{scale}] seeding {entries} memory entries ...", flush=True)
+    print(f"[{scale}] seeded in {seed_memory(state_dir, corpus):.1f} s", flush=True)
+    drafts: list[PatternDraft] = []
+    ids: list[str] = []
+    if patterns:
+        print(f"[{scale}] teaching {patterns} patterns ...", flush=True)
+        drafts, ids, took = seed_patterns(state_dir, patterns, corpus.words)
+        print(f"[{scale}] {len(ids)} distinct patterns stored in {took:.1f} s", flush=True)
+    port = http_bench.free_port()
+    command = http_bench.ours_command(http_bench.write_config(state_dir, port), port)
+    print(f"[{scale}] {shlex.join(command)}", flush=True)
+    server = http_bench.start_server(f"ours-{scale}", command, port, workdir)
+    started.append(server)
+    http_bench.wait_ready(server)
+    client = McpClient(port)
+    try:
+        measure(
+            args.warmup,
+            lambda i: ("qe_memory_retrieve", {"key": f"run/{i % 500}/{i}", "namespace": NAMESPACE}),
+            client,
+        )
+        rows = memory_rows(client, corpus, scale, args.requests)
+        if ids:
+            rows += learning_rows(client, drafts, ids, corpus.words, args.requests // 2)
+    finally:
+        client.close()
+    if server.process.poll() is not None:
+        raise BenchError(f"the server died during the run; its log:\n{http_bench.log_tail(server.log)}")
+    http_bench.stop_server(server)
+    for row in rows:
+        print(row.line(), flush=True)
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--entries",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=[10_000, 100_000],
+        help="memory entries seeded, one run per value, comma-separated (default 10000,100000)",
+    )
+    parser.add_argument(
+        "--patterns",
+        type=int,
+        default=10_000,
+        help="patterns taught before the first run's learning calls (default 10000; 0 skips)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=2000,
+        help="calls per store/retrieve row; searches get half, learning rows a half (default 2000)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=200, help="unreported retrieve calls first (default 200)"
+    )
+    parser.add_argument("--keep-state", action="store_true", help="keep the temporary state dirs and logs")
+    args = parser.parse_args(argv)
+    if (
+        not args.entries
+        or min(args.entries) < 1
+        or args.requests < 20
+        or args.patterns < 0
+        or args.warmup < 0
+    ):
+        parser.error(
+            "--entries must be positive, --requests at least 20, --patterns and --warmup not negative"
+        )
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print("command:", shlex.join([sys.executable, *sys.argv]))
+    print(
+        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; one client, one call at a time, "
+        "keep-alive HTTP/1.1, times in ms measured by the client"
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="aqe-memory-bench-"))
+    started: list[http_bench.Server] = []
+    rows: list[Row] = []
+    failure: str | None = None
+    try:
+        with http_bench.interrupt_on_sigterm():
+            for index, entries in enumerate(args.entries):
+                rows += run_scale(entries, args.patterns if index == 0 else 0, args, workdir, started)
+    except (BenchError, KeyboardInterrupt) as exc:
+        failure = f"error: {exc}" if isinstance(exc, BenchError) else "interrupted: stopping the server"
+    finally:
+        for server in started:
+            http_bench.stop_server(server)
+    if failure is not None or args.keep_state:
+        print(f"state and logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if rows:
+        print(f"\n{'scale':>7} {'operation':<34} {'calls':>6} {'p50':>8} {'p95':>8} {'p99':>8}  target")
+        for row in rows:
+            print(row.line())
+    if failure is not None:
+        print(failure, file=sys.stderr)
+        return 2
+    if any(row.percentile(0.95) > TARGETS_MS[row.target] for row in rows if row.target):
+        print("note: an operation's p95 is over its target (marked OVER)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

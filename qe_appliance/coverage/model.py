@@ -1,0 +1,198 @@
+"""The parsed form every coverage format becomes: per-file executable and missed lines, branch counts
+per line and functions, each `None` when the format does not carry it; totals are derived from these.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Final, Literal
+
+import msgspec
+
+from qe_appliance.workspace import InputError
+
+Format = Literal["coveragepy-json", "cobertura", "lcov", "istanbul", "jacoco"]
+FORMATS: Final[tuple[Format, ...]] = ("coveragepy-json", "cobertura", "lcov", "istanbul", "jacoco")
+
+
+class ReportError(InputError):
+    """A report that cannot be parsed; the message names the format and where it broke."""
+
+    def __init__(self, fmt: str, where: str, problem: str) -> None:
+        super().__init__(f"{fmt} report: {where}: {problem}" if where else f"{fmt} report: {problem}")
+
+
+class Function(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A function as the report names it; `start` and `end` are its first and last lines and
+    `complexity` its cyclomatic complexity, when the format gives them."""
+
+    name: str
+    start: int | None
+    end: int | None
+    executed: bool
+    complexity: int | None = None
+
+
+class FileCoverage(msgspec.Struct, array_like=True, gc=False):
+    """One source file. `lines` are the executable lines, ascending and unique; `missed` the subset never
+    run. Branches are kept per branch point: `branch_points` holds the line of every branch point and
+    `branch_missed` the line of every point never taken (a line appears once per point)."""
+
+    path: str
+    lines: list[int]
+    missed: list[int]
+    branch_points: list[int] | None
+    branch_missed: list[int] | None
+    functions: list[Function] | None
+
+    def branches_by_line(self) -> dict[int, tuple[int, int]]:
+        """{line: (branch points, points taken)} for the lines that have branches."""
+        if not self.branch_points:
+            return {}
+        points = Counter(self.branch_points)
+        missed = Counter(self.branch_missed or ())
+        return {line: (count, count - missed[line]) for line, count in points.items()}
+
+
+class Report(msgspec.Struct, gc=False):
+    """A parsed report. Relative file names start from `root` (absolute) or from one of `source_dirs`
+    (the report's own list of source directories, e.g. Cobertura's <sources>)."""
+
+    format: Format
+    root: str
+    files: list[FileCoverage]
+    source_dirs: list[str] = []
+
+
+class Measure(msgspec.Struct, frozen=True):
+    """How much of something was covered; percent is None when there is nothing to cover."""
+
+    covered: int
+    total: int
+    percent: float | None
+
+    @classmethod
+    def of(cls, covered: int, total: int) -> Measure:
+        return cls(covered, total, percent(covered, total))
+
+
+class Totals(msgspec.Struct, frozen=True):
+    lines: Measure
+    branches: Measure | None
+    functions: Measure | None
+
+
+def percent(covered: int, total: int) -> float | None:
+    """covered / total as a percentage rounded to 2 decimals; None for 0 of 0 (nothing to cover)."""
+    return round(100.0 * covered / total, 2) if total else None
+
+
+def file_totals(entry: FileCoverage) -> Totals:
+    return report_totals((entry,))
+
+
+def report_totals(files: Iterable[FileCoverage]) -> Totals:
+    """Totals over files; branches or functions are None when no file carries them."""
+    line_cov = line_total = 0
+    branch_missed = branch_total = 0
+    fn_cov = fn_total = 0
+    has_branches = has_functions = False
+    for entry in files:
+        line_total += len(entry.lines)
+        line_cov += len(entry.lines) - len(entry.missed)
+        if entry.branch_points is not None:
+            has_branches = True
+            branch_total += len(entry.branch_points)
+            branch_missed += len(entry.branch_missed or ())
+        if entry.functions is not None:
+            has_functions = True
+            fn_total += len(entry.functions)
+            fn_cov += sum(f.executed for f in entry.functions)
+    return Totals(
+        Measure.of(line_cov, line_total),
+        Measure.of(branch_total - branch_missed, branch_total) if has_branches else None,
+        Measure.of(fn_cov, fn_total) if has_functions else None,
+    )
+
+
+def missed_runs(lines: Sequence[int], missed: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Missed lines merged into runs: (first line, last line, missed lines in it). A run continues
+    across non-executable lines (blank, comments) and breaks at the first executed line."""
+    if not missed:
+        return []
+    missed_set = set(missed)
+    runs: list[tuple[int, int, int]] = []
+    start = last = -1
+    count = 0
+    for line in lines:
+        if line in missed_set:
+            if count == 0:
+                start = line
+            last = line
+            count += 1
+        elif count:
+            runs.append((start, last, count))
+            count = 0
+    if count:
+        runs.append((start, last, count))
+    return runs
+
+
+def ranges_text(runs: Iterable[tuple[int, int, int]], limit: int = 240) -> str:
+    """Runs as `18-19,23-29`, cut with a trailing `,...` when longer than `limit` characters."""
+    out = ""
+    for start, end, _ in runs:
+        piece = str(start) if start == end else f"{start}-{end}"
+        if len(out) + len(piece) + 1 > limit:
+            return out + ",..."
+        out = f"{out},{piece}" if out else piece
+    return out
+
+
+def merge_files(files: Iterable[FileCoverage]) -> list[FileCoverage]:
+    """One entry per path: reports may list a file twice (several test runs, inner classes). A line counts
+    as executed when any entry executed it; a line's branch points are the most any entry saw, and its
+    missed points the fewest any entry missed."""
+    by_path: dict[str, list[FileCoverage]] = {}
+    for entry in files:
+        by_path.setdefault(entry.path, []).append(entry)
+    merged: list[FileCoverage] = []
+    for path, entries in by_path.items():
+        if len(entries) == 1:
+            merged.append(entries[0])
+            continue
+        executed: dict[int, bool] = {}
+        for entry in entries:
+            missed = set(entry.missed)
+            for line in entry.lines:
+                executed[line] = executed.get(line, False) or line not in missed
+        lines = sorted(executed)
+        points: list[int] | None = None
+        never: list[int] | None = None
+        with_branches = [entry for entry in entries if entry.branch_points is not None]
+        if with_branches:
+            points, never = [], []
+            per_entry = [entry.branches_by_line() for entry in with_branches]
+            for line in sorted(set().union(*per_entry)):
+                total = max(rows.get(line, (0, 0))[0] for rows in per_entry)
+                taken = min(total, max(rows.get(line, (0, 0))[1] for rows in per_entry))
+                points += [line] * total
+                never += [line] * (total - taken)
+        functions: dict[tuple[str, int | None], Function] | None = None
+        for entry in entries:
+            if entry.functions is not None:
+                functions = {} if functions is None else functions
+                for fn in entry.functions:
+                    old = functions.get((fn.name, fn.start))
+                    if old is None or (fn.executed and not old.executed):
+                        functions[(fn.name, fn.start)] = fn
+        fns = sorted(functions.values(), key=function_order) if functions is not None else None
+        merged.append(
+            FileCoverage(path, lines, [line for line in lines if not executed[line]], points, never, fns)
+        )
+    return merged
+
+
+def function_order(fn: Function) -> tuple[int, str]:
+    return (fn.start or 0, fn.name)

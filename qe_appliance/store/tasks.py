@@ -1,0 +1,148 @@
+"""Orchestrated tasks and their subtasks, kept in SQLite so results outlive the request (and restarts)."""
+
+from __future__ import annotations
+
+import pathlib
+import secrets
+import time
+from typing import Any
+
+import msgspec
+
+from qe_appliance.store.memory import open_database, transaction
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE task (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,           -- tool name, or pipeline name
+            strategy TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            status TEXT NOT NULL,         -- running, completed, failed, interrupted
+            total INTEGER NOT NULL,
+            done INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            finished_at REAL
+        )""",
+        "CREATE INDEX task_created ON task (created_at)",
+        """CREATE TABLE subtask (
+            task_id TEXT NOT NULL REFERENCES task (id),
+            idx INTEGER NOT NULL,
+            input BLOB NOT NULL,          -- JSON
+            status TEXT NOT NULL,         -- pending, running, completed, failed
+            result BLOB,                  -- JSON
+            error TEXT,
+            started_at REAL,
+            finished_at REAL,
+            PRIMARY KEY (task_id, idx)
+        )""",
+    ),
+)
+
+_json = msgspec.json.Encoder()
+_plain = msgspec.json.Decoder()
+
+
+class TaskStore:
+    def __init__(self, path: pathlib.Path) -> None:
+        self._db = open_database(path, MIGRATIONS, "task database")
+        # Tasks that were running when the server stopped cannot resume: say so instead of "running" forever.
+        with transaction(self._db):
+            self._db.execute(
+                "UPDATE task SET status = 'interrupted', finished_at = ? WHERE status = 'running'", (time.time(),)
+            )
+            self._db.execute(
+                "UPDATE subtask SET status = 'interrupted' WHERE status IN ('pending', 'running')"
+            )
+
+    def create(self, kind: str, strategy: str, priority: str, inputs: list[Any]) -> str:
+        task_id = "task-" + secrets.token_hex(6)
+        now = time.time()
+        with transaction(self._db):
+            self._db.execute(
+                "INSERT INTO task (id, kind, strategy, priority, status, total, created_at) "
+                "VALUES (?, ?, ?, ?, 'running', ?, ?)",
+                (task_id, kind, strategy, priority, len(inputs), now),
+            )
+            self._db.executemany(
+                "INSERT INTO subtask (task_id, idx, input, status) VALUES (?, ?, ?, 'pending')",
+                [(task_id, i, _json.encode(item)) for i, item in enumerate(inputs)],
+            )
+        return task_id
+
+    def started(self, task_id: str, idx: int) -> None:
+        self._db.execute(
+            "UPDATE subtask SET status = 'running', started_at = ? WHERE task_id = ? AND idx = ?",
+            (time.time(), task_id, idx),
+        )
+
+    def finished(self, task_id: str, idx: int, result: bytes | None, error: str | None) -> None:
+        """Record one subtask's outcome (result is JSON) and close the task when it was the last."""
+        now = time.time()
+        with transaction(self._db):
+            self._db.execute(
+                "UPDATE subtask SET status = ?, result = ?, error = ?, finished_at = ? WHERE task_id = ? AND idx = ?",
+                ("failed" if error else "completed", result, error, now, task_id, idx),
+            )
+            column = "failed" if error else "done"
+            self._db.execute(f"UPDATE task SET {column} = {column} + 1 WHERE id = ?", (task_id,))
+            self._db.execute(
+                "UPDATE task SET finished_at = ?, status = CASE WHEN failed > 0 THEN 'failed' ELSE 'completed' END "
+                "WHERE id = ? AND done + failed = total",
+                (now, task_id),
+            )
+
+    def get(self, task_id: str, *, subtasks: bool = True) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT id, kind, strategy, priority, status, total, done, failed, created_at, finished_at "
+            "FROM task WHERE id = ?",
+            (task_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        task = _task(row)
+        if subtasks:
+            task["subtasks"] = [
+                {
+                    "index": idx,
+                    "input": _plain.decode(inp),
+                    "status": status,
+                    "result": _plain.decode(result) if result is not None else None,
+                    "error": error,
+                    "durationMs": round((end - start) * 1000, 3) if start and end else None,
+                }
+                for idx, inp, status, result, error, start, end in self._db.execute(
+                    "SELECT idx, input, status, result, error, started_at, finished_at FROM subtask "
+                    "WHERE task_id = ? ORDER BY idx",
+                    (task_id,),
+                )
+            ]
+        return task
+
+    def recent(self, limit: int = 10) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT id, kind, strategy, priority, status, total, done, failed, created_at, finished_at "
+            "FROM task ORDER BY created_at DESC LIMIT ?",
+            (limit,),
+        )
+        return [_task(row) for row in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _task(row: Any) -> dict[str, Any]:
+    task_id, kind, strategy, priority, status, total, done, failed, created, finished = row
+    return {
+        "taskId": task_id,
+        "kind": kind,
+        "strategy": strategy,
+        "priority": priority,
+        "status": status,
+        "total": total,
+        "completed": done,
+        "failed": failed,
+        "createdAt": created,
+        "finishedAt": finished,
+    }
