@@ -160,12 +160,17 @@ class App:
         """Agents up and the pool warm before the server says it is ready."""
         assert self.services is not None
         self.services.tools = {tool.name: tool for tool in self.registry.tools()}
+        started = time.perf_counter()
         fleet = Fleet(self.config)
         self.services.fleet = fleet
         self.services.orchestrator = Orchestrator(
             self.services.tasks, lambda: self.services.tools if self.services else {}, self.services, fleet.capacity
         )
         await fleet.start()
+        log.info(
+            "fleet warm in %.0f ms: %d agents, %d pooled connections",
+            (time.perf_counter() - started) * 1000, len(fleet.agents), fleet.pool.total,
+        )
 
     async def _stop_fleet(self, deadline_s: float) -> None:
         if self.services is not None and self.services.fleet is not None:

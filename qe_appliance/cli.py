@@ -11,8 +11,6 @@ import sys
 from collections.abc import Sequence
 
 from qe_appliance import __version__
-from qe_appliance.config import ConfigError, apply_overrides, load_config
-from qe_appliance.store.memory import StoreError
 
 STRATEGIES = ("least-connections", "response-time", "round-robin")
 
@@ -55,10 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config":
         return _validate(args.path)
+    # The agents' forkserver imports the tool modules in its own interpreter: start it before this
+    # process imports anything heavy, so the two import in parallel on two cores.
+    from qe_appliance.fleet import forkserver
+
+    forkserver.start_in_background()
     return _start(args)
 
 
 def _validate(path: str) -> int:
+    from qe_appliance.config import ConfigError, load_config
+
     try:
         load_config(path)
     except ConfigError as exc:
@@ -69,6 +74,9 @@ def _validate(path: str) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
+    from qe_appliance.config import ConfigError, apply_overrides, load_config
+    from qe_appliance.store.memory import StoreError
+
     try:
         cfg = apply_overrides(
             load_config(args.config),

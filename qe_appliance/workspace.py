@@ -171,6 +171,7 @@ class Workspace:
         excludes = [glob_regex(pattern) for pattern in exclude or ()]
         found: list[Path] = []
         pending = [directory]
+        visited = {directory}  # real paths, so a link back up the tree is walked once
         seen = 0
         while pending:
             current = pending.pop()
@@ -188,8 +189,10 @@ class Workspace:
                 if entry.is_dir():
                     if entry.name in SKIPPED_DIRS or entry.name.startswith("."):
                         continue
-                    if entry.is_symlink() and not self.contains(path.resolve()):
+                    real = path.resolve() if entry.is_symlink() else path
+                    if real in visited or not self.contains(real):
                         continue
+                    visited.add(real)
                     pending.append(path)
                     continue
                 if not entry.name.endswith(suffixes) or not entry.is_file():

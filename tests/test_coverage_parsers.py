@@ -34,8 +34,8 @@ def test_coveragepy_reports_match_coveragepy_itself(name: str, fmt: str) -> None
     files = by_path(report)
     assert set(files) == set(sample.analysis)
     for path, (statements, missing) in sample.analysis.items():
-        assert files[path].lines == statements, path
-        assert files[path].missed == missing, path
+        assert list(files[path].lines) == statements, path
+        assert list(files[path].missed) == missing, path
     totals = report_totals(report.files)
     assert (totals.lines.covered, totals.lines.total) == (
         sample.totals["covered_lines"],
@@ -116,7 +116,7 @@ def test_istanbul_function_ranges_and_missed_lines(tmp_path: Path) -> None:
     files = by_path(parse_report((root / "coverage-final.json").read_bytes(), "auto", str(root)))
     shipping = files[str(root / "src" / "shipping.js")]
     # c8's own text report: "Uncovered Line #s 8-9,11-12,20-28".
-    assert shipping.missed == [8, 9, 11, 12, *range(20, 29)]
+    assert list(shipping.missed) == [8, 9, 11, 12, *range(20, 29)]
     assert shipping.functions is not None
     estimate = next(fn for fn in shipping.functions if fn.name == "estimateDays")
     assert (estimate.start, estimate.end, estimate.executed) == (20, 28, False)
@@ -197,8 +197,7 @@ def test_truncated_reports_of_each_format_name_the_format_and_the_place(tmp_path
         message = str(caught.value)
         assert message.startswith(f"{fmt} report: "), message
         assert "truncated" in message or "ends early" in message, message
-        if fmt in ("lcov", "cobertura"):
-            assert re.search(r"line \d+", message), message
+        assert re.search(r"line \d+", message), message
 
 
 def test_malformed_lines_and_elements_are_located() -> None:
@@ -254,8 +253,8 @@ def test_lcov_variants_checksums_fnl_fna_and_duplicate_records() -> None:
         b"TN:second\nSF:a.c\nDA:3,0\nDA:4,1\nDA:11,0\nend_of_record\n"
     )
     (entry,) = lcov.parse(text)
-    assert entry.lines == [3, 4, 11]
-    assert entry.missed == [11]  # line 4 ran in the second test run
+    assert list(entry.lines) == [3, 4, 11]
+    assert list(entry.missed) == [11]  # line 4 ran in the second test run
     assert entry.functions is not None
     assert {(fn.name, fn.start, fn.end, fn.executed) for fn in entry.functions} == {
         ("main", 3, 9, True),
@@ -312,6 +311,6 @@ def test_lcov_parse_agrees_with_a_line_by_line_reading(records: list) -> None:
     assert set(parsed) == set(expected)
     for name, (lines, missed, points, taken) in expected.items():
         entry = parsed[name]
-        assert (entry.lines, entry.missed) == (lines, missed)
+        assert (list(entry.lines), list(entry.missed)) == (lines, missed)
         branch_points, branch_missed = entry.branch_points or [], entry.branch_missed or []
         assert (len(branch_points), len(branch_points) - len(branch_missed)) == (points, taken)

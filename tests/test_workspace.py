@@ -110,11 +110,14 @@ def test_walk_filters_by_suffix_and_globs_and_skips_vendored_dirs(tree: Path) ->
         ws.walk(root, (".py",), None, None, 2)
 
 
-def test_walk_does_not_follow_a_directory_link_out_of_the_roots(tree: Path) -> None:
+def test_walk_does_not_follow_a_directory_link_out_of_the_roots_or_round_a_loop(tree: Path) -> None:
     (tree / "src" / "linked").symlink_to(tree.parent / "outside")
     (tree.parent / "outside" / "evil.py").write_text("import os\n")
+    (tree / "src" / "pkg" / "loop").symlink_to(tree / "src")
     ws = Workspace([tree], 1 << 20)
-    assert all("evil" not in p.name for p in ws.walk(tree.resolve(), (".py",), None, None, 100))
+    found = ws.walk(tree.resolve(), (".py",), None, None, 100)
+    assert all("evil" not in p.name for p in found)
+    assert len(found) == 3  # the files under src/ once, not again through the loop
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ import html
 import itertools
 import operator
 import re
-from typing import Final
+from typing import Final, NamedTuple
 
 from qe_appliance.coverage import xmlscan
-from qe_appliance.coverage.model import FileCoverage, Function, ReportError, merge_files
+from qe_appliance.coverage.model import FileCoverage, Function, ReportError, lines_and_missed, merge_files
 
 FORMAT: Final = "cobertura"
 _CLASS: Final = re.compile(rb"<class(?=[\s/>])")
@@ -32,10 +32,9 @@ _NUMBER_EXACT: Final = xmlscan.attribute_pattern("number")
 _HITS_EXACT: Final = xmlscan.attribute_pattern("hits")
 
 
-class Parsed:
-    def __init__(self, files: list[FileCoverage], sources: list[str]) -> None:
-        self.files = files
-        self.sources = sources
+class Parsed(NamedTuple):
+    files: list[FileCoverage]
+    sources: list[str]
 
 
 def parse(data: bytes) -> Parsed:
@@ -75,16 +74,7 @@ def _class(where: str, piece: bytes, has_branches: bool, has_functions: bool) ->
     end = body.find(b"</class>")
     body = body[:end] if end != -1 else b""  # no closing tag: <class .../> has no lines
     methods_text, lines_text = _split_methods(body)
-    numbers, hits = _line_columns(lines_text, where)
-    executed: dict[int, bool] | None = None
-    if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
-        executed = {}
-        for line, count in zip(numbers, hits, strict=True):
-            executed[line] = executed.get(line, False) or count > 0
-        numbers = sorted(executed)
-        missed = [line for line in numbers if not executed[line]]
-    else:
-        missed = list(itertools.compress(numbers, map(operator.not_, hits)))
+    numbers, missed = lines_and_missed(*_line_columns(lines_text, where))
     if numbers and numbers[0] < 1:
         raise ReportError(FORMAT, where, f"{filename}: line number {numbers[0]}; lines start at 1")
     points: list[int] | None = None
@@ -107,7 +97,7 @@ def _split_methods(body: bytes) -> tuple[bytes, bytes]:
     return body[start:close], body[:start] + body[close + len(b"</methods>") :]
 
 
-def _line_columns(lines_text: bytes, where: str) -> tuple[list[int], list[float]]:
+def _line_columns(lines_text: bytes, where: str) -> tuple[list[int], list[int] | list[float]]:
     """Line numbers and hit counts of every <line> element, in document order."""
     if b"<condition" in lines_text:
         lines_text = _CONDITIONS.sub(b"", lines_text)
@@ -119,7 +109,9 @@ def _line_columns(lines_text: bytes, where: str) -> tuple[list[int], list[float]
         raw_hits = _HITS_EXACT.findall(lines_text)
         if len(raw_numbers) != count or len(raw_hits) != count:
             raise ReportError(FORMAT, where, "every <line> element needs a number and a hits attribute")
-    return xmlscan.ints(raw_numbers, FORMAT, "a line number", where), xmlscan.numbers(raw_hits, FORMAT, "hits", where)
+    return xmlscan.ints(raw_numbers, FORMAT, "a line number", where), xmlscan.numbers(
+        raw_hits, FORMAT, "hits", where
+    )
 
 
 def _branches(lines_text: bytes, where: str) -> tuple[list[int], list[int]]:
@@ -133,7 +125,9 @@ def _branches(lines_text: bytes, where: str) -> tuple[list[int], list[int]]:
     if not len(raw_lines) == len(taken_raw) == len(total_raw) == len(tags):
         # Some branch line lacks condition-coverage (it then says nothing countable): go tag by tag.
         pairs = [(_NUMBER_EXACT.search(tag), _CONDITION.search(tag)) for tag in tags]
-        found = [(number.group(1), *condition.groups()) for number, condition in pairs if number and condition]
+        found = [
+            (number.group(1), *condition.groups()) for number, condition in pairs if number and condition
+        ]
         raw_lines = [line for line, _, _ in found]
         taken_raw = [taken for _, taken, _ in found]
         total_raw = [total for _, _, total in found]
@@ -143,7 +137,9 @@ def _branches(lines_text: bytes, where: str) -> tuple[list[int], list[int]]:
     if any(map(operator.gt, taken, totals)):
         raise ReportError(FORMAT, where, "a condition-coverage takes more branches than the line has")
     points = list(itertools.chain.from_iterable(map(itertools.repeat, lines, totals)))
-    never = list(itertools.chain.from_iterable(map(itertools.repeat, lines, map(operator.sub, totals, taken))))
+    never = list(
+        itertools.chain.from_iterable(map(itertools.repeat, lines, map(operator.sub, totals, taken)))
+    )
     return points, never
 
 

@@ -75,6 +75,10 @@ def parse_report(data: bytes, choice: FormatChoice, root: str) -> Report:
             raise ReportError(
                 fmt, "", f"the content looks like {detected}, not {fmt}; pass format: {detected} or auto"
             )
+    return _parse(data, fmt, root)
+
+
+def _parse(data: bytes, fmt: Format, root: str) -> Report:
     source_dirs: list[str] = []
     files: list[FileCoverage]
     if fmt == "coveragepy-json":
@@ -96,7 +100,7 @@ def _uniform(files: list[FileCoverage]) -> list[FileCoverage]:
     if any(entry.branch_points is not None for entry in files):
         for entry in files:
             if entry.branch_points is None:
-                entry.branch_points, entry.branch_missed = [], []
+                entry.branch_points, entry.branch_missed = (), ()
     if any(entry.functions is not None for entry in files):
         for entry in files:
             if entry.functions is None:

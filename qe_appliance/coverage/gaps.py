@@ -28,7 +28,7 @@ import msgspec
 
 from qe_appliance.coverage import churn as git_churn
 from qe_appliance.coverage.model import FileCoverage, Report, missed_runs
-from qe_appliance.coverage.sources import TestLayout, locate
+from qe_appliance.coverage.sources import ProjectLayout, locate
 from qe_appliance.quality.pysource import SOURCES, Scope, SourceError
 from qe_appliance.workspace import Workspace, WorkspaceError
 
@@ -100,7 +100,7 @@ def risk_of(factors: GapFactors) -> float:
 def find_gaps(report: Report, workspace: Workspace, source_root: Path) -> GapAnalysis:
     """Every gap of the report, riskiest first."""
     changes = git_churn.churn(source_root)
-    layout = TestLayout(source_root)
+    layout = ProjectLayout(source_root)
     warnings: list[str] = []
     gaps: list[Gap] = []
     files_with_gaps = sources_found = 0

@@ -13,7 +13,7 @@ import re
 from typing import Final
 
 from qe_appliance.coverage import xmlscan
-from qe_appliance.coverage.model import FileCoverage, Function, ReportError, merge_files
+from qe_appliance.coverage.model import FileCoverage, Function, ReportError, function_order, merge_files
 
 FORMAT: Final = "jacoco"
 _PACKAGE: Final = re.compile(rb"<package(?=[\s/>])")
@@ -116,5 +116,5 @@ def _sourcefile(package: str, piece: bytes, methods: dict[str, list[Function]], 
     points = list(itertools.chain.from_iterable(map(itertools.repeat, nr, totals)))
     never = list(itertools.chain.from_iterable(map(itertools.repeat, nr, mb)))
     path = f"{package}/{name}" if package else name
-    functions = sorted(methods.get(name, []), key=lambda fn: (fn.start or 0, fn.name))
+    functions = sorted(methods.get(name, []), key=function_order)
     return FileCoverage(path, nr, missed, points, never, functions)

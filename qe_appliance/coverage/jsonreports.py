@@ -86,8 +86,10 @@ def _decode(decoder: Callable[[bytes], T], data: bytes, fmt: str) -> T:
 
 
 def _json_problem(data: bytes, message: str) -> str:
+    """msgspec's decode error with its byte offset turned into a line and column."""
     if "truncated" in message:
-        return "the JSON ends early; the file is truncated"
+        last_line = data.count(b"\n") + 1
+        return f"line {last_line}: the JSON ends early; the file is truncated"
     marker = "(byte "
     if marker in message:
         offset = int(message.rsplit(marker, 1)[1].rstrip(")"))

@@ -14,11 +14,16 @@ from typing import Final
 
 import msgspec
 
-from qe_appliance.coverage.model import FileCoverage, Function, ReportError, merge_files
+from qe_appliance.coverage.model import FileCoverage, Function, ReportError, lines_and_missed, merge_files
 
 FORMAT: Final = "lcov"
 END: Final = b"end_of_record"
 _INTS: Final = msgspec.json.Decoder(list[int])
+_TO_JSON: Final = {
+    b"DA:": bytes.maketrans(b"DA:\n", b"   ,"),
+    # BRDA's `-` (the block never ran) counts as a branch not taken.
+    b"BRDA:": bytes.maketrans(b"BRDA:\n-", b"     ,0"),
+}
 _KEY: Final = re.compile(rb"[A-Z][A-Z0-9_]*")
 # Run over text that starts with a newline, so every line starts after one.
 _FN_LINE: Final = re.compile(rb"\nFN:(\d+),(?:(\d+),)?([^\n]*)")
@@ -50,9 +55,10 @@ class _Record:
         self.has_functions = False
         # First and last line by function name; kept as two dicts of ints, which the garbage collector
         # does not track (a dict of tuples would make it run over and over on a large file).
-        self.fn_start: dict[str, int | None] = {}
-        self.fn_end: dict[str, int | None] = {}
-        self.fn_hits: dict[str, int] = {}
+        # Keyed by the name's bytes, decoded once when the Function is built.
+        self.fn_start: dict[bytes, int | None] = {}
+        self.fn_end: dict[bytes, int | None] = {}
+        self.fn_hits: dict[bytes, int] = {}
         self.fn_by_index: dict[bytes, tuple[int | None, int | None]] = {}
 
     def fail(self, at: int, problem: str) -> ReportError:
@@ -61,15 +67,7 @@ class _Record:
 
     def to_file(self) -> FileCoverage:
         assert self.path is not None
-        lines, hits = self.lines, self.hits
-        if lines != sorted(lines) or len(set(lines)) != len(lines):
-            executed: dict[int, bool] = {}
-            for line, count in zip(lines, hits, strict=True):
-                executed[line] = executed.get(line, False) or count > 0
-            lines = sorted(executed)
-            missed = [line for line in lines if not executed[line]]
-        else:
-            missed = list(itertools.compress(lines, map(operator.not_, hits)))
+        lines, missed = lines_and_missed(self.lines, self.hits)
         if lines and lines[0] < 1:
             raise self.fail(0, f"the record for {self.path} has DA line number {lines[0]}; lines start at 1")
         points = never = None
@@ -80,10 +78,13 @@ class _Record:
         if self.has_functions:
             starts, ends, calls = self.fn_start, self.fn_end, self.fn_hits
             functions = [
-                Function(name, start, ends.get(name), calls.get(name, 0) > 0) for name, start in starts.items()
+                Function(_NAME(name), start, ends.get(name), calls.get(name, 0) > 0)
+                for name, start in starts.items()
             ]
             functions += [
-                Function(name, None, None, count > 0) for name, count in calls.items() if name not in starts
+                Function(_NAME(name), None, None, count > 0)
+                for name, count in calls.items()
+                if name not in starts
             ]
         return FileCoverage(self.path, lines, missed, points, never, functions)
 
@@ -99,7 +100,7 @@ def parse(data: bytes) -> list[FileCoverage]:
         last = index == len(chunks) - 1
         if last:
             if chunk.strip():
-                _trailing(data, offset, chunk)
+                raise _unterminated(data, offset, chunk)
             break
         record = _Record(data, offset)
         _read(record, chunk)
@@ -112,14 +113,15 @@ def parse(data: bytes) -> list[FileCoverage]:
     return merge_files(files)
 
 
-def _trailing(data: bytes, offset: int, chunk: bytes) -> None:
+def _unterminated(data: bytes, offset: int, chunk: bytes) -> ReportError:
+    """The error for text after the last end_of_record: a record cut off, or stray text."""
     record = _Record(data, offset)
     start = chunk.find(b"SF:")
     if start == -1:
         at = len(chunk) - len(chunk.lstrip())
-        raise record.fail(at, "text after the last end_of_record; the file ends with a partial record")
+        return record.fail(at, "text after the last end_of_record; the file ends with a partial record")
     name = chunk[start + 3 :].split(b"\n", 1)[0].decode(errors="replace").strip()
-    raise record.fail(start, f"the record for {name} has no end_of_record; the file is truncated")
+    return record.fail(start, f"the record for {name} has no end_of_record; the file is truncated")
 
 
 def _read(record: _Record, chunk: bytes) -> None:
@@ -170,18 +172,17 @@ def _read_rest(record: _Record, chunk: bytes, spans: list[tuple[int, int]]) -> N
     if b"\nBRF:" in text:
         record.has_branches = True
     if fn_lines:
-        names = list(map(_NAME, fn_names))
-        record.fn_start.update(zip(names, map(int, starts), strict=True))
+        record.fn_start.update(zip(fn_names, map(int, starts), strict=True))
         if with_ends:
-            record.fn_end.update(zip(names, (int(last) if last else None for _, last, _ in functions), strict=True))
+            ends = (int(last) if last else None for _, last, _ in functions)
+            record.fn_end.update(zip(fn_names, ends, strict=True))
     if fnda_lines:
-        called = list(map(_NAME, call_names))
         counts = map(int, call_counts)
         hits = record.fn_hits
-        if not hits and len(set(called)) == len(called):
-            hits.update(zip(called, counts, strict=False))
+        if not hits and len(set(call_names)) == len(call_names):
+            hits.update(zip(call_names, counts, strict=False))
         else:  # a name reported twice (merged runs): its counts add up
-            for name, count in zip(called, counts, strict=False):
+            for name, count in zip(call_names, counts, strict=False):
                 hits[name] = hits.get(name, 0) + count
 
 
@@ -201,12 +202,13 @@ def _run(chunk: bytes, key: bytes) -> tuple[int, int, bytes, int] | None:
 
 
 def _bulk(record: _Record, key: bytes, block: bytes, count: int) -> bool:
-    """Decode a run of DA or BRDA lines in one msgspec call; False when it needs the line reader."""
-    body = block[len(key) :].replace(b"\n" + key, b",")
-    if key == b"BRDA:":
-        body = body.replace(b",-", b",0")  # `-`: the block never ran, so the branch was not taken
+    """Decode a run of DA or BRDA lines in one msgspec call; False when it needs the line reader.
+
+    The run becomes a JSON array by blanking the key's letters and turning newlines into commas. A
+    stray line makes the decode fail or the count of numbers come out wrong, so nothing slips through.
+    """
     try:
-        numbers = _INTS.decode(b"[" + body + b"]")
+        numbers = _INTS.decode(b"[" + block.translate(_TO_JSON[key]) + b"]")
     except msgspec.DecodeError:
         return False
     if key == b"DA:":
@@ -281,16 +283,14 @@ def _fn(record: _Record, value: bytes) -> None:
     if tail and second.isdigit():
         end, rest = int(second), tail
     record.has_functions = True
-    name = rest.decode(errors="replace")
-    record.fn_start[name] = int(first)
-    record.fn_end[name] = end
+    record.fn_start[rest] = int(first)
+    record.fn_end[rest] = end
 
 
 def _fnda(record: _Record, value: bytes) -> None:
     hits, name = value.split(b",", 1)
-    key = name.decode(errors="replace")
     record.has_functions = True
-    record.fn_hits[key] = record.fn_hits.get(key, 0) + int(hits)
+    record.fn_hits[name] = record.fn_hits.get(name, 0) + int(hits)
 
 
 def _fnl(record: _Record, value: bytes) -> None:
@@ -302,10 +302,9 @@ def _fnl(record: _Record, value: bytes) -> None:
 
 def _fna(record: _Record, value: bytes) -> None:
     index, hits, name = value.split(b",", 2)
-    key = name.decode(errors="replace")
     record.has_functions = True
-    record.fn_start[key], record.fn_end[key] = record.fn_by_index.get(index, (None, None))
-    record.fn_hits[key] = record.fn_hits.get(key, 0) + int(hits)
+    record.fn_start[name], record.fn_end[name] = record.fn_by_index.get(index, (None, None))
+    record.fn_hits[name] = record.fn_hits.get(name, 0) + int(hits)
 
 
 def _summary(record: _Record, value: bytes) -> None:

@@ -1,19 +1,20 @@
-"""The parsed form every coverage format becomes: per-file executable and missed lines, branch counts
-per line and functions, each `None` when the format does not carry it; totals are derived from these.
+"""The parsed form every coverage format becomes: per file the executable and missed lines, the branch
+points and functions (`None` when the format does not carry them); every total is derived from these.
 """
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Final, Literal
+from typing import Literal
 
 import msgspec
 
 from qe_appliance.workspace import InputError
 
 Format = Literal["coveragepy-json", "cobertura", "lcov", "istanbul", "jacoco"]
-FORMATS: Final[tuple[Format, ...]] = ("coveragepy-json", "cobertura", "lcov", "istanbul", "jacoco")
 
 
 class ReportError(InputError):
@@ -40,11 +41,20 @@ class FileCoverage(msgspec.Struct, array_like=True, gc=False):
     `branch_missed` the line of every point never taken (a line appears once per point)."""
 
     path: str
-    lines: list[int]
-    missed: list[int]
-    branch_points: list[int] | None
-    branch_missed: list[int] | None
+    lines: Sequence[int]
+    missed: Sequence[int]
+    branch_points: Sequence[int] | None
+    branch_missed: Sequence[int] | None
     functions: list[Function] | None
+
+    def __post_init__(self) -> None:
+        # Kept as tuples: a tuple of ints drops out of the garbage collector's tracking after its first
+        # look, while a list of a million line numbers would be walked again by every collection.
+        self.lines = tuple(self.lines)
+        self.missed = tuple(self.missed)
+        if self.branch_points is not None:
+            self.branch_points = tuple(self.branch_points)
+            self.branch_missed = tuple(self.branch_missed or ())
 
     def branches_by_line(self) -> dict[int, tuple[int, int]]:
         """{line: (branch points, points taken)} for the lines that have branches."""
@@ -114,6 +124,18 @@ def report_totals(files: Iterable[FileCoverage]) -> Totals:
         Measure.of(branch_total - branch_missed, branch_total) if has_branches else None,
         Measure.of(fn_cov, fn_total) if has_functions else None,
     )
+
+
+def lines_and_missed(numbers: list[int], hits: Sequence[float]) -> tuple[list[int], list[int]]:
+    """Executable lines (ascending, unique) and the missed ones, from line numbers and hit counts in
+    report order; a line listed twice counts as executed when any listing ran it."""
+    if numbers == sorted(numbers) and len(set(numbers)) == len(numbers):
+        return numbers, list(itertools.compress(numbers, map(operator.not_, hits)))
+    executed: dict[int, bool] = {}
+    for line, count in zip(numbers, hits, strict=True):
+        executed[line] = executed.get(line, False) or count != 0
+    lines = sorted(executed)
+    return lines, [line for line in lines if not executed[line]]
 
 
 def missed_runs(lines: Sequence[int], missed: Sequence[int]) -> list[tuple[int, int, int]]:

@@ -28,7 +28,7 @@ def locate(workspace: Workspace, name: str, root: Path, source_dirs: list[str]) 
     return workspace.find_file(candidates)
 
 
-class TestLayout:
+class ProjectLayout:
     """Where tests live in one project: its test directories (and the Python test files already in them,
     found once by a bounded walk) and per-folder JavaScript habits (x.test.js, x.spec.js, __tests__/)."""
 

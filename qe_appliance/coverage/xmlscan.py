@@ -126,7 +126,3 @@ def numbers(values: list[bytes], fmt: str, what: str, where: str) -> list[int] |
         return _NUMBERS.decode(text)
     except msgspec.DecodeError:
         raise ReportError(fmt, where, f"{what} must be numbers") from None
-
-
-def line_of(data: bytes, offset: int) -> int:
-    return data.count(b"\n", 0, offset) + 1

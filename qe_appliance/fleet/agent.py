@@ -6,6 +6,7 @@ until its parent closes the listening socket or sends SIGTERM; it never touches 
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import socket
@@ -13,13 +14,12 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 
 from qe_appliance.fleet import rpc
 from qe_appliance.fleet.compute import lookup
 from qe_appliance.tools.base import ToolError
 
-# Modules whose @compute functions agents serve; imported once in the forkserver, shared by every agent.
-PRELOAD = ["qe_appliance.tools", "qe_appliance.fleet.agent"]
 # Marks an error that is the caller's input, not the agent's fault (it does not count toward ejection).
 INPUT_ERROR = "input: "
 
@@ -59,9 +59,11 @@ def _run(call: rpc.Call) -> rpc.Result:
         return rpc.Result(call.id, False, error=f"{type(exc).__name__}: {exc}")
 
 
-def main(socket_path: str, agent_id: str) -> None:
-    """Entry point in the agent process."""
+def main(socket_path: str, agent_id: str, preload: Sequence[str] = ()) -> None:
+    """Entry point in the agent process; `preload` names plugin modules (fleet.preload) to import."""
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    for module in preload:
+        importlib.import_module(module)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the server, which stops us in order
     if os.path.exists(socket_path):
         os.unlink(socket_path)

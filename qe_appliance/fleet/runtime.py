@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import secrets
 import signal
@@ -22,6 +21,7 @@ from typing import Any
 from qe_appliance._core.balancer import Balancer
 from qe_appliance.config import CATEGORIES, Config, runtime_dir
 from qe_appliance.fleet import agent as agent_main
+from qe_appliance.fleet import forkserver
 from qe_appliance.fleet.pool import AgentConnection, AgentGone, AgentUnreachable, ConnectionPool, PoolTimeout
 from qe_appliance.tools.base import ToolError
 
@@ -90,8 +90,7 @@ class Fleet:
             min_connections=pool.min_connections,
             idle_timeout_s=pool.idle_timeout_ms / 1000,
         )
-        self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload([*agent_main.PRELOAD, *fleet.preload])
+        self._ctx = forkserver.context()
         self._seq = 0
         self._capacity_waiters: deque[asyncio.Future[None]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
@@ -143,7 +142,10 @@ class Fleet:
         agent.status = "starting"
         agent.started_at = time.time()
         process = self._ctx.Process(
-            target=agent_main.main, args=(str(agent.socket_path), agent.id), name=agent.id, daemon=True
+            target=agent_main.main,
+            args=(str(agent.socket_path), agent.id, self.config.fleet.preload),
+            name=agent.id,
+            daemon=True,
         )
         # start() talks to the forkserver (and starts it the first time): off the event loop.
         await asyncio.to_thread(process.start)

@@ -14,7 +14,7 @@ from typing import Final
 
 import msgspec
 
-from qe_appliance.coverage.model import Measure, Report, report_totals
+from qe_appliance.coverage.model import Measure, Report, file_totals, report_totals
 from qe_appliance.quality.pysource import SOURCES, PySource, SourceError
 from qe_appliance.workspace import Workspace, WorkspaceError
 
@@ -167,7 +167,7 @@ def join_coverage(
             path = Path(os.path.normpath(base / entry.path))
             if path in wanted:
                 matched.append(entry)
-                share = report_totals((entry,)).lines.percent
+                share = file_totals(entry).lines.percent
                 if share is not None:
                     per_file[path] = share
                 break

@@ -229,46 +229,53 @@ def analyze_job(payload: bytes) -> bytes:
         Workspace.from_spec(task.workspace), args.path, args.content, args.format, args.root
     )
     rid = report_id(report.format, report.root, data)
-    rows = [
-        FileRow(entry.path, *_measures(entry), ranges_text(missed_runs(entry.lines, entry.missed)))
-        for entry in report.files
-    ]
+    rows = [(entry, file_totals(entry)) for entry in report.files]
     rows.sort(key=_sort_key(args.sort_by), reverse=args.descending)
     if args.sort_by != "path":  # files with nothing to measure stay last whichever way the sort goes
         rows.sort(key=lambda row: _value(row, args.sort_by) is None)
+    # Missed ranges only for the rows returned: on a 50 MB report, all of them would cost more than the parse.
+    table = [
+        FileRow(
+            entry.path,
+            totals.lines,
+            totals.branches,
+            totals.functions,
+            ranges_text(missed_runs(entry.lines, entry.missed)),
+        )
+        for entry, totals in rows[: args.max_files]
+    ]
     result = CoverageAnalyzeResult(
         report_id=rid,
         format=report.format,
         root=report.root,
         files=len(report.files),
         totals=report_totals(report.files),
-        table=rows[: args.max_files],
+        table=table,
         table_truncated=len(rows) > args.max_files,
     )
     meta = StoredReport(rid, report.format, report.root, args.path or "inline", time.time())
     return _ENCODER.encode(_AnalyzeOutcome(result, meta, _ENCODER.encode(report)))
 
 
-def _measures(entry: FileCoverage) -> tuple[Measure, Measure | None, Measure | None]:
-    totals = file_totals(entry)
-    return totals.lines, totals.branches, totals.functions
-
-
-def _value(row: FileRow, key: SortKey) -> float | str | None:
+def _value(row: tuple[FileCoverage, Totals], key: SortKey) -> float | str | None:
+    entry, totals = row
     if key == "path":
-        return row.path
+        return entry.path
     if key == "missedLines":
-        return row.lines.total - row.lines.covered
-    measure = {"lineCoverage": row.lines, "branchCoverage": row.branches, "functionCoverage": row.functions}[
-        key
-    ]
-    return measure.percent if measure is not None else None
+        return len(entry.missed)
+    measure = {
+        "lineCoverage": totals.lines,
+        "branchCoverage": totals.branches,
+        "functionCoverage": totals.functions,
+    }
+    chosen = measure[key]
+    return chosen.percent if chosen is not None else None
 
 
-def _sort_key(key: SortKey) -> Callable[[FileRow], tuple[Any, str]]:
-    def sort_key(row: FileRow) -> tuple[Any, str]:
+def _sort_key(key: SortKey) -> Callable[[tuple[FileCoverage, Totals]], tuple[Any, str]]:
+    def sort_key(row: tuple[FileCoverage, Totals]) -> tuple[Any, str]:
         value = _value(row, key)
-        return (0 if value is None else value, row.path)
+        return (0 if value is None else value, row[0].path)
 
     return sort_key
 

@@ -1,0 +1,28 @@
+"""The forkserver agents are forked from: started first thing by `aqe-v3 mcp start` (stdlib imports only).
+
+It is a second interpreter that imports the tool modules once; every agent is a fork of it, ready in
+milliseconds. Starting it before the server imports anything lets both import in parallel.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.forkserver
+import threading
+
+# Modules whose @compute functions agents serve; modules named in fleet.preload are imported by each
+# agent as it starts (they are known only once the configuration is read).
+PRELOAD = ["qe_appliance.tools", "qe_appliance.fleet.agent"]
+
+
+def context() -> multiprocessing.context.ForkServerContext:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def start_in_background() -> None:
+    """Start the forkserver now; the first agent spawn waits for it when it is not ready yet."""
+    context()
+    threading.Thread(target=multiprocessing.forkserver.ensure_running, daemon=True, name="forkserver").start()
