@@ -13,16 +13,19 @@ from dataclasses import replace
 from typing import Any
 
 from qe_appliance import __version__
-from qe_appliance.config import Config, state_dir
+from qe_appliance.config import Config, ConfigError, control_socket, state_dir
+from qe_appliance.control.server import ControlServer
 from qe_appliance.fleet.compute import name_of
 from qe_appliance.fleet.orchestrator import Orchestrator
 from qe_appliance.fleet.runtime import Fleet
 from qe_appliance.http.routes import AccessPolicy, Routes
 from qe_appliance.http.server import HttpServer, Limits
 from qe_appliance.mcp.dispatcher import Dispatcher
+from qe_appliance.mcp.jsonrpc import notification_bytes
 from qe_appliance.mcp.sessions import SessionTable
 from qe_appliance.mcp.stdio import serve_stdio
 from qe_appliance.registry import ToolRegistry
+from qe_appliance.reload import apply as apply_reload
 from qe_appliance.store.memory import MemoryStore, purge_periodically
 from qe_appliance.store.patterns import PatternStore
 from qe_appliance.store.reports import ReportStore
@@ -58,6 +61,8 @@ class Services:
         # Set by App: the fleet (started before the server reports ready), its orchestrator, the tools.
         self.fleet: Fleet | None = None
         self.orchestrator: Orchestrator | None = None
+        # `aqe-v3 mcp balance --disable` turns this off: fleet tools then run in server threads.
+        self.fleet_enabled = True
         self.tools: dict[str, ToolSpec] = {}
 
     async def compute(self, tool_name: str, fn: Callable[[Any], Any], payload: Any) -> Any:
@@ -65,7 +70,7 @@ class Services:
         cfg = self.config.tools.get(tool_name)
         timeout = cfg.timeout_ms / 1000 if cfg is not None else 60.0
         spec = self.tools.get(tool_name)
-        if cfg is not None and cfg.execution == "fleet" and self.fleet is not None and spec is not None:
+        if cfg is not None and cfg.execution == "fleet" and self.fleet_enabled and self.fleet is not None and spec:
             return await self.fleet.run(spec.category, name_of(fn), payload, timeout, idempotent=spec.idempotent)
         try:
             return await asyncio.wait_for(asyncio.to_thread(fn, payload), timeout)
@@ -98,8 +103,16 @@ def build_registry(config: Config, catalog: Sequence[ToolSpec] = ALL_TOOLS) -> T
 
 
 class App:
-    def __init__(self, config: Config, catalog: Sequence[ToolSpec] = ALL_TOOLS) -> None:
+    def __init__(
+        self,
+        config: Config,
+        catalog: Sequence[ToolSpec] = ALL_TOOLS,
+        source: Callable[[], Config] | None = None,
+    ) -> None:
         self.config = config
+        # Re-reads the configuration (the file plus the start flags) for a reload; None: no file to re-read.
+        self.source = source
+        self.catalog = catalog
         self.services: Services | None = Services(config)
         self.registry = build_registry(config, catalog)
         server = config.server
@@ -107,7 +120,12 @@ class App:
         self.dispatcher = Dispatcher(self.registry, self.services, self.sessions)
         self.state: str | None = "starting"
         self.http: HttpServer | None = None
+        self.routes: Routes | None = None
         self.address: tuple[str, int] | None = None
+        self.control: ControlServer | None = None
+        self.reloads = {"ok": 0, "failed": 0}
+        self.last_reload: dict[str, Any] | None = None
+        self._reload_lock = asyncio.Lock()
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._terms = 0
@@ -123,6 +141,7 @@ class App:
             keep_alive_timeout_s=cfg.keep_alive_timeout_ms / 1000,
         )
         routes = Routes(self.dispatcher, self.sessions, AccessPolicy(cfg.host, cfg.allowed_origins), self.readiness)
+        self.routes = routes
         self.http = HttpServer(routes, limits)
         started = time.perf_counter()
         host, port = self.address = await self.http.listen(cfg.host, cfg.port)
@@ -130,6 +149,7 @@ class App:
         self._tasks.append(asyncio.create_task(self._sweep_sessions()))
         self._start_memory_purge()
         await self._start_fleet()
+        await self._start_control()
         self.state = None
         log.info(
             "aqe-mcp %s listening on http://%s:%d/mcp (ready in %.0f ms, %d tools)",
@@ -147,6 +167,7 @@ class App:
         self._install_signals()
         self._start_memory_purge()
         await self._start_fleet()
+        await self._start_control()
         stdin_done = asyncio.create_task(serve_stdio(self.dispatcher))
         stopped = asyncio.create_task(self._stopped.wait())
         await asyncio.wait({stdin_done, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -172,6 +193,10 @@ class App:
             (time.perf_counter() - started) * 1000, len(fleet.agents), fleet.pool.total,
         )
 
+    async def _start_control(self) -> None:
+        self.control = ControlServer(self, control_socket(self.config))
+        await self.control.start()
+
     async def _stop_fleet(self, deadline_s: float) -> None:
         if self.services is not None and self.services.fleet is not None:
             await self.services.fleet.stop(deadline_s)
@@ -190,19 +215,74 @@ class App:
             log.warning("second stop signal: exiting now")
             self.close()
             sys.exit(1)
-        asyncio.get_running_loop().create_task(self.drain_and_stop(DRAIN_DEADLINE_S))
+        self.begin_drain(DRAIN_DEADLINE_S)
 
     def _on_hup(self) -> None:
-        log.warning("SIGHUP received: live reload is not available in this build; restart to apply changes")
+        asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration and apply what changed; an invalid file keeps the running config."""
+        async with self._reload_lock:
+            notifier = getattr(self, "notifier", None)
+            if notifier is not None:
+                notifier.reloading()
+            try:
+                if self.source is None:
+                    raise ConfigError(["this server was started without a configuration file; nothing to re-read"])
+                new = self.source()
+                report = await apply_reload(self, new)
+                self.reloads["ok"] += 1
+                report["ok"] = True
+                log.info(
+                    "reload: %d change(s) applied%s", len(report["applied"]),
+                    f"; restart needed for {', '.join(report['needsRestart'])}" if report["needsRestart"] else "",
+                )
+            except ConfigError as exc:
+                self.reloads["failed"] += 1
+                report = {"ok": False, "errors": exc.errors}
+                log.error("reload refused, the running configuration stays:\n%s", exc)
+            finally:
+                if notifier is not None:
+                    notifier.ready()
+            monitor = getattr(self, "monitor", None)
+            if monitor is not None:
+                monitor.count_reload(report["ok"])
+            self.last_reload = report
+            return report
+
+    def rebuild_registry(self) -> None:
+        """Apply tool and registry settings; sessions with an open stream hear tools/list_changed."""
+        old = [t.wire() for t in self.registry.tools()]
+        self.registry = build_registry(self.config, self.catalog)
+        self.dispatcher.set_registry(self.registry)
+        if self.services is not None:
+            self.services.tools = {tool.name: tool for tool in self.registry.tools()}
+        if [t.wire() for t in self.registry.tools()] != old:
+            event = notification_bytes("notifications/tools/list_changed", {})
+            for session in self.sessions.sessions():
+                for queue in session.listeners:
+                    queue.put_nowait(event)
+
+    def begin_drain(self, deadline_s: float) -> None:
+        if self.state != "draining":
+            asyncio.get_running_loop().create_task(self.drain_and_stop(deadline_s))
 
     async def drain_and_stop(self, deadline_s: float) -> None:
-        """Stop taking new work (readiness 503), let requests in flight finish, then close."""
+        """Stop taking new work, let requests in flight finish within the deadline, then close.
+
+        While draining, /readyz and new MCP requests answer 503 with Retry-After (the listener stays open so
+        clients are told, not refused); then the pool closes, the agents stop and the process exits 0.
+        """
         self.state = "draining"
         log.info("draining: finishing requests in flight (deadline %.0f s)", deadline_s)
+        end = time.monotonic() + deadline_s
         self.sessions.close_all()
         if self.http is not None:
-            await self.http.shutdown(deadline_s)
-        await self._stop_fleet(deadline_s)
+            await self.http.wait_idle(deadline_s)
+            await self.http.shutdown(max(end - time.monotonic(), 0.0))
+        await self._stop_fleet(max(end - time.monotonic(), 1.0))
+        if self.control is not None:
+            await self.control.close()
         self.close()
         self._stopped.set()
 
@@ -225,12 +305,12 @@ class App:
             self.services = None
 
 
-def run(config: Config, *, stdio: bool = False) -> int:
+def run(config: Config, *, stdio: bool = False, source: Callable[[], Config] | None = None) -> int:
     """Run the appliance until stopped; returns the process exit code."""
     import uvloop
 
     async def main() -> int:
-        app = App(config)
+        app = App(config, source=source)
         return await (app.run_stdio() if stdio else app.run_http())
 
     return uvloop.run(main())

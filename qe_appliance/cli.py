@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from qe_appliance import __version__
+from qe_appliance.control.commands import add_parsers as add_runtime_commands
+from qe_appliance.control.commands import run as run_runtime_command
 
 STRATEGIES = ("least-connections", "response-time", "round-robin")
 
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="server.logLevel")
 
+    add_runtime_commands(cmds)
+
     config = cmds.add_parser("config", help="configuration file tools")
     config_cmds = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     validate = config_cmds.add_parser("validate", help="check a configuration file; prints OK or the errors")
@@ -53,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config":
         return _validate(args.path)
+    if args.command != "start":
+        return run_runtime_command(args)
     # The agents' forkserver imports the tool modules in its own interpreter: start it before this
     # process imports anything heavy, so the two import in parallel on two cores.
     from qe_appliance.fleet import forkserver
@@ -74,11 +80,12 @@ def _validate(path: str) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from qe_appliance.config import ConfigError, apply_overrides, load_config
+    from qe_appliance.config import Config, ConfigError, apply_overrides, load_config
     from qe_appliance.store.memory import StoreError
 
-    try:
-        cfg = apply_overrides(
+    def read() -> Config:
+        # Start-up, and every reload: the same file with the same start flags on top.
+        return apply_overrides(
             load_config(args.config),
             host=args.host,
             port=args.port,
@@ -86,6 +93,9 @@ def _start(args: argparse.Namespace) -> int:
             strategy=args.strategy,
             optimized=args.optimized,
         )
+
+    try:
+        cfg = read()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -94,7 +104,7 @@ def _start(args: argparse.Namespace) -> int:
     from qe_appliance.app import run
 
     try:
-        return run(cfg, stdio=args.stdio)
+        return run(cfg, stdio=args.stdio, source=read if args.config else None)
     except (OSError, StoreError) as exc:
         print(f"aqe-v3: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -44,6 +44,10 @@ class AccessPolicy:
     """Which Host and Origin values a request may carry."""
 
     def __init__(self, bind_host: str, allowed_origins: Iterable[str]) -> None:
+        self.update(bind_host, allowed_origins)
+
+    def update(self, bind_host: str, allowed_origins: Iterable[str]) -> None:
+        """(Re)configure; decisions taken under the old settings are forgotten."""
         self.loopback_only = is_loopback(bind_host)
         self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
         self._decided: dict[tuple[str | None, str | None], Response | None] = {}

@@ -380,6 +380,13 @@ class HttpServer:
         self.connections.add(conn)
         return conn
 
+    async def wait_idle(self, deadline_s: float) -> None:
+        """Return when no request is being answered (event streams aside), or at the deadline."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        while any(c.current is not None for c in self.connections) and loop.time() < end:
+            await asyncio.sleep(0.02)
+
     async def shutdown(self, deadline_s: float) -> None:
         """Stop accepting, let requests in flight finish within the deadline, then close everything."""
         if self._server is not None:

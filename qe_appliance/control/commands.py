@@ -1,0 +1,225 @@
+"""`aqe-v3 mcp pool|tools|balance|metrics|alerts|reload`: operate a running server over its admin socket.
+
+Tables for people, `--json` for scripts. Exit codes: 0 ok, 1 the server refused, 2 usage or configuration
+error, 3 no server running (the message says where we looked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from qe_appliance.control.client import NotRunning, Refused, call
+
+STRATEGIES = ("least-connections", "response-time", "round-robin")
+NOT_RUNNING = 3
+
+
+def add_parsers(cmds: Any) -> None:
+    """Add the runtime commands to the `aqe-v3 mcp` subparsers."""
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = cmds.add_parser(name, help=help_text)
+        parser.add_argument("--config", help="the server's YAML file (to find its admin socket)")
+        parser.add_argument("--socket", help="the admin socket path (overrides --config)")
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return parser
+
+    pool = command("pool", "connection pool: status, configure, drain")
+    pool.add_argument("action", nargs="?", choices=("status", "configure", "drain"), default="status")
+    pool.add_argument("--configure", action="store_true", help="same as the configure action")
+    pool.add_argument("--min", type=int, help="pool.minConnections")
+    pool.add_argument("--max", type=int, help="pool.maxConnections")
+    pool.add_argument("--idle-timeout", type=float, help="pool.idleTimeoutMs, in seconds")
+    pool.add_argument("--timeout", type=float, default=30.0, help="drain deadline in seconds (default 30)")
+
+    tools = command("tools", "tool registry: list, lookup NAME, stats")
+    tools.add_argument("action", choices=("list", "lookup", "stats"))
+    tools.add_argument("name", nargs="?", help="tool name for lookup (typos are resolved as clients' are)")
+
+    balance = command("balance", "load balancer: status, configure, agents")
+    balance.add_argument("action", nargs="?", choices=("status", "configure", "agents"), default="status")
+    balance.add_argument("--strategy", choices=STRATEGIES)
+    switch = balance.add_mutually_exclusive_group()
+    switch.add_argument("--enable", action="store_true", help="run fleet tools on agents (the default)")
+    switch.add_argument("--disable", action="store_true", help="run fleet tools in server threads instead")
+
+    metrics = command("metrics", "metrics: summary, --dashboard, --export prometheus|json")
+    metrics.add_argument("--dashboard", action="store_true", help="live view, refreshed every dashboardIntervalMs")
+    metrics.add_argument("--export", choices=("prometheus", "json"))
+
+    alerts = command("alerts", "alerts: list firing and recently resolved")
+    alerts.add_argument("action", nargs="?", choices=("list",), default="list")
+
+    command("reload", "re-read the configuration file and apply what changed (like SIGHUP)")
+    command("status", "the server's state, overrides and last reload")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        path = _socket_path(args)
+        cmd, cmd_args = _request(args)
+        if args.command == "metrics" and args.dashboard:
+            return _live_dashboard(path)
+        result = call(path, cmd, cmd_args)
+    except NotRunning as exc:
+        print(f"aqe-v3: {exc}", file=sys.stderr)
+        return NOT_RUNNING
+    except Refused as exc:
+        print(f"aqe-v3: {exc}", file=sys.stderr)
+        return 1
+    except _Usage as exc:
+        print(f"aqe-v3: {exc}", file=sys.stderr)
+        return 2
+    if cmd == "reload" and not result.get("ok"):
+        print("reload refused, the running configuration stays:", file=sys.stderr)
+        for error in result.get("errors", []):
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    _show(args, cmd, result)
+    return 0
+
+
+class _Usage(Exception):
+    pass
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    from qe_appliance.config import Config, ConfigError, ServerConfig, control_socket, load_config
+
+    try:
+        return control_socket(load_config(args.config))
+    except ConfigError as exc:
+        # The file may be broken on purpose (about to be reloaded): the socket's location needs only
+        # server.stateDir / server.controlSocket, so read just those before giving up.
+        try:
+            import yaml
+
+            with open(args.config, encoding="utf-8") as f:
+                server = (yaml.safe_load(f) or {}).get("server") or {}
+            where = {k: server[k] for k in ("stateDir", "controlSocket") if isinstance(server.get(k), str)}
+            return control_socket(Config(server=msgspec.convert(where, ServerConfig)))
+        except Exception:
+            raise _Usage(str(exc)) from None
+
+
+def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    group = args.command
+    if group == "pool":
+        action = "configure" if args.configure else args.action
+        if action == "configure":
+            given = {
+                "min": args.min,
+                "max": args.max,
+                "idleTimeoutMs": None if args.idle_timeout is None else int(args.idle_timeout * 1000),
+            }
+            if all(v is None for v in given.values()):
+                raise _Usage("pool configure needs --min, --max or --idle-timeout")
+            return "pool.configure", {k: v for k, v in given.items() if v is not None}
+        if action == "drain":
+            return "pool.drain", {"timeoutS": args.timeout}
+        return "pool.status", {}
+    if group == "tools":
+        if args.action == "lookup":
+            if not args.name:
+                raise _Usage("tools lookup needs a tool name, e.g. aqe-v3 mcp tools lookup qe_test_generate")
+            return "tools.lookup", {"name": args.name}
+        return f"tools.{args.action}", {}
+    if group == "balance":
+        if args.strategy or args.enable or args.disable or args.action == "configure":
+            request: dict[str, Any] = {}
+            if args.strategy:
+                request["strategy"] = args.strategy
+            if args.enable or args.disable:
+                request["enabled"] = bool(args.enable)
+            if not request:
+                raise _Usage("balance configure needs --strategy, --enable or --disable")
+            return "balance.configure", request
+        return f"balance.{args.action}", {}
+    if group == "metrics":
+        return "metrics", {"export": args.export or "json"}
+    if group == "alerts":
+        return "alerts.list", {}
+    return group, {}
+
+
+def _show(args: argparse.Namespace, cmd: str, result: Any) -> None:
+    if args.json or (cmd == "metrics" and args.export == "json"):
+        print(msgspec.json.format(msgspec.json.encode(result)).decode())
+    elif cmd == "metrics" and args.export == "prometheus":
+        print(result, end="")
+    elif isinstance(result, list):
+        _table(result)
+    elif isinstance(result, dict):
+        _pairs(result)
+    else:
+        print(result)
+
+
+def _table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    columns = [c for c in rows[0] if not isinstance(rows[0][c], dict | list)]
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def _pairs(values: dict[str, Any], indent: str = "") -> None:
+    width = max((len(k) for k in values), default=0)
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            print(f"{indent}{key}:")
+            _pairs(value, indent + "  ")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            print(f"{indent}{key}:")
+            _table(value)
+        else:
+            print(f"{indent}{key.ljust(width)}  {_cell(value)}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") if value else "0"
+    if isinstance(value, dict | list):
+        return msgspec.json.encode(value).decode()
+    return str(value)
+
+
+def _live_dashboard(path: Path) -> int:
+    """A live terminal view; Ctrl-C exits cleanly."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    def render(data: dict[str, Any]) -> Table:
+        table = Table(title=f"aqe-mcp  {time.strftime('%H:%M:%S')}", width=80, show_header=True)
+        table.add_column("metric", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        for key, value in data.items():
+            table.add_row(key, _cell(value) if not isinstance(value, dict) else ", ".join(
+                f"{k}={_cell(v)}" for k, v in value.items() if not isinstance(v, dict | list)))
+        return table
+
+    first = call(path, "metrics", {"export": "dashboard"})
+    try:
+        with Live(render(first), console=Console(), auto_refresh=False) as live:
+            while True:
+                data = call(path, "metrics", {"export": "dashboard"})
+                interval = float(data.get("intervalMs", 1000)) / 1000 if isinstance(data, dict) else 1.0
+                live.update(render(data), refresh=True)
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0

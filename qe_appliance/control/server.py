@@ -1,0 +1,241 @@
+"""The admin API: newline-delimited JSON commands on a unix socket that only the service user can open.
+
+Runtime changes made here (pool sizes, balancer strategy, fleet on/off) are live and listed as overrides
+in `status`; the YAML stays the source of truth and a reload resets them, as HAProxy's runtime API does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from qe_appliance import __version__
+from qe_appliance.registry import UnknownToolError
+
+if TYPE_CHECKING:
+    from qe_appliance.app import App
+
+log = logging.getLogger("aqe_mcp.control")
+MAX_COMMAND_BYTES = 64 * 1024
+STRATEGIES = ("least-connections", "response-time", "round-robin")
+
+
+class CommandError(Exception):
+    """A command the server refuses; the message says what to fix."""
+
+
+class ControlServer:
+    def __init__(self, app: App, path: Path) -> None:
+        self.app = app
+        self.path = path
+        self.overrides: dict[str, Any] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "status": self._status,
+            "pool.status": self._pool_status,
+            "pool.configure": self._pool_configure,
+            "pool.drain": self._pool_drain,
+            "tools.list": self._tools_list,
+            "tools.lookup": self._tools_lookup,
+            "tools.stats": self._tools_stats,
+            "balance.status": self._balance_status,
+            "balance.configure": self._balance_configure,
+            "balance.agents": self._balance_agents,
+            "metrics": self._metrics,
+            "alerts.list": self._alerts,
+            "reload": self._reload,
+        }
+
+    async def start(self) -> None:
+        # The directory is private too: nobody else can even reach the socket's name.
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_COMMAND_BYTES)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write(msgspec.json.encode(await self.execute(line)) + b"\n")
+                await writer.drain()
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def execute(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = msgspec.json.decode(line)
+            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+                raise CommandError('a command is a JSON object {"cmd": "...", "args": {...}}')
+            handler = self._commands.get(request["cmd"])
+            if handler is None:
+                raise CommandError(f"unknown command {request['cmd']!r}; known: {', '.join(self._commands)}")
+            args = request.get("args") or {}
+            if not isinstance(args, dict):
+                raise CommandError("args must be a JSON object")
+            return {"ok": True, "result": await handler(args)}
+        except CommandError as exc:
+            return {"ok": False, "error": str(exc)}
+        except msgspec.DecodeError as exc:
+            return {"ok": False, "error": f"not JSON: {exc}"}
+
+    # ---- commands ------------------------------------------------------------------------------------
+
+    def _fleet(self) -> Any:
+        fleet = self.app.services.fleet if self.app.services is not None else None
+        if fleet is None:
+            raise CommandError("the agent fleet is not running")
+        return fleet
+
+    async def _status(self, args: dict[str, Any]) -> Any:
+        fleet = self.app.services.fleet if self.app.services is not None else None
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "state": self.app.readiness() or "ready",
+            "address": list(self.app.address) if self.app.address else None,
+            "tools": len(self.app.registry.tools()),
+            "sessions": len(self.app.sessions),
+            "agents": len(fleet.agents) if fleet is not None else 0,
+            "overrides": self.overrides,
+            "reloads": self.app.reloads,
+            "lastReload": self.app.last_reload,
+        }
+
+    async def _pool_status(self, args: dict[str, Any]) -> Any:
+        stats = self._fleet().pool.stats()
+        stats["idleTimeoutMs"] = self._fleet().pool.idle_timeout_s * 1000
+        stats["overrides"] = {k: v for k, v in self.overrides.items() if k.startswith("pool.")}
+        return stats
+
+    async def _pool_configure(self, args: dict[str, Any]) -> Any:
+        pool = self._fleet().pool
+        low = _int(args, "min", pool.min_connections, 0)
+        high = _int(args, "max", pool.max_connections, 1)
+        idle = _int(args, "idleTimeoutMs", int(pool.idle_timeout_s * 1000), 1)
+        if low > high:
+            raise CommandError(f"--min {low} is larger than --max {high}; lower --min or raise --max")
+        for key, value, current in (
+            ("pool.minConnections", low, pool.min_connections),
+            ("pool.maxConnections", high, pool.max_connections),
+            ("pool.idleTimeoutMs", idle, int(pool.idle_timeout_s * 1000)),
+        ):
+            if value != current:
+                self.overrides[key] = value
+        pool.min_connections, pool.max_connections, pool.idle_timeout_s = low, high, idle / 1000
+        return await self._pool_status({})
+
+    async def _pool_drain(self, args: dict[str, Any]) -> Any:
+        timeout = args.get("timeoutS", 30)
+        if not isinstance(timeout, int | float) or timeout < 0:
+            raise CommandError("--timeout must be a number of seconds, 0 or more")
+        # Answer first: draining ends with this process exiting.
+        asyncio.get_running_loop().call_later(0.05, self.app.begin_drain, float(timeout))
+        return {"draining": True, "deadlineS": timeout}
+
+    async def _tools_list(self, args: dict[str, Any]) -> Any:
+        config = self.app.config.tools
+        return [
+            {
+                "name": t.name,
+                "category": t.category,
+                "execution": config[t.name].execution if t.name in config else "local",
+                "targetLatencyMs": config[t.name].target_latency_ms if t.name in config else None,
+                "readOnly": t.read_only,
+                "title": t.title,
+            }
+            for t in self.app.registry.tools()
+        ]
+
+    async def _tools_lookup(self, args: dict[str, Any]) -> Any:
+        name = args.get("name")
+        if not isinstance(name, str) or not name:
+            raise CommandError("tools lookup needs a tool name")
+        try:
+            tool, fuzzy = self.app.registry.resolve(name)
+        except UnknownToolError as exc:
+            raise CommandError(str(exc)) from None
+        return {"requested": name, "resolved": tool.name, "fuzzy": fuzzy, "tool": tool.wire()}
+
+    async def _tools_stats(self, args: dict[str, Any]) -> Any:
+        return msgspec.to_builtins(self.app.registry.stats())
+
+    async def _balance_status(self, args: dict[str, Any]) -> Any:
+        fleet = self._fleet()
+        stats = fleet.balancer.stats()
+        stats["enabled"] = self.app.services.fleet_enabled if self.app.services is not None else False
+        stats["overrides"] = {k: v for k, v in self.overrides.items() if k.startswith("balancer.")}
+        return stats
+
+    async def _balance_configure(self, args: dict[str, Any]) -> Any:
+        fleet = self._fleet()
+        services = self.app.services
+        assert services is not None
+        strategy = args.get("strategy")
+        if strategy is not None:
+            if strategy not in STRATEGIES:
+                raise CommandError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+            fleet.balancer.strategy = strategy
+            self.overrides["balancer.strategy"] = strategy
+        enabled = args.get("enabled")
+        if enabled is not None:
+            # Disabled: fleet tools run in worker threads of the server instead of on agents.
+            services.fleet_enabled = bool(enabled)
+            self.overrides["balancer.enabled"] = bool(enabled)
+        return await self._balance_status({})
+
+    async def _balance_agents(self, args: dict[str, Any]) -> Any:
+        return self._fleet().status()["agents"]
+
+    async def _metrics(self, args: dict[str, Any]) -> Any:
+        monitor = getattr(self.app, "monitor", None)
+        if monitor is None:
+            raise CommandError("monitoring is disabled (monitoring.enabled: false)")
+        kind = args.get("export", "json")
+        if kind == "prometheus":
+            return monitor.prometheus().decode()
+        if kind == "dashboard":
+            return monitor.dashboard()
+        if kind == "json":
+            return monitor.snapshot()
+        raise CommandError("export must be prometheus, json or dashboard")
+
+    async def _alerts(self, args: dict[str, Any]) -> Any:
+        monitor = getattr(self.app, "monitor", None)
+        if monitor is None:
+            raise CommandError("monitoring is disabled (monitoring.enabled: false)")
+        return monitor.alerts()
+
+    async def _reload(self, args: dict[str, Any]) -> Any:
+        report = await self.app.reload()
+        self.overrides.clear()
+        return report
+
+
+def _int(args: dict[str, Any], key: str, default: int, low: int) -> int:
+    value = args.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise CommandError(f"--{key} must be a whole number, at least {low}; got {value!r}")
+    return value

@@ -1,0 +1,165 @@
+"""The control CLI against a real server: runtime commands, overrides, reload (SIGHUP too), drain."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ServerProcess, start_server
+from tests.test_http_edges import modern, request
+
+
+def cli(srv: ServerProcess | None, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    cfg = config or (srv.log_path.parent / "qe-mcp.yaml" if srv else None)
+    extra = ["--config", str(cfg)] if cfg else []
+    return subprocess.run(
+        [sys.executable, "-m", "qe_appliance.cli", "mcp", *args, *extra],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def cli_json(srv: ServerProcess, *args: str) -> Any:
+    done = cli(srv, *args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def rewrite(srv: ServerProcess, **blocks: dict[str, Any]) -> None:
+    path = srv.log_path.parent / "qe-mcp.yaml"
+    cfg = json.loads(path.read_text())
+    for block, values in blocks.items():
+        cfg.setdefault(block, {}).update(values)
+    path.write_text(json.dumps(cfg))
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> Any:
+    server = start_server(tmp_path, {"fleet": {"agents": {"generalist": 1}}, "pool": {"minConnections": 1}})
+    yield server
+    server.stop()
+
+
+def test_runtime_commands_and_overrides(srv: ServerProcess) -> None:
+    assert cli_json(srv, "status")["state"] == "ready"
+    tools = cli_json(srv, "tools", "list")
+    assert len(tools) == 14 and {"name", "category", "execution"} <= tools[0].keys()
+    lookup = cli_json(srv, "tools", "lookup", "qe_memroy_store")
+    assert lookup["resolved"] == "qe_memory_store" and lookup["fuzzy"] is True
+    assert cli_json(srv, "tools", "stats")["totalTools"] == 14
+    people = cli(srv, "tools", "list")
+    assert people.returncode == 0 and "qe_coverage_gaps" in people.stdout and "category" in people.stdout
+
+    pool = cli_json(srv, "pool", "--configure", "--min", "1", "--max", "7", "--idle-timeout", "120")
+    assert pool["maxConnections"] == 7 and pool["overrides"] == {"pool.maxConnections": 7, "pool.idleTimeoutMs": 120000}
+    bad = cli(srv, "pool", "configure", "--min", "9", "--max", "3")
+    assert bad.returncode == 1 and "--min 9 is larger than --max 3" in bad.stderr
+
+    balance = cli_json(srv, "balance", "--strategy", "round-robin", "--disable")
+    assert balance["strategy"] == "round-robin" and balance["enabled"] is False
+    assert [a["type"] for a in cli_json(srv, "balance", "agents")] == ["generalist"]
+    status = cli_json(srv, "status")
+    assert status["overrides"]["balancer.strategy"] == "round-robin"
+
+    # A reload makes the file the truth again: the runtime overrides are gone.
+    report = cli_json(srv, "reload")
+    assert report["ok"] is True
+    assert cli_json(srv, "balance", "status")["strategy"] == "least-connections"
+    assert cli_json(srv, "pool", "status")["maxConnections"] == 50
+    assert cli_json(srv, "status")["overrides"] == {}
+
+
+def test_reload_applies_changes_and_refuses_a_bad_file(srv: ServerProcess) -> None:
+    rewrite(srv, tools={"qe_learn_status": {"enabled": False}}, balancer={"strategy": "response-time"},
+            server={"maxBodyBytes": 1000, "port": 1})
+    report = cli_json(srv, "reload")
+    assert report["ok"] and "server.port" in report["needsRestart"]
+    assert "balancer.strategy" in report["applied"] and "tools.qe_learn_status.enabled" in report["applied"]
+    assert len(cli_json(srv, "tools", "list")) == 13
+    body, hdrs = modern("tools/list")
+    status, _, raw = request(srv, "POST", body=body, headers=hdrs)
+    assert "qe_learn_status" not in raw.decode()
+    big, hdrs = modern("tools/call", {"name": "qe_memory_store", "arguments": {"key": "k", "value": "x" * 2000}})
+    assert request(srv, "POST", body=big, headers=hdrs)[0] == 413  # the new body limit is live
+
+    rewrite(srv, pool={"maxConection": 3})
+    done = cli(srv, "reload")
+    assert done.returncode == 1 and "maxConection" in done.stderr and "running configuration stays" in done.stderr
+    assert cli_json(srv, "balance", "status")["strategy"] == "response-time"
+    assert cli_json(srv, "status")["reloads"] == {"ok": 1, "failed": 1}
+
+
+def test_sighup_under_load_fails_no_request(srv: ServerProcess) -> None:
+    results: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            body, hdrs = modern("tools/call", {"name": "qe_memory_retrieve", "arguments": {"key": "k"}})
+            results.append(request(srv, "POST", body=body, headers=hdrs)[0])
+
+    workers = [threading.Thread(target=client) for _ in range(2)]
+    for w in workers:
+        w.start()
+    path = srv.log_path.parent / "qe-mcp.yaml"
+    good = json.loads(path.read_text())
+    try:
+        for i in range(20):
+            if i == 10:
+                path.write_text("pool: [this is not a mapping\n")
+            else:
+                good["balancer"] = {"strategy": ("round-robin", "least-connections")[i % 2]}
+                good.setdefault("pool", {})["maxConnections"] = 20 + i
+                path.write_text(json.dumps(good))
+            srv.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(10)
+    assert results and set(results) == {200}
+    status = cli_json(srv, "status")
+    assert status["reloads"] == {"ok": 19, "failed": 1}
+    assert "refused" in srv.log
+
+
+def test_drain_finishes_in_flight_work_and_refuses_new(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, {"fleet": {"agents": {"generalist": 1}}, "pool": {"minConnections": 1},
+                                  "tools": {"qe_quality_metrics": {"execution": "local"}}})
+    try:
+        body, hdrs = modern("tools/call", {"name": "qe_task_orchestrate", "arguments": {
+            "task": {"tool": "qe_memory_store", "inputs": [{"key": f"d{i}", "value": i} for i in range(3000)]},
+            "strategy": "sequential", "wait": True}})
+        slow: list[int] = []
+        t = threading.Thread(target=lambda: slow.append(request(srv, "POST", body=body, headers=hdrs)[0]))
+        t.start()
+        time.sleep(0.05)
+        done = cli(srv, "pool", "drain", "--timeout", "20")
+        assert done.returncode == 0
+        time.sleep(0.1)
+        status, headers, _ = request(srv, "GET", "/readyz")
+        assert status == 503
+        body2, hdrs2 = modern("tools/list")
+        status, headers, _ = request(srv, "POST", body=body2, headers=hdrs2)
+        assert status == 503 and headers.get("retry-after")
+        t.join(20)
+        assert slow == [200]
+        assert srv.proc.wait(20) == 0
+    finally:
+        srv.stop()
+
+
+def test_commands_when_no_server_runs(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"server: {{stateDir: '{tmp_path}/state'}}\n")
+    done = cli(None, "pool", "status", config=cfg)
+    assert done.returncode == 3 and "control.sock" in done.stderr and "Traceback" not in done.stderr
+    usage = cli(None, "tools", "lookup", config=cfg)
+    assert usage.returncode in (2, 3)
