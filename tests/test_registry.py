@@ -8,26 +8,12 @@ from typing import Any
 import msgspec
 import pytest
 
+from qe_appliance.config import TOOL_DEFAULTS
 from qe_appliance.registry import RegistryStats, ToolRegistry, UnknownToolError
 from qe_appliance.tools.base import ToolContext, ToolSpec
 
-# The 14 tools of the design's table, in its order.
-DESIGN_TOOLS = [
-    ("qe_test_generate", "test-generation"),
-    ("qe_coverage_analyze", "coverage-analysis"),
-    ("qe_coverage_gaps", "coverage-analysis"),
-    ("qe_quality_gate", "quality-assessment"),
-    ("qe_quality_metrics", "quality-assessment"),
-    ("qe_fleet_init", "coordination"),
-    ("qe_fleet_status", "coordination"),
-    ("qe_agent_spawn", "coordination"),
-    ("qe_task_orchestrate", "coordination"),
-    ("qe_memory_store", "memory"),
-    ("qe_memory_retrieve", "memory"),
-    ("qe_memory_search", "memory"),
-    ("qe_learn_pattern", "learning"),
-    ("qe_learn_status", "learning"),
-]
+# The 14 tools of the design's table, in its order (the config holds the table).
+DESIGN_TOOLS = [(name, tool.category) for name, tool in TOOL_DEFAULTS.items()]
 
 
 class NoInput(msgspec.Struct):
