@@ -21,6 +21,7 @@ from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.sessions import SessionTable
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def is_loopback(host: str) -> bool:
@@ -120,6 +121,8 @@ class Routes:
         self.policy = policy
         # Returns None when ready, else why not (e.g. "draining"): /readyz and new MCP work get 503.
         self.readiness = readiness
+        # The appliance's Monitor (set when monitoring is enabled): serves /metrics and /dashboard.json.
+        self.monitor: Any = None
 
     async def __call__(self, ex: Exchange) -> Response | None:
         req = ex.request
@@ -141,6 +144,8 @@ class Routes:
             return Response(
                 405, b'{"error":"use POST, GET or DELETE on /mcp"}', headers=[("allow", "POST, GET, DELETE")]
             )
+        if req.path in ("/metrics", "/dashboard.json"):
+            return self._monitoring(req.path, req.method)
         if req.path in ("/healthz", "/readyz"):
             if req.method not in ("GET", "HEAD"):
                 return Response(405, b'{"error":"use GET"}', headers=[("allow", "GET, HEAD")])
@@ -151,6 +156,15 @@ class Routes:
                 return Response(200, b'{"status":"ready"}')
             return Response(200, b'{"status":"ok"}')
         return Response(404, msgspec.json.encode({"error": f"no route for {req.path}; MCP is served at /mcp"}))
+
+    def _monitoring(self, path: str, method: str) -> Response:
+        if method not in ("GET", "HEAD"):
+            return Response(405, b'{"error":"use GET"}', headers=[("allow", "GET, HEAD")])
+        if self.monitor is None:
+            return Response(404, b'{"error":"monitoring is disabled (monitoring.enabled: false)"}')
+        if path == "/metrics":
+            return Response(200, self.monitor.prometheus(), content_type=PROMETHEUS_TEXT)
+        return Response(200, msgspec.json.encode(self.monitor.dashboard()))
 
     async def _post(self, ex: Exchange) -> Response | None:
         headers = ex.request.headers

@@ -13,6 +13,7 @@ import base64
 import binascii
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,21 @@ INSTRUCTIONS = (
 CAPABILITIES: dict[str, Any] = {"tools": {"listChanged": True}, "logging": {}}
 SERVER_INFO = {"name": SERVER_NAME, "title": "aqe-mcp QE server", "version": __version__}
 LIST_TTL_MS = 30_000
+# Metric labels stay bounded: any other method a client sends is counted as "other".
+KNOWN_METHODS = frozenset(
+    {
+        "initialize",
+        "ping",
+        "logging/setLevel",
+        "server/discover",
+        "tools/list",
+        "tools/call",
+        "notifications/initialized",
+        "notifications/cancelled",
+        "resources/list",
+        "prompts/list",
+    }
+)
 REQUEST_CANCELLED = -32800
 
 Send = Callable[[bytes], Awaitable[None]]
@@ -54,6 +70,9 @@ class Exchange:
     duplicated: frozenset[str] = frozenset()
     session: Session | None = None
     send: Send | None = None
+    # Filled in while handling, for metrics: the method (bounded to known names) and whether it failed.
+    method: str = "invalid"
+    error: bool = False
 
 
 @dataclass
@@ -150,6 +169,8 @@ class Dispatcher:
         self.services = services
         self.sessions = sessions
         self.page_size = page_size
+        # The appliance's Monitor when monitoring is enabled (record_request/record_tool/record_lookup).
+        self.monitor: Any = None
         self._header_params: dict[str, tuple[tuple[tuple[str, ...], str, Any], ...]] = {}
         self._tool_pages: list[dict[str, Any]] = []
         self.set_registry(registry)
@@ -162,6 +183,16 @@ class Dispatcher:
     # ---- entry point -------------------------------------------------------------------------------
 
     async def handle(self, body: bytes, exch: Exchange) -> Reply:
+        monitor = self.monitor
+        if monitor is None:
+            return await self._handle(body, exch)
+        started = time.perf_counter()
+        try:
+            return await self._handle(body, exch)
+        finally:
+            monitor.record_request(exch.method, time.perf_counter() - started, exch.error)
+
+    async def _handle(self, body: bytes, exch: Exchange) -> Reply:
         msg_id: Any = None
         try:
             msg = rpc.decode_message(body)
@@ -170,6 +201,7 @@ class Dispatcher:
             is_request = msg.id is not msgspec.UNSET
             msg_id = msg.id if is_request else None
             method: str = msg.method
+            exch.method = method if method in KNOWN_METHODS else "other"
             raw_params = bytes(msg.params)
             if method == "tools/call":
                 params: Any = self._decode(_call_params, raw_params)
@@ -188,6 +220,7 @@ class Dispatcher:
                 return Reply(200, rpc.result_bytes(msg_id, self._stamp(result, version)))
             return await self._legacy(msg_id, is_request, method, params, meta, raw_params, exch)
         except RpcError as exc:
+            exch.error = True
             if msg_id is None and exc.code not in (rpc.PARSE_ERROR, rpc.INVALID_REQUEST):
                 # Errors about notifications have nobody to go to; the transport still acknowledges.
                 return ACCEPTED
@@ -413,6 +446,8 @@ class Dispatcher:
         name = params.name
         if not isinstance(name, str) or not name:
             raise RpcError(rpc.INVALID_PARAMS, "tools/call needs params.name (the tool's name, a string)")
+        monitor = self.monitor
+        started = time.perf_counter()
         try:
             tool, fuzzy = self.registry.resolve(name)
         except UnknownToolError as exc:
@@ -440,7 +475,13 @@ class Dispatcher:
             log=no_log if log_level is None or send is None else _log_fn(log_level, send),
             tool_name=tool.name,
         )
-        result = await self._run(tool, ctx, args, session, msg_id)
+        if monitor is not None:
+            monitor.record_lookup(time.perf_counter() - started)
+            called = time.perf_counter()
+            result = await self._run(tool, ctx, args, session, msg_id)
+            monitor.record_tool(tool.name, time.perf_counter() - called, result["isError"])
+        else:
+            result = await self._run(tool, ctx, args, session, msg_id)
         if fuzzy:
             result.setdefault("_meta", {}).update({"io.aqe/requestedTool": name, "io.aqe/resolvedTool": tool.name})
         return result

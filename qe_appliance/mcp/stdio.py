@@ -30,11 +30,10 @@ async def serve_stdio(dispatcher: Dispatcher, drain_timeout_s: float = 30.0) -> 
         out.write(line + b"\n")
         out.flush()
 
-    exchange = Exchange(session=session, send=send)
     pending: set[asyncio.Task[None]] = set()
 
     async def answer(line: bytes) -> None:
-        reply = await dispatcher.handle(line, exchange)
+        reply = await dispatcher.handle(line, Exchange(session=session, send=send))
         if reply.body is not None:
             await send(reply.body)
 
