@@ -151,3 +151,43 @@ def test_tasks_survive_a_restart(tmp_path: Path) -> None:
         assert task["status"] == "completed" and task["subtasks"][0]["result"]["version"] == 1
     finally:
         srv.stop()
+
+
+def test_agents_do_not_outlive_a_killed_server(tmp_path: Path) -> None:
+    import signal
+
+    srv = start_server(tmp_path, {"fleet": {"agents": {"generalist": 2}}})
+    family = _descendants(srv.proc.pid)
+    assert len(family) >= 3  # the forkserver and two agents (and the resource tracker)
+    srv.proc.send_signal(signal.SIGKILL)
+    srv.proc.wait(5)
+    deadline = time.monotonic() + 10
+    alive = family
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if _running(p)]
+    assert alive == [], f"still running after the server was killed: {alive}"
+
+
+def _descendants(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            except (FileNotFoundError, IndexError, ValueError):
+                pass
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -61,6 +61,7 @@ def _run(call: rpc.Call) -> rpc.Result:
 
 def main(socket_path: str, agent_id: str, preload: Sequence[str] = ()) -> None:
     """Entry point in the agent process; `preload` names plugin modules (fleet.preload) to import."""
+    _release_forkserver()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     for module in preload:
         importlib.import_module(module)
@@ -75,6 +76,24 @@ def main(socket_path: str, agent_id: str, preload: Sequence[str] = ()) -> None:
     while True:
         conn, _ = listener.accept()
         threading.Thread(target=_serve_connection, args=(conn,), daemon=True, name=f"{agent_id}-conn").start()
+
+
+def _release_forkserver() -> None:
+    """Close our copy of the forkserver's "alive" pipe.
+
+    CPython hands every forked child that pipe's write end, so the forkserver lives as long as any agent,
+    while agents live as long as the forkserver (their parent): after a kill -9 of the server neither
+    would ever exit. Without our copy, the forkserver ends with the server and the agents follow it.
+    """
+    from multiprocessing import forkserver
+
+    fd = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        forkserver._forkserver._forkserver_alive_fd = None
 
 
 def _watch_parent(parent: int) -> None:
