@@ -87,13 +87,14 @@ def _release_forkserver() -> None:
     """
     from multiprocessing import forkserver
 
-    fd = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
     if isinstance(fd, int):
         try:
             os.close(fd)
         except OSError:
             pass
-        forkserver._forkserver._forkserver_alive_fd = None
+        setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 (a private attribute of CPython's)
 
 
 def _watch_parent(parent: int) -> None:
