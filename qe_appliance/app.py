@@ -30,6 +30,7 @@ from qe_appliance.store.memory import MemoryStore, purge_periodically
 from qe_appliance.store.patterns import PatternStore
 from qe_appliance.store.reports import ReportStore
 from qe_appliance.store.tasks import TaskStore
+from qe_appliance.systemd import Notifier
 from qe_appliance.tools import ALL_TOOLS
 from qe_appliance.tools.base import ToolError, ToolSpec
 from qe_appliance.workspace import Workspace
@@ -129,6 +130,8 @@ class App:
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._terms = 0
+        # sd_notify to systemd (a no-op when it did not start us); reload() also reports through it.
+        self.notifier = Notifier()
 
     def readiness(self) -> str | None:
         return self.state
@@ -145,17 +148,20 @@ class App:
         self.http = HttpServer(routes, limits)
         started = time.perf_counter()
         host, port = self.address = await self.http.listen(cfg.host, cfg.port)
+        self._tasks.append(asyncio.create_task(self.notifier.keep_alive()))
+        self.notifier.status("starting: warming up the agent fleet")
         self._install_signals()
         self._tasks.append(asyncio.create_task(self._sweep_sessions()))
         self._start_memory_purge()
         await self._start_fleet()
         await self._start_control()
         self.state = None
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/mcp"
+        self.notifier.ready(f"serving {url} with {len(self.registry.tools())} tools")
         log.info(
-            "aqe-mcp %s listening on http://%s:%d/mcp (ready in %.0f ms, %d tools)",
+            "aqe-mcp %s listening on %s (ready in %.0f ms, %d tools)",
             __version__,
-            host if ":" not in host else f"[{host}]",
-            port,
+            url,
             (time.perf_counter() - started) * 1000,
             len(self.registry.tools()),
         )
@@ -274,6 +280,7 @@ class App:
         clients are told, not refused); then the pool closes, the agents stop and the process exits 0.
         """
         self.state = "draining"
+        self.notifier.stopping()
         log.info("draining: finishing requests in flight (deadline %.0f s)", deadline_s)
         end = time.monotonic() + deadline_s
         self.sessions.close_all()
@@ -303,6 +310,7 @@ class App:
         if self.services is not None:
             self.services.close()
             self.services = None
+        self.notifier.close()
 
 
 def run(config: Config, *, stdio: bool = False, source: Callable[[], Config] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`aqe-v3`: start the appliance and check its configuration.
+"""`aqe-v3`: start the appliance, check its configuration, install it as a systemd service.
 
 Exit codes: 0 ok, 1 failed, 2 usage or configuration error.
 """
@@ -50,11 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     config_cmds = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     validate = config_cmds.add_parser("validate", help="check a configuration file; prints OK or the errors")
     validate.add_argument("path", nargs="?", default="config/qe-mcp.yaml")
+
+    systemd = top.add_parser("systemd", help="run the server as a systemd service")
+    systemd_cmds = systemd.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    install = systemd_cmds.add_parser("install", help="put the unit and the default configuration in place")
+    install.add_argument("--prefix", default="/", help="stage the files under this root (default /)")
+    install.add_argument("--config-dir", help="where qe-mcp.yaml goes (default /etc/aqe-mcp)")
+    install.add_argument("--unit-dir", help="where aqe-mcp.service goes (default /etc/systemd/system)")
+    install.add_argument("--dry-run", action="store_true", help="print what would be written; write nothing")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.group == "systemd":
+        return _install_systemd(args)
     if args.command == "config":
         return _validate(args.path)
     if args.command != "start":
@@ -77,6 +87,18 @@ def _validate(path: str) -> int:
         return 2
     print(f"OK: {path}")
     return 0
+
+
+def _install_systemd(args: argparse.Namespace) -> int:
+    from qe_appliance import systemd
+
+    return systemd.install(
+        args.prefix,
+        args.config_dir or systemd.DEFAULT_CONFIG_DIR,
+        args.unit_dir or systemd.DEFAULT_UNIT_DIR,
+        dry_run=args.dry_run,
+        version=systemd.systemd_version(),
+    )
 
 
 def _start(args: argparse.Namespace) -> int:
