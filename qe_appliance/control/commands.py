@@ -89,9 +89,18 @@ class _Usage(Exception):
     pass
 
 
+# Where the systemd unit's RuntimeDirectory puts the socket; an operator's shell has no $RUNTIME_DIRECTORY.
+SYSTEMD_SOCKET = Path("/run/aqe-mcp/control.sock")
+
+
 def _socket_path(args: argparse.Namespace) -> Path:
     if args.socket:
         return Path(args.socket)
+    path = _configured_socket(args)
+    return SYSTEMD_SOCKET if not path.exists() and SYSTEMD_SOCKET.exists() else path
+
+
+def _configured_socket(args: argparse.Namespace) -> Path:
     from qe_appliance.config import Config, ConfigError, ServerConfig, control_socket, load_config
 
     try:
