@@ -3,7 +3,7 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["lru", "registry", "balancer"]
+MODULES = ["lru", "registry", "balancer", "histogram"]
 
 setup(
     ext_modules=cythonize(

@@ -24,6 +24,7 @@ from qe_appliance.mcp.dispatcher import Dispatcher
 from qe_appliance.mcp.jsonrpc import notification_bytes
 from qe_appliance.mcp.sessions import SessionTable
 from qe_appliance.mcp.stdio import serve_stdio
+from qe_appliance.monitoring import Monitor
 from qe_appliance.registry import ToolRegistry
 from qe_appliance.reload import apply as apply_reload
 from qe_appliance.store.memory import MemoryStore, purge_periodically
@@ -119,6 +120,10 @@ class App:
         server = config.server
         self.sessions = SessionTable(server.max_sessions, server.session_idle_timeout_ms / 1000)
         self.dispatcher = Dispatcher(self.registry, self.services, self.sessions)
+        self.monitor: Monitor | None = Monitor(config) if config.monitoring.enabled else None
+        if self.monitor is not None:
+            self.monitor.attach(registry=self.registry, sessions=self.sessions)
+            self.dispatcher.monitor = self.monitor
         self.state: str | None = "starting"
         self.http: HttpServer | None = None
         self.routes: Routes | None = None
@@ -145,6 +150,7 @@ class App:
         )
         routes = Routes(self.dispatcher, self.sessions, AccessPolicy(cfg.host, cfg.allowed_origins), self.readiness)
         self.routes = routes
+        routes.monitor = self.monitor
         self.http = HttpServer(routes, limits)
         started = time.perf_counter()
         host, port = self.address = await self.http.listen(cfg.host, cfg.port)
@@ -199,9 +205,18 @@ class App:
             (time.perf_counter() - started) * 1000, len(fleet.agents), fleet.pool.total,
         )
 
+    async def _evaluate_alerts(self) -> None:
+        while self.monitor is not None:
+            await asyncio.sleep(self.config.monitoring.dashboard_interval_ms / 1000)
+            self.monitor.evaluate()
+
     async def _start_control(self) -> None:
         self.control = ControlServer(self, control_socket(self.config))
         await self.control.start()
+        if self.monitor is not None:
+            if self.services is not None and self.services.fleet is not None:
+                self.monitor.attach(fleet=self.services.fleet)
+            self._tasks.append(asyncio.create_task(self._evaluate_alerts()))
 
     async def _stop_fleet(self, deadline_s: float) -> None:
         if self.services is not None and self.services.fleet is not None:
@@ -229,9 +244,7 @@ class App:
     async def reload(self) -> dict[str, Any]:
         """Re-read the configuration and apply what changed; an invalid file keeps the running config."""
         async with self._reload_lock:
-            notifier = getattr(self, "notifier", None)
-            if notifier is not None:
-                notifier.reloading()
+            self.notifier.reloading()
             try:
                 if self.source is None:
                     raise ConfigError(["this server was started without a configuration file; nothing to re-read"])
@@ -248,11 +261,9 @@ class App:
                 report = {"ok": False, "errors": exc.errors}
                 log.error("reload refused, the running configuration stays:\n%s", exc)
             finally:
-                if notifier is not None:
-                    notifier.ready()
-            monitor = getattr(self, "monitor", None)
-            if monitor is not None:
-                monitor.count_reload(report["ok"])
+                self.notifier.ready()
+            if self.monitor is not None:
+                self.monitor.count_reload(report["ok"])
             self.last_reload = report
             return report
 
@@ -261,6 +272,8 @@ class App:
         old = [t.wire() for t in self.registry.tools()]
         self.registry = build_registry(self.config, self.catalog)
         self.dispatcher.set_registry(self.registry)
+        if self.monitor is not None:
+            self.monitor.attach(registry=self.registry)
         if self.services is not None:
             self.services.tools = {tool.name: tool for tool in self.registry.tools()}
         if [t.wire() for t in self.registry.tools()] != old:

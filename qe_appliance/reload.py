@@ -68,9 +68,8 @@ async def apply(app: App, new: Config) -> dict[str, Any]:
         fleet.max_agents = new.fleet.max_agents
         if any(k.startswith("fleet.agents") for k in applied):
             await fleet.ensure({str(kind): n for kind, n in new.fleet.agents.items()})
-    monitor = getattr(app, "monitor", None)
-    if monitor is not None:
-        monitor.configure(new)
+    if app.monitor is not None:
+        app.monitor.configure(new)
     return {
         "changed": [{"key": k, "old": o, "new": n} for k, o, n in changes],
         "applied": applied,

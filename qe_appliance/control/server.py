@@ -208,7 +208,7 @@ class ControlServer:
         return self._fleet().status()["agents"]
 
     async def _metrics(self, args: dict[str, Any]) -> Any:
-        monitor = getattr(self.app, "monitor", None)
+        monitor = self.app.monitor
         if monitor is None:
             raise CommandError("monitoring is disabled (monitoring.enabled: false)")
         kind = args.get("export", "json")
@@ -221,7 +221,7 @@ class ControlServer:
         raise CommandError("export must be prometheus, json or dashboard")
 
     async def _alerts(self, args: dict[str, Any]) -> Any:
-        monitor = getattr(self.app, "monitor", None)
+        monitor = self.app.monitor
         if monitor is None:
             raise CommandError("monitoring is disabled (monitoring.enabled: false)")
         return monitor.alerts()

@@ -125,6 +125,12 @@ class Routes:
         self.monitor: Any = None
 
     async def __call__(self, ex: Exchange) -> Response | None:
+        response = await self._route(ex)
+        if self.monitor is not None:
+            self.monitor.record_http(response.status if response is not None else 200)
+        return response
+
+    async def _route(self, ex: Exchange) -> Response | None:
         req = ex.request
         if req.path == "/mcp":
             denied = self.policy.check(req.headers)

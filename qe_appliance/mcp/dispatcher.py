@@ -452,6 +452,8 @@ class Dispatcher:
             tool, fuzzy = self.registry.resolve(name)
         except UnknownToolError as exc:
             raise RpcError(rpc.INVALID_PARAMS, str(exc), {"name": name, "suggestions": exc.suggestions}) from None
+        if monitor is not None:
+            monitor.record_lookup(time.perf_counter() - started)
         raw_args = bytes(params.arguments)
         if not raw_args or raw_args == b"null":
             raw_args = b"{}"
@@ -476,7 +478,6 @@ class Dispatcher:
             tool_name=tool.name,
         )
         if monitor is not None:
-            monitor.record_lookup(time.perf_counter() - started)
             called = time.perf_counter()
             result = await self._run(tool, ctx, args, session, msg_id)
             monitor.record_tool(tool.name, time.perf_counter() - called, result["isError"])

@@ -1,0 +1,107 @@
+"""The data of `/dashboard.json` and `aqe-v3 mcp metrics --dashboard`: what an operator glances at, from the
+last minute of traffic and the live pool, registry and fleet state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qe_appliance.config import Config
+from qe_appliance.monitoring.alerts import Traffic
+
+# Resolved alerts shown under "alerts" (the design's getRecentAlerts(10)).
+RECENT_ALERTS = 10
+_AGENT_FIELDS = ("id", "type", "status", "inFlight", "capacity", "ewmaMs", "completed", "failed", "ejections")
+
+
+def build(
+    traffic: Traffic,
+    config: Config,
+    *,
+    requests_total: int,
+    failed_total: int,
+    tool_totals: dict[str, int],
+    registry: dict[str, Any] | None,
+    fleet: dict[str, Any] | None,
+    sessions: int | None,
+    alerts: dict[str, list[dict[str, Any]]],
+    uptime_s: float,
+) -> dict[str, Any]:
+    """Recent figures come from `traffic`; the `*_total` counts are since start."""
+    targets, limits = config.targets, config.monitoring.alert_thresholds
+    calls = traffic.tool_calls
+    latency = {
+        **_percentiles(calls),
+        "calls": calls.count,
+        "targetP95Ms": targets.p95_response_time,
+        "alertP95Ms": limits.p95_response_time,
+    }
+    tools = []
+    for name in sorted(traffic.tools):
+        recent = traffic.tools[name]
+        tool = config.tools.get(name)
+        target = tool.target_latency_ms if tool is not None else None
+        row = {"tool": name, "calls": recent.count, "callsTotal": tool_totals.get(name, 0)}
+        row.update(_percentiles(recent))
+        p95 = row["p95Ms"]
+        row["targetMs"] = target
+        row["withinTarget"] = None if p95 is None or target is None else p95 <= target
+        tools.append(row)
+    lookups = traffic.lookups
+    lookup = {
+        "averageMs": lookups.total / lookups.count * 1000.0 if lookups.count else None,
+        "p95Ms": _ms(lookups, 95),
+        "targetMs": targets.tool_lookup_time,
+        "cacheHitRate": registry.get("cacheHitRate") if registry else None,
+        "fuzzyResolutions": registry.get("fuzzyResolutions") if registry else None,
+    }
+    return {
+        "intervalMs": config.monitoring.dashboard_interval_ms,
+        "windowS": round(traffic.span_s, 1),
+        "uptimeS": round(uptime_s, 1),
+        "latency": latency,
+        "tools": tools,
+        "pool": _pool(fleet, traffic, config) if fleet else None,
+        "toolLookup": lookup,
+        "requests": {"total": requests_total, "perSecond": traffic.requests / traffic.span_s},
+        "errors": {"rate": traffic.error_rate, "threshold": limits.error_rate, "total": failed_total},
+        "agents": [{key: agent.get(key) for key in _AGENT_FIELDS} for agent in _agents(fleet)],
+        "sessions": sessions,
+        "alerts": {**alerts, "resolved": alerts["resolved"][:RECENT_ALERTS]},
+    }
+
+
+def _pool(fleet: dict[str, Any], traffic: Traffic, config: Config) -> dict[str, Any]:
+    pool = fleet.get("pool") or {}
+    in_use, ceiling = pool.get("inUse", 0), pool.get("maxConnections") or config.pool.max_connections
+    return {
+        "hitRate": pool.get("hitRate"),
+        "recentHitRate": traffic.pool_hit_rate,
+        "targetHitRate": config.targets.pool_hit_rate,
+        "alertHitRate": config.monitoring.alert_thresholds.pool_hit_rate,
+        "utilization": in_use / ceiling if ceiling else None,
+        "available": pool.get("available"),
+        "inUse": in_use,
+        "total": pool.get("total"),
+        "maxConnections": ceiling,
+        "averageWaitMs": pool.get("averageWaitMs"),
+        "p95WaitMs": pool.get("p95WaitMs"),
+        "timeouts": pool.get("timeouts"),
+    }
+
+
+def _agents(fleet: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return (fleet or {}).get("agents") or []
+
+
+def _ms(histogram: Any, q: float) -> float | None:
+    return histogram.percentile(q) * 1000.0 if histogram.count else None
+
+
+def _percentiles(histogram: Any) -> dict[str, float | None]:
+    return {
+        "p50Ms": _ms(histogram, 50),
+        "p95Ms": _ms(histogram, 95),
+        "p99Ms": _ms(histogram, 99),
+        "maxMs": histogram.max * 1000.0 if histogram.count else None,
+    }

@@ -1,0 +1,469 @@
+"""The appliance's Monitor: Cython histograms fed by the request path, read at scrape time together with the
+registry, pool, balancer, fleet and alert state, and exposed as Prometheus text, JSON and dashboard data.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import msgspec
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from qe_appliance import __version__
+from qe_appliance._core.histogram import Histogram
+from qe_appliance.config import Config
+from qe_appliance.monitoring import dashboard
+from qe_appliance.monitoring.alerts import WINDOW_S, AlertBook, Traffic, measure
+
+log = logging.getLogger("aqe_mcp.monitoring")
+
+# Prometheus `le` bounds in seconds: tool calls and MCP requests (targets run from 10 to 500 ms) ...
+REQUEST_BOUNDS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
+)
+# ... and registry lookups (target 5 ms, typically a few µs).
+LOOKUP_BOUNDS: Final = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2)
+# Label values per family; a caller that sends more distinct names than this is counted under OTHER,
+# so no input can grow the exposition without bound.
+MAX_SERIES: Final = 200
+OTHER: Final = "other"
+# Pool counter samples kept between evaluations (one per dashboardIntervalMs, the window is WINDOW_S).
+_POOL_SAMPLES: Final = 1000
+
+Kind = Literal["counter", "gauge", "histogram", "summary"]
+
+
+# Scalar metrics read from a source's stats: (metric name, type, help, key in the stats, scale to base units).
+_Source = tuple[str, Kind, str, str, float]
+_REGISTRY: Final[tuple[_Source, ...]] = (
+    ("aqe_mcp_registry_tools", "gauge", "Tools in the registry.", "totalTools", 1),
+    ("aqe_mcp_registry_lookups_total", "counter", "Tool name lookups.", "lookups", 1),
+    ("aqe_mcp_registry_cache_hits_total", "counter", "Lookups answered by the LRU cache.", "cacheHits", 1),
+    ("aqe_mcp_registry_cache_hit_ratio", "gauge", "Share of lookups the LRU cache answered.",
+     "cacheHitRate", 1),
+    ("aqe_mcp_registry_fuzzy_resolutions_total", "counter", "Mistyped tool names resolved to a tool.",
+     "fuzzyResolutions", 1),
+    ("aqe_mcp_registry_misses_total", "counter", "Lookups that found no tool.", "misses", 1),
+)
+_POOL: Final[tuple[_Source, ...]] = (
+    ("aqe_mcp_pool_max_connections", "gauge", "pool.maxConnections in force.", "maxConnections", 1),
+    ("aqe_mcp_pool_acquires_total", "counter", "Connections taken from the pool.", "acquires", 1),
+    ("aqe_mcp_pool_hits_total", "counter", "Acquires served by an idle connection.", "hits", 1),
+    ("aqe_mcp_pool_hit_ratio", "gauge", "Share of acquires served by an idle connection.", "hitRate", 1),
+    ("aqe_mcp_pool_acquire_timeouts_total", "counter", "Acquires that gave up waiting.", "timeouts", 1),
+    ("aqe_mcp_pool_acquire_wait_p95_seconds", "gauge", "95th percentile of recent acquire waits.",
+     "p95WaitMs", 0.001),
+)
+_BALANCER: Final[tuple[_Source, ...]] = (
+    ("aqe_mcp_balancer_picks_total", "counter", "Agents picked for fleet requests.", "picks", 1),
+    ("aqe_mcp_balancer_no_candidate_total", "counter", "Picks that found no agent able to take the call.",
+     "noCandidate", 1),
+    ("aqe_mcp_balancer_ejections_total", "counter", "Outlier ejections of failing agents.", "ejections", 1),
+    ("aqe_mcp_fleet_saturated_total", "counter", "Fleet requests refused because every agent was full.",
+     "saturated", 1),
+)
+_AGENT: Final[tuple[_Source, ...]] = (
+    ("aqe_mcp_agent_in_flight", "gauge", "Requests in flight on the agent.", "inFlight", 1),
+    ("aqe_mcp_agent_capacity", "gauge", "Requests the agent may run at once.", "capacity", 1),
+    ("aqe_mcp_agent_completed_total", "counter", "Calls the agent completed.", "completed", 1),
+    ("aqe_mcp_agent_failed_total", "counter", "Calls that failed on the agent.", "failed", 1),
+    ("aqe_mcp_agent_ejections_total", "counter", "Times the agent was ejected after failures.",
+     "ejections", 1),
+    ("aqe_mcp_agent_latency_ewma_seconds", "gauge", "Moving average of the agent's call latency.",
+     "ewmaMs", 0.001),
+)
+
+
+class _Series:
+    """One label value's latency histogram and its error count."""
+
+    __slots__ = ("histogram", "errors")
+
+    def __init__(self, windows: int) -> None:
+        self.histogram = Histogram(1, windows)
+        self.errors = 0
+
+
+@dataclass
+class Family:
+    """A metric family as both exports see it. `samples` pairs label values with a number, a Histogram
+    (kind histogram, bucketed at `bounds`) or a (count, sum) pair (kind summary)."""
+
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    samples: list[tuple[tuple[str, ...], Any]] = field(default_factory=list)
+    bounds: tuple[float, ...] = ()
+
+    def add(self, value: Any, *labels: str) -> Family:
+        self.samples.append((labels, value))
+        return self
+
+
+class Monitor:
+    """Records what the request path measures and answers /metrics, `metrics --export json`,
+    /dashboard.json and `alerts list`. The record_* methods are O(1) and take no lock: call them from the
+    event loop thread."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._started = time.time()
+        self._started_mono = time.monotonic()
+        self._requests: dict[str, _Series] = {}
+        self._tools: dict[str, _Series] = {}
+        # Every request, failed requests (a JSON-RPC error or a tool call that returned isError), every
+        # tool call and registry lookup times, each with per-second windows for "the last minute".
+        self._all_requests = Histogram()
+        self._failed = Histogram()
+        self._tool_calls = Histogram()
+        self._lookups = Histogram()
+        self._http: dict[int, int] = {}
+        self._reloads = {"ok": 0, "failed": 0}
+        self._registry: Any = None
+        self._fleet: Any = None
+        self._sessions: Any = None
+        self._pool_samples: deque[tuple[float, int, int]] = deque(maxlen=_POOL_SAMPLES)
+        self._pool_recent = (0, 0)
+        self._alerts = AlertBook()
+        self._exposition = CollectorRegistry(auto_describe=False)
+        self._exposition.register(_Collector(self._families))
+        ProcessCollector(registry=self._exposition)
+
+    def configure(self, config: Config) -> None:
+        """Take new thresholds and targets (reload); they apply from the next evaluation and scrape."""
+        self._config = config
+
+    def attach(self, *, registry: Any = None, fleet: Any = None, sessions: Any = None) -> None:
+        """Sources read at scrape time: `registry.stats()`, `fleet.status()`, `len(sessions)`.
+        A source left out (None) keeps what an earlier call attached."""
+        if registry is not None:
+            self._registry = registry
+        if fleet is not None:
+            self._fleet = fleet
+        if sessions is not None:
+            self._sessions = sessions
+
+    # ---- hot path ----------------------------------------------------------------------------------
+
+    def record_request(self, method: str, seconds: float, error: bool) -> None:
+        series = self._requests.get(method) or _series(self._requests, method, 0)
+        series.histogram.record(seconds)
+        self._all_requests.record(seconds)
+        if error:
+            series.errors += 1
+            self._failed.record(seconds)
+
+    def record_tool(self, tool: str, seconds: float, error: bool) -> None:
+        series = self._tools.get(tool) or _series(self._tools, tool, WINDOW_S)
+        series.histogram.record(seconds)
+        self._tool_calls.record(seconds)
+        if error:
+            series.errors += 1
+            self._failed.record(seconds)
+
+    def record_lookup(self, seconds: float) -> None:
+        self._lookups.record(seconds)
+
+    def record_http(self, status: int) -> None:
+        http = self._http
+        if status in http:
+            http[status] += 1
+        elif len(http) < MAX_SERIES:
+            http[status] = 1
+
+    def count_reload(self, ok: bool) -> None:
+        self._reloads["ok" if ok else "failed"] += 1
+
+    # ---- alerts ------------------------------------------------------------------------------------
+
+    def evaluate(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Run the alert rules at `now` (wall-clock seconds, default the current time); returns the
+        transitions (see AlertBook.update)."""
+        now = time.time() if now is None else now
+        fleet = self._read("fleet", lambda: self._fleet.status()) if self._fleet is not None else None
+        self._pool_recent = self._pool_window((fleet or {}).get("pool"), now)
+        return self._alerts.update(measure(self._config, self._traffic()), now)
+
+    def alerts(self, resolved: int = 20) -> dict[str, list[dict[str, Any]]]:
+        """Firing and pending alerts and the last `resolved` resolved ones (newest first)."""
+        return self._alerts.listing(resolved)
+
+    def _pool_window(self, pool: dict[str, Any] | None, now: float) -> tuple[int, int]:
+        """Acquires and pool hits over the last WINDOW_S seconds, from the counters each evaluation saw."""
+        samples = self._pool_samples
+        if not pool:
+            samples.clear()
+            return 0, 0
+        acquires, hits = int(pool.get("acquires") or 0), int(pool.get("hits") or 0)
+        if samples and acquires < samples[-1][1]:
+            samples.clear()  # a new pool (restart or re-initialised fleet) counts from zero again
+        samples.append((now, acquires, hits))
+        # The newest sample at or before the window's start stays as the baseline.
+        while len(samples) > 1 and samples[1][0] <= now - WINDOW_S:
+            samples.popleft()
+        _, first_acquires, first_hits = samples[0]
+        return acquires - first_acquires, hits - first_hits
+
+    def _traffic(self) -> Traffic:
+        span = min(float(WINDOW_S), max(time.monotonic() - self._started_mono, 1.0))
+        return Traffic(
+            span_s=span,
+            tool_calls=self._tool_calls.recent(WINDOW_S),
+            tools={name: series.histogram.recent(WINDOW_S) for name, series in self._tools.items()},
+            lookups=self._lookups.recent(WINDOW_S),
+            requests=self._all_requests.recent(WINDOW_S).count,
+            failed=self._failed.recent(WINDOW_S).count,
+            pool_acquires=self._pool_recent[0],
+            pool_hits=self._pool_recent[1],
+        )
+
+    # ---- exports -----------------------------------------------------------------------------------
+
+    def prometheus(self) -> bytes:
+        """Every metric in the Prometheus text exposition format (0.0.4), process metrics included."""
+        return generate_latest(self._exposition)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The appliance's metrics as JSON-able data: {"generatedAt", "metrics": {name: family}}, with
+        p50/p95/p99/max beside each histogram's buckets."""
+        return {
+            "generatedAt": _iso(time.time()),
+            "metrics": {family.name: _json_family(family) for family in self._families()},
+        }
+
+    def dashboard(self) -> dict[str, Any]:
+        """/dashboard.json: the last minute of latency, errors and requests, pool, lookups, agents, alerts."""
+        registry, fleet, sessions = self._sources()
+        return {
+            "generatedAt": _iso(time.time()),
+            "version": __version__,
+            **dashboard.build(
+                self._traffic(),
+                self._config,
+                requests_total=self._all_requests.count,
+                failed_total=self._failed.count,
+                tool_totals={name: series.histogram.count for name, series in self._tools.items()},
+                registry=registry,
+                fleet=fleet,
+                sessions=sessions,
+                alerts=self._alerts.listing(dashboard.RECENT_ALERTS),
+                uptime_s=time.monotonic() - self._started_mono,
+            ),
+        }
+
+    def _sources(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None, int | None]:
+        registry = fleet = sessions = None
+        if self._registry is not None:
+            registry = self._read("registry", lambda: msgspec.to_builtins(self._registry.stats()))
+        if self._fleet is not None:
+            fleet = self._read("fleet", lambda: self._fleet.status())
+        if self._sessions is not None:
+            sessions = self._read("sessions", lambda: len(self._sessions))
+        return registry, fleet, sessions
+
+    @staticmethod
+    def _read(what: str, read: Callable[[], Any]) -> Any:
+        # A source that fails (a fleet shutting down, say) drops out of this scrape instead of failing it.
+        try:
+            return read()
+        except Exception as exc:
+            log.warning("metrics: cannot read the %s state this time (%s: %s)",
+                        what, type(exc).__name__, exc)
+            return None
+
+    def _families(self) -> list[Family]:
+        registry, fleet, sessions = self._sources()
+        families = [
+            Family("aqe_mcp_build_info", "gauge", "Version of aqe-mcp and of the Python running it.",
+                   ("version", "python")).add(1, __version__, platform.python_version()),
+            Family("aqe_mcp_start_time_seconds", "gauge", "When the server started (Unix time).")
+            .add(self._started),
+            *_series_families(
+                self._requests, "method",
+                ("aqe_mcp_requests_total", "aqe_mcp_request_errors_total",
+                 "aqe_mcp_request_duration_seconds"),
+                "MCP requests", "answered with a JSON-RPC error",
+            ),
+            *_series_families(
+                self._tools, "tool",
+                ("aqe_mcp_tool_calls_total", "aqe_mcp_tool_errors_total", "aqe_mcp_tool_duration_seconds"),
+                "tool calls", "whose result had isError",
+            ),
+            _tool_targets(self._config),
+            Family("aqe_mcp_http_responses_total", "counter", "HTTP responses by status code.", ("status",),
+                   [((str(status),), count) for status, count in sorted(self._http.items())]),
+            Family("aqe_mcp_registry_lookup_duration_seconds", "histogram", "Time to resolve a tool name.",
+                   bounds=LOOKUP_BOUNDS).add(self._lookups),
+        ]
+        if registry is not None:
+            families += _from_stats(_REGISTRY, registry)
+        if fleet is not None:
+            families += _fleet_families(fleet)
+        if sessions is not None:
+            families.append(Family("aqe_mcp_sessions", "gauge", "Open handshake-era MCP sessions.")
+                            .add(sessions))
+        families += [
+            _by_rule("aqe_mcp_alerts_firing", "Alerts firing, by rule.", self._alerts.counts("firing")),
+            _by_rule("aqe_mcp_alerts_pending", "Alerts breached but not yet for the hold window, by rule.",
+                     self._alerts.counts("pending")),
+            Family("aqe_mcp_config_reloads_total", "counter", "Configuration reloads, by result.",
+                   ("result",),
+                   [((result,), count) for result, count in self._reloads.items()]),
+        ]
+        return families
+
+
+def _iso(stamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+
+
+def _series(table: dict[str, _Series], label: str, windows: int) -> _Series:
+    if len(table) >= MAX_SERIES - 1:
+        label = OTHER
+    series = table.get(label)
+    if series is None:
+        series = table[label] = _Series(windows)
+    return series
+
+
+def _series_families(
+    table: dict[str, _Series], label: str, names: tuple[str, str, str], what: str, failed: str
+) -> list[Family]:
+    """Count, error count and duration histogram of each series of `table`, by `label`."""
+    total, errors, duration = names
+    rows = sorted(table.items())
+    return [
+        Family(total, "counter", f"{what[0].upper()}{what[1:]} handled, by {label}.", (label,),
+               [((name,), series.histogram.count) for name, series in rows]),
+        Family(errors, "counter", f"{what[0].upper()}{what[1:]} {failed}, by {label}.", (label,),
+               [((name,), series.errors) for name, series in rows]),
+        Family(duration, "histogram", f"Duration of {what}, by {label}.", (label,),
+               [((name,), series.histogram) for name, series in rows], REQUEST_BOUNDS),
+    ]
+
+
+def _tool_targets(config: Config) -> Family:
+    family = Family("aqe_mcp_tool_target_latency_seconds", "gauge",
+                    "Latency target of each enabled tool (tools.<name>.targetLatencyMs).", ("tool",))
+    for name, tool in sorted(config.tools.items()):
+        if tool.enabled:
+            family.add(tool.target_latency_ms / 1000.0, name)
+    return family
+
+
+def _from_stats(table: tuple[_Source, ...], stats: dict[str, Any], *labels: str) -> list[Family]:
+    """One family per row of `table` whose key `stats` holds (None means "nothing measured yet")."""
+    families = []
+    for name, kind, text, key, scale in table:
+        if stats.get(key) is not None:
+            families.append(Family(name, kind, text).add(stats[key] * scale, *labels))
+    return families
+
+
+def _fleet_families(status: dict[str, Any]) -> list[Family]:
+    pool = status.get("pool") or {}
+    agents = status.get("agents") or []
+    families = [
+        Family("aqe_mcp_pool_connections", "gauge", "Agent connections, by state.", ("state",))
+        .add(pool.get("available", 0), "idle")
+        .add(pool.get("inUse", 0), "in_use"),
+        *_from_stats(_POOL, pool),
+        *_from_stats(_BALANCER, status.get("balancer") or {}),
+    ]
+    acquires, average_ms = pool.get("acquires") or 0, pool.get("averageWaitMs")
+    if average_ms is not None:
+        families.append(Family("aqe_mcp_pool_acquire_wait_seconds", "summary",
+                               "Time acquires spent waiting for a connection.")
+                        .add((acquires, average_ms / 1000.0 * acquires)))
+    by_status: dict[str, int] = {}
+    for agent in agents:
+        status_name = str(agent.get("status"))
+        by_status[status_name] = by_status.get(status_name, 0) + 1
+    families.append(Family("aqe_mcp_agents", "gauge", "Agents, by status.", ("status",),
+                           [((name,), count) for name, count in sorted(by_status.items())]))
+    for name, kind, text, key, scale in _AGENT:
+        family = Family(name, kind, text, ("agent",))
+        for agent in agents:
+            if agent.get(key) is not None:
+                family.add(agent[key] * scale, str(agent.get("id")))
+        families.append(family)
+    return families
+
+
+def _by_rule(name: str, text: str, counts: dict[str, int]) -> Family:
+    return Family(name, "gauge", text, ("alert",), [((rule,), count) for rule, count in counts.items()])
+
+
+class _Collector(Collector):
+    """Builds the metric families at scrape time; nothing is registered per request."""
+
+    def __init__(self, families: Callable[[], list[Family]]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._families():
+            yield _prometheus_family(family)
+
+
+def _prometheus_family(family: Family) -> Metric:
+    labels = list(family.labels)
+    metric: Any
+    if family.kind == "histogram":
+        metric = HistogramMetricFamily(family.name, family.help, labels=labels)
+        for values, histogram in family.samples:
+            metric.add_metric(list(values), _buckets(histogram, family.bounds), histogram.total)
+    elif family.kind == "summary":
+        metric = SummaryMetricFamily(family.name, family.help, labels=labels)
+        for values, (count, total) in family.samples:
+            metric.add_metric(list(values), count, total)
+    else:
+        kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
+        metric = kind(family.name, family.help, labels=labels)
+        for values, value in family.samples:
+            metric.add_metric(list(values), value)
+    return metric
+
+
+def _buckets(histogram: Any, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+    counts = histogram.cumulative(bounds)
+    return [(floatToGoString(bound), count) for bound, count in zip(bounds, counts, strict=True)] + [
+        ("+Inf", histogram.count)
+    ]
+
+
+def _json_family(family: Family) -> dict[str, Any]:
+    samples = []
+    for values, value in family.samples:
+        sample: dict[str, Any] = {"labels": dict(zip(family.labels, values, strict=True))}
+        if family.kind == "histogram":
+            sample.update({
+                "count": value.count,
+                "sum": value.total,
+                "p50": value.percentile(50),
+                "p95": value.percentile(95),
+                "p99": value.percentile(99),
+                "max": value.max,
+                "buckets": dict(_buckets(value, family.bounds)),
+            })
+        elif family.kind == "summary":
+            sample.update({"count": value[0], "sum": value[1]})
+        else:
+            sample["value"] = value
+        samples.append(sample)
+    return {"type": family.kind, "help": family.help, "samples": samples}
