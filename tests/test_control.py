@@ -163,3 +163,39 @@ def test_commands_when_no_server_runs(tmp_path: Path) -> None:
     assert done.returncode == 3 and "control.sock" in done.stderr and "Traceback" not in done.stderr
     usage = cli(None, "tools", "lookup", config=cfg)
     assert usage.returncode in (2, 3)
+
+
+def test_live_dashboard_draws_and_exits_cleanly_on_ctrl_c(srv: ServerProcess) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qe_appliance.cli", "mcp", "metrics", "--dashboard",
+         "--config", str(srv.log_path.parent / "qe-mcp.yaml")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"COLUMNS": "80", "PATH": "/usr/bin:/bin"},
+    )
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "aqe-mcp" in out and "Traceback" not in err
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_a_second_sigterm_exits_at_once(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, {"fleet": {"agents": {"generalist": 1}}, "pool": {"minConnections": 1}})
+    body, hdrs = modern("tools/call", {"name": "qe_task_orchestrate", "arguments": {
+        "task": {"tool": "qe_memory_store", "inputs": [{"key": f"s{i}", "value": i} for i in range(5000)]},
+        "strategy": "sequential", "wait": True}})
+    def slow_call() -> None:
+        try:
+            request(srv, "POST", body=body, headers=hdrs)
+        except OSError:
+            pass  # the server is told to exit at once: this call is cut off, as expected
+
+    t = threading.Thread(target=slow_call, daemon=True)
+    t.start()
+    time.sleep(0.3)
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    started = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    code = srv.proc.wait(10)
+    assert time.monotonic() - started < 3 and code != 0
