@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
@@ -12,7 +10,7 @@ import pytest
 from mcp.shared.inbound import find_invalid_x_mcp_header
 
 from qe_appliance.tools import ALL_TOOLS
-from qe_appliance.tools.base import NotAvailable, ToolSpec, bare_context
+from qe_appliance.tools.base import ToolSpec
 
 # The design's tool table, in order.
 DESIGN_TABLE = [
@@ -33,11 +31,6 @@ DESIGN_TABLE = [
 ]
 MEMORY_TOOLS = ("qe_memory_store", "qe_memory_retrieve", "qe_memory_search")
 LEARNING_TOOLS = ("qe_learn_pattern", "qe_learn_status")
-
-# Smallest valid arguments of each tool that is not implemented yet.
-MINIMAL_ARGS: dict[str, dict[str, Any]] = {
-    "qe_test_generate": {"source": "def f(x: int) -> int:\n    return x\n"},
-}
 
 TOOLS = {spec.name: spec for spec in ALL_TOOLS}
 
@@ -154,14 +147,3 @@ def test_the_learning_schema_lists_the_pattern_types() -> None:
 def test_arguments_are_checked_by_the_schema_type(name: str, arguments: dict[str, Any], error: str) -> None:
     with pytest.raises(msgspec.ValidationError, match=error):
         decode(TOOLS[name], arguments)
-
-
-@pytest.mark.parametrize("name", sorted(MINIMAL_ARGS))
-def test_tools_not_built_yet_say_so_instead_of_faking_output(name: str) -> None:
-    spec = TOOLS[name]
-
-    async def invoke() -> Any:
-        return await spec.handler(bare_context(SimpleNamespace(), name), decode(spec, MINIMAL_ARGS[name]))
-
-    with pytest.raises(NotAvailable, match=f"^{name} is not available in this build$"):
-        asyncio.run(invoke())
