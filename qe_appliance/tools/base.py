@@ -22,13 +22,6 @@ class ToolError(Exception):
     """A failure the caller can fix (bad input, missing data); reported as `isError: true`."""
 
 
-class NotAvailable(ToolError):
-    """Raised by tools whose implementation has not landed in this build."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"{name} is not available in this build")
-
-
 @dataclass
 class ToolContext:
     """What a handler may use while it runs.
