@@ -13,11 +13,12 @@ from dataclasses import replace
 from typing import Any
 
 from qe_appliance import __version__
-from qe_appliance.config import Config, ConfigError, control_socket, state_dir
+from qe_appliance.config import Config, ConfigError, control_socket, is_loopback, state_dir
 from qe_appliance.control.server import ControlServer
 from qe_appliance.fleet.compute import name_of
 from qe_appliance.fleet.orchestrator import Orchestrator
 from qe_appliance.fleet.runtime import Fleet
+from qe_appliance.http.guard import Guard, load_tokens
 from qe_appliance.http.routes import AccessPolicy, Routes
 from qe_appliance.http.server import HttpServer, Limits
 from qe_appliance.mcp.dispatcher import Dispatcher
@@ -27,6 +28,7 @@ from qe_appliance.mcp.stdio import serve_stdio
 from qe_appliance.monitoring import Monitor
 from qe_appliance.registry import ToolRegistry
 from qe_appliance.reload import apply as apply_reload
+from qe_appliance.reload import configure_http
 from qe_appliance.store.memory import MemoryStore, purge_periodically
 from qe_appliance.store.patterns import PatternStore
 from qe_appliance.store.reports import ReportStore
@@ -47,7 +49,7 @@ class Services:
 
     def __init__(self, config: Config) -> None:
         directory = state_dir(config)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.config = config
         self.memory = MemoryStore(directory / "memory.db")
         try:
@@ -120,6 +122,7 @@ class App:
         server = config.server
         self.sessions = SessionTable(server.max_sessions, server.session_idle_timeout_ms / 1000)
         self.dispatcher = Dispatcher(self.registry, self.services, self.sessions)
+        self.dispatcher.max_json_depth = server.max_json_depth
         self.monitor: Monitor | None = Monitor(config) if config.monitoring.enabled else None
         if self.monitor is not None:
             self.monitor.attach(registry=self.registry, sessions=self.sessions)
@@ -143,15 +146,19 @@ class App:
 
     async def run_http(self) -> int:
         cfg = self.config.server
-        limits = Limits(
-            max_body_bytes=cfg.max_body_bytes,
-            header_timeout_s=cfg.header_timeout_ms / 1000,
-            keep_alive_timeout_s=cfg.keep_alive_timeout_ms / 1000,
+        guard = Guard(cfg.auth, load_tokens(cfg.auth), cfg.rate_limit)
+        if not is_loopback(cfg.host) and not guard.tokens:
+            log.warning("listening on %s without authentication (server.auth.allowUnauthenticated: true): "
+                        "whatever is in front of this server must authenticate clients", cfg.host)
+        routes = Routes(
+            self.dispatcher, self.sessions, AccessPolicy(cfg.host, cfg.allowed_origins), guard, self.readiness
         )
-        routes = Routes(self.dispatcher, self.sessions, AccessPolicy(cfg.host, cfg.allowed_origins), self.readiness)
         self.routes = routes
         routes.monitor = self.monitor
-        self.http = HttpServer(routes, limits)
+        self.http = HttpServer(routes, Limits())
+        configure_http(self.http, self.config)
+        if self.monitor is not None:
+            self.http.on_refuse = self.monitor.record_refusal
         started = time.perf_counter()
         host, port = self.address = await self.http.listen(cfg.host, cfg.port)
         self._tasks.append(asyncio.create_task(self.notifier.keep_alive()))

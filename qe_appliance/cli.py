@@ -127,6 +127,9 @@ def _start(args: argparse.Namespace) -> int:
 
     try:
         return run(cfg, stdio=args.stdio, source=read if args.config else None)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     except (OSError, StoreError) as exc:
         print(f"aqe-v3: cannot start: {exc}", file=sys.stderr)
         return 1

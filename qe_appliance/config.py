@@ -2,6 +2,7 @@
 reports every problem in a file with its line, and the overrides `aqe-v3 mcp start` takes on its command line.
 """
 
+import ipaddress
 import math
 import os
 import pathlib
@@ -22,6 +23,8 @@ MAX_FILE_BYTES: Final = 1 << 20
 # A full configuration is a few hundred YAML nodes; the bound stops alias bombs (billion laughs) early.
 MAX_NODES: Final = 10_000
 MAX_DEPTH: Final = 32
+LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH_BYTES: Final = 107
 
@@ -46,11 +49,32 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="
     """Shared options: immutable (so a reload can diff old and new), camelCase keys, no stray keys."""
 
 
+class AuthConfig(_Section, frozen=True):
+    tokens_file: str = ""
+    tokens_env: str = ""
+    protect_metrics: bool = False
+    allow_unauthenticated: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens_file or self.tokens_env)
+
+
+class RateLimitConfig(_Section, frozen=True):
+    requests_per_second: Annotated[float, msgspec.Meta(ge=0)] = 1000.0
+    burst: AtLeastOne = 2000
+
+
 class ServerConfig(_Section, frozen=True):
     host: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
     allowed_origins: tuple[str, ...] = ()
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    rate_limit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
+    max_connections: AtLeastOne = 1024
     max_body_bytes: AtLeastOne = 4_194_304
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 65_536
+    max_json_depth: Annotated[int, msgspec.Meta(ge=2, le=512)] = 64
     header_timeout_ms: Millis = 10_000
     keep_alive_timeout_ms: Millis = 30_000
     max_sessions: AtLeastOne = 1024
@@ -648,6 +672,7 @@ def _range_problem(raw: Any, value: Any, info: mi.Type) -> str | None:
 
 
 def _check_server(checker: _Checker, server: _Decoded) -> None:
+    _check_exposure(checker, server)
     origins = server.values["allowed_origins"]
     if origins is not _INVALID:
         for index, origin in enumerate(origins):
@@ -660,6 +685,34 @@ def _check_server(checker: _Checker, server: _Decoded) -> None:
         checker.fail((*server.path, "controlSocket"),
                      f"is {len(os.fsencode(sock))} bytes long; unix socket paths are limited to "
                      f"{MAX_SOCKET_PATH_BYTES} bytes, so choose a shorter path")
+
+
+def _check_exposure(checker: _Checker, server: _Decoded) -> None:
+    host, auth = server.values["host"], server.values["auth"]
+    if host is _INVALID or auth is _INVALID or is_loopback(host) or auth.enabled or auth.allow_unauthenticated:
+        return
+    checker.fail((*server.path, "host"),
+                 f"`{host}` is not a loopback address and server.auth names no tokens, so anyone who can reach "
+                 "the port could call the tools; set server.auth.tokensFile (or tokensEnv), or, when a proxy in "
+                 "front authenticates clients, server.auth.allowUnauthenticated: true")
+
+
+def _check_auth(checker: _Checker, auth: _Decoded) -> None:
+    env = auth.values["tokens_env"]
+    if env not in (_INVALID, "") and not _ENV_NAME.fullmatch(env):
+        checker.fail((*auth.path, "tokensEnv"),
+                     f"`{env}` is not an environment variable name; write the name (e.g. AQE_MCP_TOKENS), "
+                     "never the token itself")
+
+
+def is_loopback(host: str) -> bool:
+    """True for names and addresses that only this machine can reach."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_origin(text: str) -> bool:
@@ -707,6 +760,7 @@ def _check_memory(checker: _Checker, memory: _Decoded) -> None:
 
 _CHECKS: Final[dict[type, Callable[[_Checker, _Decoded], None]]] = {
     ServerConfig: _check_server,
+    AuthConfig: _check_auth,
     PoolConfig: _check_pool,
     RegistryConfig: _check_registry,
     MemoryConfig: _check_memory,

@@ -1,7 +1,7 @@
 """Live reload: compare the running configuration with a new one and apply only what changed.
 
 Everything that lives in memory is changed in place (pool sizes and timeouts, balancer strategy, registry
-cache, enabled tools, limits, thresholds); what needs a new socket or directory (listen address, state
+cache, enabled tools, limits, thresholds, tokens); what needs a new socket or directory (listen address, state
 directory, control socket) is reported as needing a restart. No request is dropped: objects are mutated
 between requests on the event loop.
 """
@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from qe_appliance.config import Config
+from qe_appliance.http.guard import load_tokens
 
 if TYPE_CHECKING:
     from qe_appliance.app import App
+    from qe_appliance.http.server import HttpServer
 
 # Changes that only a restart can apply.
 RESTART_KEYS = (
@@ -44,6 +46,8 @@ def _diff(old: Any, new: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
 
 async def apply(app: App, new: Config) -> dict[str, Any]:
     """Apply `new` to the running appliance; returns what changed, what was applied and what waits."""
+    # Token files are re-read on every reload (a rotated file changes no key); a bad one refuses the reload.
+    tokens = load_tokens(new.server.auth) if app.routes is not None else ()
     changes = diff(app.config, new)
     keys = [key for key, _, _ in changes]
     restart = sorted(k for k in keys if k.startswith(RESTART_KEYS))
@@ -53,7 +57,7 @@ async def apply(app: App, new: Config) -> dict[str, Any]:
     if services is not None:
         services.config = new
         services.fleet_enabled = True  # runtime overrides end with a reload; the file is the truth
-    _apply_server_limits(app, new)
+    _apply_server_limits(app, new, tokens)
     if any(k.startswith(("tools.", "registry.")) for k in applied):
         app.rebuild_registry()
     fleet = services.fleet if services is not None else None
@@ -77,14 +81,23 @@ async def apply(app: App, new: Config) -> dict[str, Any]:
     }
 
 
-def _apply_server_limits(app: App, new: Config) -> None:
+def configure_http(http: HttpServer, config: Config) -> None:
+    """Set the HTTP layer's limits from `server.*` (at start and on every reload)."""
+    server, limits = config.server, http.limits
+    limits.max_connections = server.max_connections
+    limits.max_body_bytes = server.max_body_bytes
+    limits.max_header_bytes = server.max_header_bytes
+    limits.header_timeout_s = server.header_timeout_ms / 1000
+    limits.keep_alive_timeout_s = server.keep_alive_timeout_ms / 1000
+
+
+def _apply_server_limits(app: App, new: Config, tokens: tuple[bytes, ...]) -> None:
     server = new.server
     if app.http is not None:
-        limits = app.http.limits
-        limits.max_body_bytes = server.max_body_bytes
-        limits.header_timeout_s = server.header_timeout_ms / 1000
-        limits.keep_alive_timeout_s = server.keep_alive_timeout_ms / 1000
+        configure_http(app.http, new)
+    app.dispatcher.max_json_depth = server.max_json_depth
     app.sessions.max_sessions = server.max_sessions
     app.sessions.idle_timeout_s = server.session_idle_timeout_ms / 1000
     if app.routes is not None:
         app.routes.policy.update(server.host, server.allowed_origins)
+        app.routes.guard.configure(server.auth, tokens, server.rate_limit)

@@ -25,7 +25,8 @@ def call(path: Path, cmd: str, args: dict[str, Any] | None = None, timeout: floa
     except PermissionError:
         sock.close()
         raise NotRunning(
-            f"permission denied on the admin socket {path}: run as the service's user (or root)"
+            f"permission denied on the admin socket {path}: only the service's user may use it; run the "
+            "command as that user (e.g. with sudo)"
         ) from None
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()

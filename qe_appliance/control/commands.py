@@ -97,7 +97,17 @@ def _socket_path(args: argparse.Namespace) -> Path:
     if args.socket:
         return Path(args.socket)
     path = _configured_socket(args)
-    return SYSTEMD_SOCKET if not path.exists() and SYSTEMD_SOCKET.exists() else path
+    return SYSTEMD_SOCKET if not _present(path) and _present(SYSTEMD_SOCKET) else path
+
+
+def _present(path: Path) -> bool:
+    try:
+        path.stat()
+    except PermissionError:
+        return True  # there but private: connecting to it says so, which beats "not running"
+    except OSError:
+        return False
+    return True
 
 
 def _configured_socket(args: argparse.Namespace) -> Path:

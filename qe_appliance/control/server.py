@@ -55,6 +55,13 @@ class ControlServer:
     async def start(self) -> None:
         # The directory is private too: nobody else can even reach the socket's name.
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mode = self.path.parent.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise OSError(
+                f"the admin socket's directory {self.path.parent} is open to other users (mode {mode:o}); "
+                f"make it private (chmod 700 {self.path.parent}) or set server.controlSocket to a path in a "
+                "directory only the service user can enter"
+            )
         if self.path.exists() or self.path.is_symlink():
             self.path.unlink()
         old_umask = os.umask(0o177)

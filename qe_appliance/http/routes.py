@@ -1,4 +1,4 @@
-"""The appliance's HTTP routes: /mcp (Streamable HTTP, both eras), /healthz and /readyz.
+"""The appliance's HTTP routes: /mcp (Streamable HTTP, both eras), /healthz, /readyz, /metrics and /dashboard.json.
 
 Request checks that are about HTTP rather than MCP live here: Host and Origin (DNS-rebinding
 protection), media types, and turning an MCP reply into JSON or a server-sent event stream.
@@ -8,29 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
+from qe_appliance.config import is_loopback
+from qe_appliance.http.guard import Guard
 from qe_appliance.http.server import Exchange, Response, Stream
 from qe_appliance.mcp import dispatcher as mcp
 from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.sessions import SessionTable
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+PROBES = frozenset({"/healthz", "/readyz"})
 
 
 def _hostname(value: str) -> str:
@@ -89,6 +82,13 @@ def _plain_error(status: int, message: str) -> Response:
     return Response(status, msgspec.json.encode({"error": message}))
 
 
+def _refusal(path: str, status: int, message: str, headers: list[tuple[str, str]]) -> Response:
+    # On /mcp the body is a JSON-RPC error, so MCP clients show the message instead of a bare status.
+    if path == "/mcp":
+        return Response(status, rpc.error_bytes(None, rpc.INVALID_REQUEST, message), headers=headers)
+    return Response(status, msgspec.json.encode({"error": message}), headers=headers)
+
+
 def _rpc_error(status: int, code: int, message: str) -> Response:
     return Response(status, rpc.error_bytes(None, code, message))
 
@@ -114,11 +114,13 @@ class Routes:
         dispatcher: mcp.Dispatcher,
         sessions: SessionTable,
         policy: AccessPolicy,
+        guard: Guard,
         readiness: Callable[[], str | None],
     ) -> None:
         self.dispatcher = dispatcher
         self.sessions = sessions
         self.policy = policy
+        self.guard = guard
         # Returns None when ready, else why not (e.g. "draining"): /readyz and new MCP work get 503.
         self.readiness = readiness
         # The appliance's Monitor (set when monitoring is enabled): serves /metrics and /dashboard.json.
@@ -132,15 +134,23 @@ class Routes:
 
     async def _route(self, ex: Exchange) -> Response | None:
         req = ex.request
+        if req.path not in PROBES:
+            # Probes stay open for health checkers; everything else needs a token (when auth is on, /metrics
+            # only if server.auth.protectMetrics) and stays within the client's rate.
+            protected = req.path != "/metrics" or self.guard.protect_metrics
+            address = req.client[0] if req.client is not None else None
+            refused = self.guard.check(req.headers, address, time.monotonic(), protected)
+            if refused is not None:
+                if self.monitor is not None:
+                    self.monitor.record_refusal(refused.reason)
+                return _refusal(req.path, refused.status, refused.message, refused.headers)
         if req.path == "/mcp":
             denied = self.policy.check(req.headers)
             if denied is not None:
                 return denied
             not_ready = self.readiness()
             if not_ready is not None:
-                return Response(
-                    503, msgspec.json.encode({"error": f"server is {not_ready}"}), headers=[("retry-after", "5")]
-                )
+                return _refusal(req.path, 503, f"server is {not_ready}; retry shortly", [("retry-after", "5")])
             if req.method == "POST":
                 return await self._post(ex)
             if req.method == "GET":
@@ -152,7 +162,7 @@ class Routes:
             )
         if req.path in ("/metrics", "/dashboard.json"):
             return self._monitoring(req.path, req.method)
-        if req.path in ("/healthz", "/readyz"):
+        if req.path in PROBES:
             if req.method not in ("GET", "HEAD"):
                 return Response(405, b'{"error":"use GET"}', headers=[("allow", "GET, HEAD")])
             if req.path == "/readyz":

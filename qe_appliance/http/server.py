@@ -19,6 +19,10 @@ import msgspec
 
 log = logging.getLogger("aqe_mcp.http")
 
+# Connections past server.maxConnections that still get a 503 before they are closed; beyond that
+# they are closed without an answer.
+OVERFLOW_ANSWERED = 64
+OVERFLOW_WAIT_S = 1.0
 MAX_PIPELINED = 32  # parsed-but-unanswered requests before reading pauses
 WRITE_HIGH_WATER = 256 * 1024
 SWEEP_INTERVAL_S = 0.1
@@ -31,6 +35,7 @@ class Limits:
     max_header_bytes: int = 64 * 1024
     header_timeout_s: float = 10.0
     keep_alive_timeout_s: float = 30.0
+    max_connections: int = 1024
 
 
 @dataclass
@@ -115,10 +120,21 @@ Handler = Callable[[Exchange], Awaitable[Response | None]]
 class HttpProtocol(asyncio.Protocol):
     """One client connection. Requests are answered strictly in the order they arrived."""
 
-    def __init__(self, handler: Handler, limits: Limits, on_close: Callable[[HttpProtocol], None]) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        limits: Limits,
+        on_close: Callable[[HttpProtocol], None],
+        on_refuse: Callable[[str], None],
+        over_limit: bool = False,
+    ) -> None:
         self.handler = handler
         self.limits = limits
         self.on_close = on_close
+        # Told the reason (a monitoring.REFUSAL_REASONS name) whenever a limit turns a request away.
+        self.on_refuse = on_refuse
+        # Accepted beyond server.maxConnections: its first request is answered 503 and the connection closed.
+        self.over_limit = over_limit
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -148,7 +164,8 @@ class HttpProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.client = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
-        self._arm(self.limits.keep_alive_timeout_s)
+        # A connection over the limit gets a moment to send its request, then its 503 regardless.
+        self._arm(OVERFLOW_WAIT_S if self.over_limit else self.limits.keep_alive_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.deadline = float("inf")
@@ -163,14 +180,14 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
+            self._fail(400, "protocol upgrades are not supported", "malformed")
         except httptools.HttpParserError as exc:
             # httptools wraps what a callback raised; a limit we enforce keeps its own status.
             cause = exc.__context__
             if isinstance(cause, _Refuse):
-                self._fail(cause.status, cause.message)
+                self._fail(cause.status, cause.message, cause.reason)
             else:
-                self._fail(400, f"malformed HTTP request: {exc}")
+                self._fail(400, f"malformed HTTP request: {exc}", "malformed")
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -200,7 +217,8 @@ class HttpProtocol(asyncio.Protocol):
         self._raw_headers.append((name, value))
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > self.limits.max_header_bytes:
-            raise _Refuse(431, f"request headers over the {self.limits.max_header_bytes}-byte limit")
+            raise _Refuse(431, f"request headers over the {self.limits.max_header_bytes}-byte limit "
+                          "(server.maxHeaderBytes)", "header_size")
 
     def _decode_headers(self) -> tuple[dict[str, str], frozenset[str]]:
         headers: dict[str, str] = {}
@@ -217,18 +235,21 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         if self._header_bytes > self.limits.max_header_bytes:
-            raise _Refuse(431, f"request headers over the {self.limits.max_header_bytes}-byte limit")
+            raise _Refuse(431, f"request headers over the {self.limits.max_header_bytes}-byte limit "
+                          "(server.maxHeaderBytes)", "header_size")
         length = 0
         for name, value in self._raw_headers:
             if name.lower() == b"content-length" and value.strip().isdigit():
                 length = int(value)
         if length > self.limits.max_body_bytes:
-            raise _Refuse(413, f"request body over the {self.limits.max_body_bytes}-byte limit")
+            raise _Refuse(413, f"request body over the {self.limits.max_body_bytes}-byte limit "
+                          "(server.maxBodyBytes)", "body_size")
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
         if self._body_len > self.limits.max_body_bytes:
-            raise _Refuse(413, f"request body over the {self.limits.max_body_bytes}-byte limit")
+            raise _Refuse(413, f"request body over the {self.limits.max_body_bytes}-byte limit "
+                          "(server.maxBodyBytes)", "body_size")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -267,6 +288,9 @@ class HttpProtocol(asyncio.Protocol):
         self.current = self.loop.create_task(self._serve(request))
 
     async def _serve(self, request: Request) -> None:
+        if self.over_limit:
+            self._turn_away()
+            return
         exchange = Exchange(request, self)
         try:
             response = await self.handler(exchange)
@@ -312,13 +336,25 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline = float("inf")
         if self.current is not None:
             return  # a response is being produced; its own deadline applies
+        if self.over_limit:
+            self._turn_away()
+            return
         if self._url or self._raw_headers or self._body_len:
-            self._fail(408, "request not completed in time")
+            self._fail(408, "request not completed in time (server.headerTimeoutMs)", "header_timeout")
         else:
             self._close()  # idle keep-alive connection
 
-    def _fail(self, status: int, message: str) -> None:
+    def _turn_away(self) -> None:
+        self.on_refuse("connections")
+        limit = self.limits.max_connections
+        body = b'{"error":%b}' % _json_str(
+            f"server is at its limit of {limit} connections (server.maxConnections); retry shortly")
+        self.write_response(Response(503, body, headers=[("retry-after", "1")]), keep_alive=False)
+        self._close()
+
+    def _fail(self, status: int, message: str, reason: str) -> None:
         """Answer an unparsable or over-limit request and close: the byte stream can't be trusted."""
+        self.on_refuse(reason)
         if self.transport is not None and not self.transport.is_closing() and self.current is None:
             body = b'{"error":%b}' % _json_str(message)
             self.write_response(Response(status, body), keep_alive=False)
@@ -338,10 +374,16 @@ class HttpProtocol(asyncio.Protocol):
 
 
 class _Refuse(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, reason: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.reason = reason
+
+
+class _CloseAtOnce(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
 
 
 def _json_str(text: str) -> bytes:
@@ -355,6 +397,8 @@ class HttpServer:
         self.handler = handler
         self.limits = limits
         self.connections: set[HttpProtocol] = set()
+        # Where refusals are counted (the appliance points it at its Monitor).
+        self.on_refuse: Callable[[str], None] = lambda reason: None
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -375,10 +419,21 @@ class HttpServer:
             for conn in [c for c in self.connections if c.deadline <= now]:
                 conn.timed_out()
 
-    def _protocol(self) -> HttpProtocol:
-        conn = HttpProtocol(self.handler, self.limits, self.connections.discard)
+    def _protocol(self) -> asyncio.Protocol:
+        open_now = len(self.connections)
+        if open_now >= self.limits.max_connections + OVERFLOW_ANSWERED:
+            # Far past the limit: close at once rather than hold a descriptor to say so.
+            self._refused("connections")
+            return _CloseAtOnce()
+        conn = HttpProtocol(
+            self.handler, self.limits, self.connections.discard, self._refused,
+            over_limit=open_now >= self.limits.max_connections,
+        )
         self.connections.add(conn)
         return conn
+
+    def _refused(self, reason: str) -> None:
+        self.on_refuse(reason)
 
     async def wait_idle(self, deadline_s: float) -> None:
         """Return when no request is being answered (event streams aside), or at the deadline."""

@@ -41,6 +41,12 @@ LOOKUP_BOUNDS: Final = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e
 # Label values per family; a caller that sends more distinct names than this is counted under OTHER,
 # so no input can grow the exposition without bound.
 MAX_SERIES: Final = 200
+# Why a request or connection was turned away: missing/wrong token, rate limit, too many connections,
+# slow or oversized headers, oversized body, JSON nested too deep, malformed HTTP, session table full.
+REFUSAL_REASONS: Final = (
+    "auth", "rate_limit", "connections", "header_timeout", "header_size", "body_size", "json_depth",
+    "malformed", "sessions",
+)
 OTHER: Final = "other"
 # Pool counter samples kept between evaluations (one per dashboardIntervalMs, the window is WINDOW_S).
 _POOL_SAMPLES: Final = 1000
@@ -134,6 +140,8 @@ class Monitor:
         self._tool_calls = Histogram()
         self._lookups = Histogram()
         self._http: dict[int, int] = {}
+        # Requests and connections turned away by a limit, by reason (see REFUSAL_REASONS).
+        self._refused: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         self._reloads = {"ok": 0, "failed": 0}
         self._registry: Any = None
         self._fleet: Any = None
@@ -186,6 +194,11 @@ class Monitor:
             http[status] += 1
         elif len(http) < MAX_SERIES:
             http[status] = 1
+
+    def record_refusal(self, reason: str) -> None:
+        """A request or connection turned away by a limit; `reason` is one of REFUSAL_REASONS."""
+        if reason in self._refused:
+            self._refused[reason] += 1
 
     def count_reload(self, ok: bool) -> None:
         self._reloads["ok" if ok else "failed"] += 1
@@ -308,6 +321,9 @@ class Monitor:
             _tool_targets(self._config),
             Family("aqe_mcp_http_responses_total", "counter", "HTTP responses by status code.", ("status",),
                    [((str(status),), count) for status, count in sorted(self._http.items())]),
+            Family("aqe_mcp_refused_total", "counter",
+                   "Requests and connections turned away by a limit (server.* and rate limits), by reason.",
+                   ("reason",), [((reason,), count) for reason, count in self._refused.items()]),
             Family("aqe_mcp_registry_lookup_duration_seconds", "histogram", "Time to resolve a tool name.",
                    bounds=LOOKUP_BOUNDS).add(self._lookups),
         ]
