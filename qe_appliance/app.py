@@ -126,6 +126,7 @@ class App:
         self.monitor: Monitor | None = Monitor(config) if config.monitoring.enabled else None
         if self.monitor is not None:
             self.monitor.attach(registry=self.registry, sessions=self.sessions)
+            self.sessions.on_refuse = self.monitor.record_refusal
             self.dispatcher.monitor = self.monitor
         self.state: str | None = "starting"
         self.http: HttpServer | None = None

@@ -23,7 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tests.conftest import ServerProcess, start_server, write_config
-from tests.test_http_edges import modern, request
+from tests.test_http_edges import initialize, modern, request
 
 TOKEN_A = "alpha-" + "a" * 26
 TOKEN_B = "bravo-" + "b" * 26
@@ -282,6 +282,27 @@ def test_header_and_body_limits_are_counted(tmp_path: Path) -> None:
         assert status == 413 and b"server.maxBodyBytes" in body
         assert ping(srv)[0] == 200
         assert refused(srv, "header_size") == 1 and refused(srv, "body_size") == 1
+    finally:
+        srv.stop()
+
+
+def test_a_full_table_of_busy_sessions_refuses_new_ones(tmp_path: Path) -> None:
+    srv = start(tmp_path, {"maxSessions": 1})
+    try:
+        sid = initialize(srv)
+        stream = socket.create_connection((srv.host, int(srv.port)), timeout=10)
+        stream.sendall(f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+                       f"Mcp-Session-Id: {sid}\r\nMCP-Protocol-Version: 2025-11-25\r\n\r\n".encode())
+        head = b""
+        while b"stream open" not in head:
+            head += stream.recv(4096)
+        body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}}
+        status, _, answer = request(srv, "POST", body=body)
+        assert status == 503 and b"server.maxSessions" in answer
+        stream.close()  # the busy session goes idle: the next one evicts it
+        wait_for(lambda: request(srv, "POST", body=body)[0] == 200)
+        assert refused(srv, "sessions") >= 1
     finally:
         srv.stop()
 

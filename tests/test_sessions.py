@@ -1,9 +1,13 @@
-"""Handshake-era session table: bounded, idle expiry, eviction of the least recently used."""
+"""Handshake-era session table: bounded, idle expiry, eviction of the least recently used idle session."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import pytest
+
+from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.sessions import SessionTable
 
 
@@ -21,6 +25,22 @@ def test_full_table_evicts_the_least_recently_used() -> None:
     d = table.create("2025-11-25", None)
     assert len(table) == 3 and table.evicted == 1
     assert table.get(b.id) is None and table.get(a.id) is a and table.get(c.id) is c and table.get(d.id) is d
+
+
+def test_busy_sessions_are_never_evicted_and_a_full_busy_table_refuses() -> None:
+    table = SessionTable(2, 60)
+    refusals: list[str] = []
+    table.on_refuse = refusals.append
+    a, b = table.create("2025-11-25", None), table.create("2025-11-25", None)
+    a.listeners.add(asyncio.Queue())  # an open GET stream
+    c = table.create("2025-11-25", None)  # b is idle: evicted although a is older
+    assert table.get(a.id) is a and table.get(b.id) is None and table.evicted == 1
+    loop = asyncio.new_event_loop()
+    c.inflight[1] = loop.create_future()  # a request running
+    with pytest.raises(RpcError, match="server.maxSessions") as refused:
+        table.create("2025-11-25", None)
+    loop.close()
+    assert refused.value.http_status == 503 and refusals == ["sessions"] and len(table) == 2
 
 
 def test_idle_sessions_expire() -> None:

@@ -6,10 +6,14 @@ A stdio connection is one Session too (created by the transport, never in the ta
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
+
+from qe_appliance.mcp.jsonrpc import INVALID_REQUEST, RpcError
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
@@ -49,7 +53,9 @@ class Session:
 
 
 class SessionTable:
-    """Sessions by id, least recently used first; the oldest is evicted when the table is full."""
+    """Sessions by id, least recently used first. When the table is full the least recently used session
+    with nothing running (no request in flight, no open stream) is evicted; if every one is busy, the new
+    session is refused with 503."""
 
     def __init__(self, max_sessions: int, idle_timeout_s: float) -> None:
         self.max_sessions = max_sessions
@@ -58,16 +64,28 @@ class SessionTable:
         self.created = 0
         self.expired = 0
         self.evicted = 0
+        # Told "sessions" when a new session is refused (the appliance points it at its Monitor).
+        self.on_refuse: Callable[[str], None] = lambda reason: None
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def create(self, protocol_version: str, client_info: Any) -> Session:
         self.sweep()
-        while len(self._sessions) >= self.max_sessions:
-            _, oldest = self._sessions.popitem(last=False)
-            oldest.close()
-            self.evicted += 1
+        if len(self._sessions) >= self.max_sessions:
+            idle = (sid for sid, s in self._sessions.items() if not s.inflight and not s.listeners)
+            victims = list(itertools.islice(idle, len(self._sessions) - self.max_sessions + 1))
+            if len(self._sessions) - len(victims) >= self.max_sessions:
+                self.on_refuse("sessions")
+                raise RpcError(
+                    INVALID_REQUEST,
+                    f"all {self.max_sessions} sessions (server.maxSessions) are busy; retry shortly, or close "
+                    "unused sessions with DELETE /mcp",
+                    http_status=503,
+                )
+            for sid in victims:
+                self.remove(sid)
+            self.evicted += len(victims)
         session = Session(secrets.token_urlsafe(24), protocol_version, client_info)
         self._sessions[session.id] = session
         self.created += 1
