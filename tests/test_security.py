@@ -4,6 +4,7 @@ connection limits, slow clients, and every refusal counted in /metrics."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import signal
@@ -343,3 +344,37 @@ def wait_for(condition: Any, seconds: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_a_tool_past_its_timeout_is_an_error_and_its_agent_is_replaced(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    root.mkdir()
+    records = (f"SF:src/m{i}.py\n" + "".join(f"DA:{n},{n % 3}\n" for n in range(1, 400)) + "end_of_record\n"
+               for i in range(1500))
+    (root / "lcov.info").write_text("TN:\n" + "".join(records))  # ~7 MB: far more than 50 ms of parsing
+    srv = start_server(tmp_path, {
+        "server": {"workspaceRoots": [str(root)]},
+        "tools": {"qe_coverage_analyze": {"timeoutMs": 50}},
+        "fleet": {"agents": {"coverage-analyzer": 1}},
+        "pool": {"minConnections": 1},
+    })
+    try:
+        def agents() -> dict[str, Any]:
+            body, hdrs = modern("tools/call", {"name": "qe_fleet_status", "arguments": {"verbose": True}})
+            status, _, raw = request(srv, "POST", body=body, headers=hdrs)
+            assert status == 200
+            result = json.loads(raw)["result"]["structuredContent"]
+            return {a["id"]: a for a in result["agents"]}
+
+        before = agents()
+        body, hdrs = modern("tools/call", {"name": "qe_coverage_analyze", "arguments": {"path": "lcov.info"}})
+        status, _, raw = request(srv, "POST", body=body, headers=hdrs)
+        result = json.loads(raw)["result"]
+        assert status == 200 and result["isError"] is True
+        assert "timed out after 0.05 s" in result["content"][0]["text"] and "timeoutMs" in result["content"][0]["text"]
+        # The agent that was working on it is killed and replaced: the work stops.
+        wait_for(lambda: any(a["restarts"] > before[aid]["restarts"] and a["pid"] != before[aid]["pid"]
+                             for aid, a in agents().items() if aid in before))
+        assert ping(srv)[0] == 200
+    finally:
+        srv.stop()
