@@ -378,3 +378,18 @@ def test_a_tool_past_its_timeout_is_an_error_and_its_agent_is_replaced(tmp_path:
         assert ping(srv)[0] == 200
     finally:
         srv.stop()
+
+
+def test_start_refuses_a_yaml_bomb_or_a_huge_file_quickly(tmp_path: Path) -> None:
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"{chr(98 + n)}: &{chr(98 + n)} [{', '.join([f'*{chr(97 + n)}'] * 9)}]" for n in range(9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# padding\n" * 200_000)
+    for path, expected in ((bomb, "anchors and aliases expand to more than"), (huge, "larger than 1 MiB")):
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "qe_appliance.cli", "mcp", "start", "--config", str(path)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr
+        assert time.monotonic() - started < 10  # the interpreter's start-up included
