@@ -160,6 +160,7 @@ class App:
         configure_http(self.http, self.config)
         if self.monitor is not None:
             self.http.on_refuse = self.monitor.record_refusal
+            self.monitor.attach(http=self.http)
         started = time.perf_counter()
         host, port = self.address = await self.http.listen(cfg.host, cfg.port)
         self._tasks.append(asyncio.create_task(self.notifier.keep_alive()))

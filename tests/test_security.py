@@ -207,8 +207,12 @@ def read_response(sock: socket.socket) -> bytes:
 
 def test_connections_past_the_limit_get_503_and_are_closed(tmp_path: Path) -> None:
     srv = start(tmp_path, {"maxConnections": 3})
-    held = [socket.create_connection((srv.host, int(srv.port)), timeout=10) for _ in range(3)]
+    held = [socket.create_connection((srv.host, int(srv.port)), timeout=10) for _ in range(2)]
     try:
+        time.sleep(0.2)
+        text = get(srv, "/metrics")[2].decode()  # the scrape is the third connection
+        assert re.search(r"^aqe_mcp_http_connections 3\.0$", text, re.M)
+        held.append(socket.create_connection((srv.host, int(srv.port)), timeout=10))
         time.sleep(0.2)
         extra = socket.create_connection((srv.host, int(srv.port)), timeout=10)
         extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")

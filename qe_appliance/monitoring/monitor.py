@@ -146,6 +146,7 @@ class Monitor:
         self._registry: Any = None
         self._fleet: Any = None
         self._sessions: Any = None
+        self._http_server: Any = None
         self._pool_samples: deque[tuple[float, int, int]] = deque(maxlen=_POOL_SAMPLES)
         self._pool_recent = (0, 0)
         self._alerts = AlertBook()
@@ -157,9 +158,11 @@ class Monitor:
         """Take new thresholds and targets (reload); they apply from the next evaluation and scrape."""
         self._config = config
 
-    def attach(self, *, registry: Any = None, fleet: Any = None, sessions: Any = None) -> None:
-        """Sources read at scrape time: `registry.stats()`, `fleet.status()`, `len(sessions)`.
-        A source left out (None) keeps what an earlier call attached."""
+    def attach(self, *, registry: Any = None, fleet: Any = None, sessions: Any = None, http: Any = None) -> None:
+        """Sources read at scrape time: `registry.stats()`, `fleet.status()`, `len(sessions)`,
+        `len(http.connections)`. A source left out (None) keeps what an earlier call attached."""
+        if http is not None:
+            self._http_server = http
         if registry is not None:
             self._registry = registry
         if fleet is not None:
@@ -334,6 +337,10 @@ class Monitor:
         if sessions is not None:
             families.append(Family("aqe_mcp_sessions", "gauge", "Open handshake-era MCP sessions.")
                             .add(sessions))
+        if self._http_server is not None:
+            families.append(Family("aqe_mcp_http_connections", "gauge",
+                                   "Open client connections (server.maxConnections bounds them).")
+                            .add(len(self._http_server.connections)))
         families += [
             _by_rule("aqe_mcp_alerts_firing", "Alerts firing, by rule.", self._alerts.counts("firing")),
             _by_rule("aqe_mcp_alerts_pending", "Alerts breached but not yet for the hold window, by rule.",
