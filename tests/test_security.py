@@ -138,6 +138,12 @@ def test_token_rotation_on_reload(tmp_path: Path) -> None:
         wait_for(lambda: "holds no token" in srv.log)
         assert ping(srv, bearer(TOKEN_B))[0] == 200
         assert refused(srv, "auth", bearer(TOKEN_B)) >= 2
+        status = subprocess.run(
+            [sys.executable, "-m", "qe_appliance.cli", "mcp", "status", "--json", "--config",
+             str(tmp_path / "qe-mcp.yaml")], capture_output=True, text=True, timeout=60,
+        )
+        assert json.loads(status.stdout)["auth"] == "bearer tokens (1 accepted)"
+        assert TOKEN_B not in status.stdout
     finally:
         srv.stop()
 

@@ -123,6 +123,8 @@ class ControlServer:
             "address": list(self.app.address) if self.app.address else None,
             "tools": len(self.app.registry.tools()),
             "sessions": len(self.app.sessions),
+            "connections": len(self.app.http.connections) if self.app.http is not None else 0,
+            "auth": _auth_summary(self.app),
             "agents": len(fleet.agents) if fleet is not None else 0,
             "overrides": self.overrides,
             "reloads": self.app.reloads,
@@ -246,3 +248,11 @@ def _int(args: dict[str, Any], key: str, default: int, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise CommandError(f"--{key} must be a whole number, at least {low}; got {value!r}")
     return value
+
+
+def _auth_summary(app: App) -> str:
+    """How many tokens are accepted (never the tokens), or why there are none."""
+    if app.routes is None:
+        return "not applicable (stdio)"
+    count = len(app.routes.guard.tokens)
+    return f"bearer tokens ({count} accepted)" if count else "off"
