@@ -3,7 +3,7 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["lru", "registry", "balancer", "histogram"]
+MODULES = ["lru", "registry", "balancer", "histogram", "jsondepth"]
 
 setup(
     ext_modules=cythonize(

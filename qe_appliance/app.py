@@ -19,7 +19,7 @@ from qe_appliance.fleet.compute import name_of
 from qe_appliance.fleet.orchestrator import Orchestrator
 from qe_appliance.fleet.runtime import Fleet
 from qe_appliance.http.guard import Guard, load_tokens
-from qe_appliance.http.routes import AccessPolicy, Routes
+from qe_appliance.http.routes import AccessPolicy, Routes, error_body
 from qe_appliance.http.server import HttpServer, Limits
 from qe_appliance.mcp.dispatcher import Dispatcher
 from qe_appliance.mcp.jsonrpc import notification_bytes
@@ -156,7 +156,7 @@ class App:
         )
         self.routes = routes
         routes.monitor = self.monitor
-        self.http = HttpServer(routes, Limits())
+        self.http = HttpServer(routes, Limits(), error_body)
         configure_http(self.http, self.config)
         if self.monitor is not None:
             self.http.on_refuse = self.monitor.record_refusal

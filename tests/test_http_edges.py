@@ -381,3 +381,12 @@ def test_idle_keepalive_connection_is_closed(tight: ServerProcess) -> None:
         start = time.monotonic()
         assert sock.recv(4096) == b""  # closed by the server, no response written
         assert time.monotonic() - start < 3
+
+
+def test_an_upgrade_request_is_answered_without_upgrading_then_closed(server: ServerProcess) -> None:
+    with socket.create_connection((server.host, int(server.port)), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    assert raw.startswith(b"HTTP/1.1 200 OK") and raw.endswith(b'{"status":"ok"}')

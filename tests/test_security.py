@@ -291,6 +291,9 @@ def test_header_and_body_limits_are_counted(tmp_path: Path) -> None:
         big, hdrs = modern("tools/call", {"name": "qe_memory_store", "arguments": {"key": "k", "value": "v" * 2000}})
         status, _, body = request(srv, "POST", body=big, headers=hdrs)
         assert status == 413 and b"server.maxBodyBytes" in body
+        # On /mcp even the protocol layer's refusals are JSON-RPC errors, which MCP clients display.
+        assert json.loads(body) == {"jsonrpc": "2.0", "id": None, "error": {
+            "code": -32600, "message": "request body over the 1000-byte limit (server.maxBodyBytes)"}}
         assert ping(srv)[0] == 200
         assert refused(srv, "header_size") == 1 and refused(srv, "body_size") == 1
     finally:

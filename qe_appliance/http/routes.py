@@ -60,12 +60,12 @@ class AccessPolicy:
 
     def _check(self, host: str | None, origin: str | None) -> Response | None:
         if host is None:
-            return _plain_error(400, "missing Host header")
+            return _policy_error(400, "missing Host header")
         if self.loopback_only and not is_loopback(_hostname(host)):
             # A browser tricked by DNS rebinding sends the attacker's name; a local client sends ours.
-            return _plain_error(421, f"Host {host!r} is not served here: this server listens on loopback only")
+            return _policy_error(421, f"Host {host!r} is not served here: this server listens on loopback only")
         if origin is not None and not self._origin_allowed(origin):
-            return _plain_error(403, f"Origin {origin!r} is not allowed (add it to server.allowedOrigins)")
+            return _policy_error(403, f"Origin {origin!r} is not allowed (add it to server.allowedOrigins)")
         return None
 
     def _origin_allowed(self, origin: str) -> bool:
@@ -78,15 +78,20 @@ class AccessPolicy:
         return parts.scheme in ("http", "https") and is_loopback(parts.hostname or "")
 
 
-def _plain_error(status: int, message: str) -> Response:
-    return Response(status, msgspec.json.encode({"error": message}))
+def _policy_error(status: int, message: str) -> Response:
+    return Response(status, error_body("/mcp", message))
+
+
+def error_body(path: str, message: str) -> bytes:
+    """The body of a refusal: on /mcp a JSON-RPC error (id null), so MCP clients show the message instead of
+    a bare status; elsewhere {"error": message}."""
+    if path == "/mcp":
+        return rpc.error_bytes(None, rpc.INVALID_REQUEST, message)
+    return msgspec.json.encode({"error": message})
 
 
 def _refusal(path: str, status: int, message: str, headers: list[tuple[str, str]]) -> Response:
-    # On /mcp the body is a JSON-RPC error, so MCP clients show the message instead of a bare status.
-    if path == "/mcp":
-        return Response(status, rpc.error_bytes(None, rpc.INVALID_REQUEST, message), headers=headers)
-    return Response(status, msgspec.json.encode({"error": message}), headers=headers)
+    return Response(status, error_body(path, message), headers=headers)
 
 
 def _rpc_error(status: int, code: int, message: str) -> Response:

@@ -115,6 +115,8 @@ class Exchange:
 
 
 Handler = Callable[[Exchange], Awaitable[Response | None]]
+# Builds the body of an error the protocol answers itself (413, 431, 408, 503...): (path, message) -> bytes.
+ErrorBody = Callable[[str, str], bytes]
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -126,6 +128,7 @@ class HttpProtocol(asyncio.Protocol):
         limits: Limits,
         on_close: Callable[[HttpProtocol], None],
         on_refuse: Callable[[str], None],
+        error_body: ErrorBody,
         over_limit: bool = False,
     ) -> None:
         self.handler = handler
@@ -133,6 +136,7 @@ class HttpProtocol(asyncio.Protocol):
         self.on_close = on_close
         # Told the reason (a monitoring.REFUSAL_REASONS name) whenever a limit turns a request away.
         self.on_refuse = on_refuse
+        self.error_body = error_body
         # Accepted beyond server.maxConnections: its first request is answered 503 and the connection closed.
         self.over_limit = over_limit
         self.loop = asyncio.get_running_loop()
@@ -180,7 +184,12 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported", "malformed")
+            if self.current is None and not self.queue:
+                self._fail(400, "protocol upgrades are not supported", "malformed")
+            else:
+                # The request itself was complete: answer it without upgrading, then close, since the
+                # bytes after it belong to the other protocol.
+                self._closing = True
         except httptools.HttpParserError as exc:
             # httptools wraps what a callback raised; a limit we enforce keeps its own status.
             cause = exc.__context__
@@ -278,7 +287,9 @@ class HttpProtocol(asyncio.Protocol):
     def _next(self) -> None:
         if not self.queue or self.transport is None:
             self.current = None
-            if self.transport is not None and not self._closing:
+            if self._closing:
+                self._close()
+            elif self.transport is not None:
                 self._arm(self.limits.keep_alive_timeout_s)
             return
         request = self.queue.popleft()
@@ -307,24 +318,30 @@ class HttpProtocol(asyncio.Protocol):
         if exchange.stream is not None:
             exchange.stream.end()
         elif response is not None:
-            self.write_response(response, request.keep_alive)
+            self.write_response(response, request.keep_alive, head=request.method == "HEAD")
         if not request.keep_alive:
             self._close()
             return
         self._next()
 
-    def write_response(self, response: Response, keep_alive: bool) -> None:
+    def write_response(self, response: Response, keep_alive: bool, head: bool = False) -> None:
+        """Write `response`; `head`: the request was HEAD, so the headers describe a body that is not sent."""
         if self.transport is None:
             return
-        if response.status == 200 and keep_alive and not response.headers and response.content_type == JSON:
+        if (response.status == 200 and keep_alive and not head and not response.headers
+                and response.content_type == JSON):
             # The common case, a JSON-RPC reply, skips building the header list.
             self.transport.write(b"%b%d\r\n\r\n%b" % (_OK_JSON, len(response.body), response.body))
             return
-        headers = [("content-type", response.content_type), ("content-length", str(len(response.body)))]
+        if response.status == 204:
+            headers = []  # no content, so neither a type nor a length (RFC 9110 8.6)
+        else:
+            headers = [("content-type", response.content_type), ("content-length", str(len(response.body)))]
         headers.extend(response.headers)
         if not keep_alive:
             headers.append(("connection", "close"))
-        self.transport.write(_head(response.status, headers) + response.body)
+        body = b"" if head or response.status == 204 else response.body
+        self.transport.write(_head(response.status, headers) + body)
 
     # ---- limits, timers, teardown -------------------------------------------------------------------
 
@@ -347,17 +364,20 @@ class HttpProtocol(asyncio.Protocol):
     def _turn_away(self) -> None:
         self.on_refuse("connections")
         limit = self.limits.max_connections
-        body = b'{"error":%b}' % _json_str(
-            f"server is at its limit of {limit} connections (server.maxConnections); retry shortly")
+        message = f"server is at its limit of {limit} connections (server.maxConnections); retry shortly"
+        body = self._error_body(message)
         self.write_response(Response(503, body, headers=[("retry-after", "1")]), keep_alive=False)
         self._close()
+
+    def _error_body(self, message: str) -> bytes:
+        path = self._url.split(b"?", 1)[0].decode("latin-1")
+        return self.error_body(path, message)
 
     def _fail(self, status: int, message: str, reason: str) -> None:
         """Answer an unparsable or over-limit request and close: the byte stream can't be trusted."""
         self.on_refuse(reason)
         if self.transport is not None and not self.transport.is_closing() and self.current is None:
-            body = b'{"error":%b}' % _json_str(message)
-            self.write_response(Response(status, body), keep_alive=False)
+            self.write_response(Response(status, self._error_body(message)), keep_alive=False)
         self._close()
 
     def _close(self) -> None:
@@ -386,16 +406,17 @@ class _CloseAtOnce(asyncio.Protocol):
         transport.close()
 
 
-def _json_str(text: str) -> bytes:
-    return msgspec.json.encode(text)
+def plain_error_body(path: str, message: str) -> bytes:
+    return b'{"error":%b}' % msgspec.json.encode(message)
 
 
 class HttpServer:
     """Listens, tracks connections, and closes them gracefully on shutdown."""
 
-    def __init__(self, handler: Handler, limits: Limits) -> None:
+    def __init__(self, handler: Handler, limits: Limits, error_body: ErrorBody = plain_error_body) -> None:
         self.handler = handler
         self.limits = limits
+        self.error_body = error_body
         self.connections: set[HttpProtocol] = set()
         # Where refusals are counted (the appliance points it at its Monitor).
         self.on_refuse: Callable[[str], None] = lambda reason: None
@@ -426,7 +447,7 @@ class HttpServer:
             self._refused("connections")
             return _CloseAtOnce()
         conn = HttpProtocol(
-            self.handler, self.limits, self.connections.discard, self._refused,
+            self.handler, self.limits, self.connections.discard, self._refused, self.error_body,
             over_limit=open_now >= self.limits.max_connections,
         )
         self.connections.add(conn)

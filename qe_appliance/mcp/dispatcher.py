@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from qe_appliance import SERVER_NAME, __version__
+from qe_appliance._core.jsondepth import exceeds_depth
 from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.sessions import LOG_LEVELS, Session, SessionTable
@@ -53,6 +54,7 @@ KNOWN_METHODS = frozenset(
     }
 )
 REQUEST_CANCELLED = -32800
+DEFAULT_MAX_JSON_DEPTH = 64
 
 Send = Callable[[bytes], Awaitable[None]]
 
@@ -146,6 +148,12 @@ def _render(value: Any) -> str | None:
     return None
 
 
+def _params_object(raw: bytes) -> dict[str, Any]:
+    """Params as a dict: {} when absent or null (`Dispatcher._decode` has already refused a non-object)."""
+    value = _plain.decode(raw) if raw else None
+    return value if isinstance(value, dict) else {}
+
+
 def _validation_message(tool: str, exc: msgspec.ValidationError) -> str:
     text = str(exc)
     text = re.sub(r" - at `\$\.?([^`]*)`", lambda m: f" (argument `{m.group(1) or '(root)'}`)", text)
@@ -164,11 +172,14 @@ class Dispatcher:
         sessions: SessionTable,
         *,
         page_size: int = 100,
+        max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
     ) -> None:
         self.registry = registry
         self.services = services
         self.sessions = sessions
         self.page_size = page_size
+        # Deepest `[`/`{` nesting a message may have (server.maxJsonDepth): decoders recurse per level.
+        self.max_json_depth = max_json_depth
         # The appliance's Monitor when monitoring is enabled (record_request/record_tool/record_lookup).
         self.monitor: Any = None
         self._header_params: dict[str, tuple[tuple[tuple[str, ...], str, Any], ...]] = {}
@@ -195,6 +206,14 @@ class Dispatcher:
     async def _handle(self, body: bytes, exch: Exchange) -> Reply:
         msg_id: Any = None
         try:
+            if exceeds_depth(body, self.max_json_depth):
+                if self.monitor is not None:
+                    self.monitor.record_refusal("json_depth")
+                raise RpcError(
+                    rpc.INVALID_REQUEST,
+                    f"JSON nested deeper than {self.max_json_depth} levels (server.maxJsonDepth); "
+                    "flatten the request or raise the limit",
+                )
             msg = rpc.decode_message(body)
             if msg.method is msgspec.UNSET:
                 return ACCEPTED  # a response to a server request; we send none, so nothing to match
@@ -226,6 +245,16 @@ class Dispatcher:
                 return ACCEPTED
             status = exc.http_status or rpc.HTTP_STATUS.get(exc.code, 200)
             return Reply(status, rpc.error_bytes(msg_id, exc.code, exc.message, exc.data))
+        except (UnicodeDecodeError, RecursionError) as exc:
+            # From decoding params deep inside a method (the envelope's own are RpcErrors already).
+            exch.error = True
+            return Reply(400, rpc.error_bytes(msg_id, rpc.PARSE_ERROR, rpc.parse_error(exc).message))
+        except Exception:
+            # A bug, not the client's fault: log it for the operator, answer the client in JSON-RPC terms.
+            log.exception("unhandled error dispatching %s", exch.method)
+            exch.error = True
+            message = "internal error while handling the request; the server log has the details"
+            return Reply(500, rpc.error_bytes(msg_id, rpc.INTERNAL_ERROR, message))
 
     @staticmethod
     def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
@@ -349,7 +378,7 @@ class Dispatcher:
             result = await self._call_tool(False, params, meta or {}, exch, session.log_level, session, msg_id)
             return Reply(200, rpc.result_bytes(msg_id, result))
         if method == "logging/setLevel":
-            level = _plain.decode(raw or b"{}").get("level")
+            level = _params_object(raw).get("level")
             if level not in LOG_LEVELS:
                 raise RpcError(rpc.INVALID_PARAMS, f"level must be one of {', '.join(LOG_LEVELS)}; got {level!r}")
             session.log_level = LOG_LEVELS.index(level)
@@ -376,7 +405,7 @@ class Dispatcher:
         return session
 
     def _initialize(self, msg_id: Any, raw: bytes, exch: Exchange) -> Reply:
-        params = _plain.decode(raw or b"{}")
+        params = _params_object(raw)
         requested = params.get("protocolVersion")
         if not isinstance(requested, str):
             raise RpcError(rpc.INVALID_PARAMS, "initialize needs params.protocolVersion (a string)")
@@ -402,8 +431,9 @@ class Dispatcher:
         if method == "notifications/initialized":
             session.initialized = True
         elif method == "notifications/cancelled":
-            params = _plain.decode(raw or b"{}")
-            fut = session.inflight.get(params.get("requestId"))
+            request_id = _params_object(raw).get("requestId")
+            # Only a string or integer can name a request; anything else (a list, say) names none.
+            fut = session.inflight.get(request_id) if isinstance(request_id, str | int) else None
             if fut is not None:
                 fut.cancel()
 
@@ -467,8 +497,8 @@ class Dispatcher:
                 args = msgspec.json.decode(raw_args, type=tool.input_type)
         except msgspec.ValidationError as exc:
             return _error_result(_validation_message(tool.name, exc))
-        except msgspec.DecodeError as exc:
-            return _error_result(f"invalid arguments for {tool.name}: {exc}")
+        except rpc.UNREADABLE as exc:
+            return _error_result(f"invalid arguments for {tool.name}: {rpc.unreadable_reason(exc)}")
         token = meta.get("progressToken")
         send = exch.send
         ctx = ToolContext(

@@ -38,6 +38,11 @@ META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
 META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 
+NESTED_TOO_DEEPLY = "JSON nested too deeply to decode"
+# msgspec reports bad JSON as DecodeError, but invalid UTF-8 in a string as UnicodeDecodeError and nesting
+# past the interpreter's stack as RecursionError: all three mean the client sent something unreadable.
+UNREADABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
 
 class RpcError(Exception):
     """A JSON-RPC error to send back; `data` is attached verbatim."""
@@ -97,17 +102,14 @@ def decode_message(body: bytes) -> Message:
         msg = _message_decoder.decode(body)
     except msgspec.ValidationError:
         # Valid JSON but not an object: say what it was so a batch sender knows batching is gone.
-        try:
-            value = _any_decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise RpcError(PARSE_ERROR, f"Parse error: {exc}") from None
+        value = _decode_any(body)
         if isinstance(value, list):
             raise RpcError(
                 INVALID_REQUEST, "JSON-RPC batches are not supported; send one message per request"
             ) from None
         raise RpcError(INVALID_REQUEST, "a JSON-RPC message must be a JSON object") from None
-    except msgspec.DecodeError as exc:
-        raise RpcError(PARSE_ERROR, f"Parse error: {exc}") from None
+    except UNREADABLE as exc:
+        raise parse_error(exc) from None
     if msg.jsonrpc != "2.0":
         raise RpcError(INVALID_REQUEST, 'a JSON-RPC message must carry "jsonrpc": "2.0"')
     if msg.id is not msgspec.UNSET and (isinstance(msg.id, bool) or not isinstance(msg.id, str | int)):
@@ -119,15 +121,25 @@ def decode_message(body: bytes) -> Message:
     return msg
 
 
-def decode_params(msg: Message) -> dict[str, Any]:
-    """The params object of a message ({} when absent)."""
-    raw = bytes(msg.params)
-    if not raw or raw == b"null":
-        return {}
-    value = _any_decoder.decode(raw)
-    if not isinstance(value, dict):
-        raise RpcError(INVALID_PARAMS, "params must be a JSON object")
-    return value
+def _decode_any(body: bytes) -> Any:
+    try:
+        return _any_decoder.decode(body)
+    except UNREADABLE as exc:
+        raise parse_error(exc) from None
+
+
+def unreadable_reason(exc: Exception) -> str:
+    """What is wrong with JSON that raised one of UNREADABLE, in words a client can act on."""
+    if isinstance(exc, RecursionError):
+        # Only reachable when server.maxJsonDepth is set above what the decoder's stack allows.
+        return f"{NESTED_TOO_DEEPLY}; flatten it"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a string is not valid UTF-8 ({exc.reason}); JSON text must be UTF-8"
+    return str(exc)
+
+
+def parse_error(exc: Exception) -> RpcError:
+    return RpcError(PARSE_ERROR, f"Parse error: {unreadable_reason(exc)}")
 
 
 def error_bytes(msg_id: Any, code: int, message: str, data: Any = None) -> bytes:
