@@ -106,9 +106,12 @@ def peer_command(state_dir: Path, port: int) -> list[str]:
     ]
 
 
-def write_config(state_dir: Path, port: int) -> Path:
+def write_config(state_dir: Path, port: int, server: dict[str, Any] | None = None) -> Path:
+    """`server`: further server.* keys as the YAML spells them, e.g. {"rateLimit": {"requestsPerSecond": 0}}."""
     config = state_dir / "qe-mcp.yaml"
-    config.write_text(f"server:\n  port: {port}\n  stateDir: {json.dumps(str(state_dir))}\n")
+    state_dir.chmod(0o700)  # the server refuses an admin socket in a directory other users can enter
+    keys = {"port": port, "stateDir": str(state_dir), **(server or {})}
+    config.write_text(json.dumps({"server": keys}, indent=2) + "\n")  # JSON is YAML
     return config
 
 
@@ -235,10 +238,11 @@ REQUEST_HEADERS = {
 }
 
 
-def check_answer(server: Server, key: str) -> None:
-    """One request shaped like wrk's; the result must be a found entry for that key."""
+def check_answer(server: Server, key: str, token: str | None = None) -> None:
+    """One request shaped like wrk's (with `token` as its bearer token); the result must be a found entry."""
+    headers = dict(REQUEST_HEADERS, Authorization=f"Bearer {token}") if token else REQUEST_HEADERS
     request = urllib.request.Request(
-        f"http://{HOST}:{server.port}/mcp", data=request_body(1, key), headers=REQUEST_HEADERS, method="POST"
+        f"http://{HOST}:{server.port}/mcp", data=request_body(1, key), headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=10.0) as response:
@@ -266,8 +270,10 @@ def check_answer(server: Server, key: str) -> None:
         )
 
 
-def wrk_command(url: str, connections: int, threads: int, duration: float, keys: int) -> list[str]:
-    return [
+def wrk_command(
+    url: str, connections: int, threads: int, duration: float, keys: int, token: str | None = None
+) -> list[str]:
+    command = [
         "wrk",
         f"-t{min(threads, connections)}",
         f"-c{connections}",
@@ -281,10 +287,13 @@ def wrk_command(url: str, connections: int, threads: int, duration: float, keys:
         KEY_PREFIX,
         str(keys),
     ]
+    return [*command, token] if token else command
 
 
-def run_wrk(url: str, connections: int, threads: int, duration: float, keys: int) -> WrkRun:
-    command = wrk_command(url, connections, threads, duration, keys)
+def run_wrk(
+    url: str, connections: int, threads: int, duration: float, keys: int, token: str | None = None
+) -> WrkRun:
+    command = wrk_command(url, connections, threads, duration, keys, token)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -437,8 +446,11 @@ def main(argv: list[str] | None = None) -> int:
                 if args.only and name != args.only:
                     continue
                 port = free_port()
+                # One wrk client far exceeds the default per-client rate limit, and the peer has none;
+                # bench/security_bench.py measures what the limit costs.
+                no_limit = {"rateLimit": {"requestsPerSecond": 0}}
                 command = (
-                    ours_command(write_config(state_dir, port), port)
+                    ours_command(write_config(state_dir, port, no_limit), port)
                     if name == "ours"
                     else peer_command(state_dir, port)
                 )

@@ -1,10 +1,11 @@
 -- wrk script: a stateless (2026-07-28) MCP `tools/call` of qe_memory_retrieve, as the official SDK sends it.
 --
 -- Usage: wrk -t2 -c16 -d10s --latency -s bench/wrk_tools_call.lua http://127.0.0.1:PORT/mcp \
---            -- [namespace] [key_prefix] [key_count]
+--            -- [namespace] [key_prefix] [key_count] [bearer_token]
 -- Keys cycle through key_prefix..0 .. key_prefix..(key_count-1) so the server reads varied rows, not one.
 -- Every response body is checked for a found result; the ones that are not count as "bad", because a
 -- server answering 200 with a JSON-RPC error or `isError: true` would otherwise look like a fast success.
+-- With a bearer_token every request carries `Authorization: Bearer <token>` (servers with server.auth on).
 -- done() prints one line `WRK_SUMMARY {json}` that bench/http_bench.py parses.
 
 local PROTOCOL = "2026-07-28"
@@ -40,6 +41,9 @@ function init(args)
   key_count = tonumber(args[3] or key_count)
   -- The tool marks `namespace` with x-mcp-header, so a conforming client mirrors it as this header.
   wrk.headers["Mcp-Param-Namespace"] = namespace
+  if args[4] then
+    wrk.headers["Authorization"] = "Bearer " .. args[4]
+  end
 end
 
 function request()

@@ -213,8 +213,9 @@ def read_response(sock: socket.socket) -> bytes:
 
 def test_connections_past_the_limit_get_503_and_are_closed(tmp_path: Path) -> None:
     srv = start(tmp_path, {"maxConnections": 3})
-    held = [socket.create_connection((srv.host, int(srv.port)), timeout=10) for _ in range(2)]
+    held: list[socket.socket] = []
     try:
+        held += [socket.create_connection((srv.host, int(srv.port)), timeout=10) for _ in range(2)]
         time.sleep(0.2)
         text = get(srv, "/metrics")[2].decode()  # the scrape is the third connection
         assert re.search(r"^aqe_mcp_http_connections 3\.0$", text, re.M)
@@ -231,12 +232,14 @@ def test_connections_past_the_limit_get_503_and_are_closed(tmp_path: Path) -> No
         assert read_response(silent).startswith(b"HTTP/1.1 503") and time.monotonic() - started < 5
         held.pop().close()
         wait_for(lambda: get(srv, "/healthz")[0] == 200)  # room again
+        for sock in held:
+            sock.close()
+        wait_for(lambda: get(srv, "/healthz")[0] == 200)
+        assert refused(srv, "connections") >= 2
     finally:
         for sock in held:
             sock.close()
-    wait_for(lambda: get(srv, "/healthz")[0] == 200)
-    assert refused(srv, "connections") >= 2
-    srv.stop()
+        srv.stop()
 
 
 def test_slow_clients_do_not_stop_fast_ones(tmp_path: Path) -> None:
@@ -274,13 +277,13 @@ def test_slow_clients_do_not_stop_fast_ones(tmp_path: Path) -> None:
             sock.settimeout(5)
             answer = read_response(sock)
             assert answer.startswith(b"HTTP/1.1 408") and b"server.headerTimeoutMs" in answer
+        assert refused(srv, "header_timeout") == 40
     finally:
         stop.set()
         worker.join(10)
         for sock in slow:
             sock.close()
-    assert refused(srv, "header_timeout") == 40
-    srv.stop()
+        srv.stop()
 
 
 def test_header_and_body_limits_are_counted(tmp_path: Path) -> None:
