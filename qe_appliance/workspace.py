@@ -33,6 +33,7 @@ SKIPPED_DIRS: Final = frozenset(
     }
 )
 MAX_WALK_ENTRIES: Final = 200_000
+SHOWN_CHARS: Final = 200
 
 
 class InputError(Exception):
@@ -83,8 +84,9 @@ class Workspace:
         (default: the first root)."""
         given = os.fspath(path)
         if "\x00" in given:
-            raise WorkspaceError(f"path {given!r} contains a NUL byte; give a plain file path")
+            raise WorkspaceError(f"path {_shown(repr(given))} contains a NUL byte; give a plain file path")
         lexical = Path(os.path.abspath((base or self.roots[0]) / given))
+        given = _shown(given)
         # Judged on the path as written before anything is looked up, so no answer tells whether a
         # file outside the roots exists.
         if not (self.contains(lexical) or any(_within(lexical, root) for root in self._written)):
@@ -95,7 +97,9 @@ class Workspace:
         try:
             real = lexical.resolve(strict=True)
         except FileNotFoundError:
-            raise WorkspaceError(f"no such file or directory: {given} (looked for {lexical})") from None
+            raise WorkspaceError(
+                f"no such file or directory: {given} (looked for {_shown(str(lexical))})"
+            ) from None
         except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on older Pythons
             raise WorkspaceError(f"cannot resolve {given}: {_reason(exc)}") from None
         if not self.contains(real):
@@ -186,18 +190,13 @@ class Workspace:
                         f"{directory} holds more than {MAX_WALK_ENTRIES} entries; give a narrower path"
                     )
                 path = Path(entry.path)
-                if entry.is_dir():
-                    if entry.name in SKIPPED_DIRS or entry.name.startswith("."):
-                        continue
-                    real = path.resolve() if entry.is_symlink() else path
-                    if real in visited or not self.contains(real):
-                        continue
-                    visited.add(real)
-                    pending.append(path)
+                kind = self._kind(entry, path, suffixes)
+                if kind is None:
                     continue
-                if not entry.name.endswith(suffixes) or not entry.is_file():
-                    continue
-                if entry.is_symlink() and not self.contains(path.resolve()):
+                if isinstance(kind, Path):
+                    if kind not in visited:
+                        visited.add(kind)
+                        pending.append(path)
                     continue
                 relative = path.relative_to(directory).as_posix()
                 if includes and not any(rx.fullmatch(relative) for rx in includes):
@@ -212,6 +211,24 @@ class Workspace:
                     )
         return sorted(found)
 
+    def _kind(self, entry: os.DirEntry[str], path: Path, suffixes: tuple[str, ...]) -> Path | bool | None:
+        """For `walk`: a directory to descend into (its real path), True for a file with one of the
+        suffixes, None for anything to leave out (skipped directories, links leaving the roots, and entries
+        that cannot be looked at, such as a symbolic-link loop or a file removed meanwhile)."""
+        try:
+            if entry.is_dir():
+                if entry.name in SKIPPED_DIRS or entry.name.startswith("."):
+                    return None
+                real = path.resolve(strict=True) if entry.is_symlink() else path
+                return real if self.contains(real) else None
+            if not entry.name.endswith(suffixes) or not entry.is_file():
+                return None
+            if entry.is_symlink() and not self.contains(path.resolve(strict=True)):
+                return None
+        except (OSError, RuntimeError):  # RuntimeError: a symlink loop on older Pythons
+            return None
+        return True
+
     def _roots_text(self) -> str:
         return ", ".join(str(root) for root in self.roots)
 
@@ -223,44 +240,84 @@ class Workspace:
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
-    """A glob on '/'-separated relative paths: `*` and `?` stay within one directory, `**` spans any
-    number of them (`src/**/*.py` matches `src/a.py` and `src/a/b.py`), `[...]` is a character set."""
+    """A glob on '/'-separated relative paths, for `fullmatch`: `*` and `?` stay within one directory, a
+    `**` segment spans any number of them (`src/**/*.py` matches `src/a.py` and `src/a/b.py`; a `**` inside
+    a segment is a `*`), `[...]` is a character set (`[!...]` its complement).
+
+    The regex backtracks at most linearly, whatever the pattern: a plain translation of '*a*a*a*b' or
+    '**/**/**/x' takes exponential time on a long path. Each wildcard commits to the first place where the
+    literal text after it matches (an atomic group), which loses no match, because the next thing is again
+    a wildcard that can take up whatever that choice skipped (fnmatch does the same for `*`).
+    """
+    segments: list[str] = []
+    for segment in pattern.split("/"):
+        if not (segment == "**" and segments and segments[-1] == "**"):
+            segments.append(segment)
     out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        char = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
+    index = 0
+    while index < len(segments):
+        segment = segments[index]
+        if segment != "**":
+            out.append(_segment_regex(segment) + ("/" if index < len(segments) - 1 else ""))
+        elif index == len(segments) - 1:
             out.append(".*")
-            i += 2
+        elif "**" in segments[index + 1 :]:
+            # Between two `**`: the segments up to the next one, at the first place they match, committed.
+            following = segments.index("**", index + 1)
+            run = "/".join(_segment_regex(part) for part in segments[index + 1 : following])
+            out.append(f"(?>(?:[^/]*/)*?{run}/)")
+            index = following
             continue
+        else:
+            out.append("(?:[^/]*/)*")
+        index += 1
+    return re.compile("".join(out))
+
+
+def _segment_regex(segment: str) -> str:
+    """One segment of a glob: literal pieces separated by `*`, the inner ones committed at their first match."""
+    pieces: list[list[str]] = [[]]
+    i, n = 0, len(segment)
+    while i < n:
+        char = segment[i]
         if char == "*":
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "[" and (end := pattern.find("]", i + 2)) != -1:
-            body = pattern[i + 1 : end].replace("\\", "\\\\")
+            if pieces[-1] or len(pieces) == 1:
+                pieces.append([])
+            i += 1
+            continue
+        if char == "?":
+            pieces[-1].append("[^/]")
+        elif char == "[" and (end := segment.find("]", i + 2)) != -1:
+            body = segment[i + 1 : end].replace("\\", "\\\\")
             if body.startswith("!"):
                 body = "^" + body[1:]
             elif body.startswith("^"):
                 body = "\\" + body
-            out.append(f"[{body}]")
+            pieces[-1].append(f"(?!/)[{body}]")
             i = end + 1
             continue
         else:
-            out.append(re.escape(char))
+            pieces[-1].append(re.escape(char))
         i += 1
-    return re.compile("".join(out))
+    fixed = ["".join(piece) for piece in pieces]
+    if len(fixed) == 1:
+        return fixed[0]
+    inner = "".join(f"(?>[^/]*?{piece})" for piece in fixed[1:-1])
+    return f"{fixed[0]}{inner}[^/]*{fixed[-1]}"
 
 
 def _within(path: Path, root: Path) -> bool:
     return path == root or path.is_relative_to(root)
 
 
+def _shown(text: str) -> str:
+    """`text` cut short for a message: a path given by a caller may be thousands of characters long."""
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RuntimeError):  # pathlib's report of a symlink loop on older Pythons
+        return "too many levels of symbolic links"
     if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
         return "too many levels of symbolic links"
     if isinstance(exc, PermissionError):

@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import html
 import itertools
+import math
 import operator
 import re
 from typing import Final, NamedTuple
 
 from qe_appliance.coverage import xmlscan
-from qe_appliance.coverage.model import FileCoverage, Function, ReportError, lines_and_missed, merge_files
+from qe_appliance.coverage.model import (
+    BranchBudget,
+    FileCoverage,
+    Function,
+    ReportError,
+    lines_and_missed,
+    merge_files,
+)
 
 FORMAT: Final = "cobertura"
 _CLASS: Final = re.compile(rb"<class(?=[\s/>])")
@@ -52,20 +60,23 @@ def parse(data: bytes) -> Parsed:
     has_functions = _ANY_METHOD.search(text) is not None
     files: list[FileCoverage] = []
     line = head.count(b"\n") + 1
+    budget = BranchBudget(FORMAT, len(data))
     for piece in pieces[1:]:
-        files.append(_class(f"line {line}", piece, has_branches, has_functions))
+        files.append(_class(f"line {line}", piece, has_branches, has_functions, budget))
         line += piece.count(b"\n")
     return Parsed(merge_files(files), sources)
 
 
 def _positive(value: str | None) -> bool:
     try:
-        return value is not None and float(value) > 0
+        return value is not None and math.isfinite(number := float(value)) and number > 0
     except ValueError:
         return False
 
 
-def _class(where: str, piece: bytes, has_branches: bool, has_functions: bool) -> FileCoverage:
+def _class(
+    where: str, piece: bytes, has_branches: bool, has_functions: bool, budget: BranchBudget
+) -> FileCoverage:
     attrs, body_start = xmlscan.start_tag(piece)
     filename = attrs.get("filename")
     if not filename:
@@ -80,7 +91,7 @@ def _class(where: str, piece: bytes, has_branches: bool, has_functions: bool) ->
     points: list[int] | None = None
     never: list[int] | None = None
     if has_branches:
-        points, never = _branches(lines_text, where)
+        points, never = _branches(lines_text, where, budget)
     functions = _methods(methods_text, where) if has_functions else None
     return FileCoverage(filename, numbers, missed, points, never, functions)
 
@@ -114,7 +125,7 @@ def _line_columns(lines_text: bytes, where: str) -> tuple[list[int], list[int] |
     )
 
 
-def _branches(lines_text: bytes, where: str) -> tuple[list[int], list[int]]:
+def _branches(lines_text: bytes, where: str, budget: BranchBudget) -> tuple[list[int], list[int]]:
     """Branch points per line from `condition-coverage="50% (1/2)"`: the line repeated once per point."""
     tags = _BRANCH_LINE.findall(lines_text)
     if not tags:
@@ -136,6 +147,7 @@ def _branches(lines_text: bytes, where: str) -> tuple[list[int], list[int]]:
     totals = xmlscan.ints(total_raw, FORMAT, "a condition-coverage count", where)
     if any(map(operator.gt, taken, totals)):
         raise ReportError(FORMAT, where, "a condition-coverage takes more branches than the line has")
+    budget.take(lines, totals, where)
     points = list(itertools.chain.from_iterable(map(itertools.repeat, lines, totals)))
     never = list(
         itertools.chain.from_iterable(map(itertools.repeat, lines, map(operator.sub, totals, taken)))

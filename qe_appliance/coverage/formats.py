@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final, Literal
 
 from qe_appliance.coverage import cobertura, jacoco, jsonreports, lcov, xmlscan
-from qe_appliance.coverage.model import FileCoverage, Format, Report, ReportError
+from qe_appliance.coverage.model import FileCoverage, Format, Report, ReportError, check_numbers
 
 FormatChoice = Literal["auto", "coveragepy-json", "cobertura", "lcov", "istanbul", "jacoco"]
 _BOM: Final = b"\xef\xbb\xbf"
@@ -92,6 +92,7 @@ def _parse(data: bytes, fmt: Format, root: str) -> Report:
         files, source_dirs = parsed.files, parsed.sources
     else:
         files = jacoco.parse(data)
+    check_numbers(files, fmt)
     return Report(fmt, root, _uniform(files), source_dirs)
 
 

@@ -13,7 +13,14 @@ import re
 from typing import Final
 
 from qe_appliance.coverage import xmlscan
-from qe_appliance.coverage.model import FileCoverage, Function, ReportError, function_order, merge_files
+from qe_appliance.coverage.model import (
+    BranchBudget,
+    FileCoverage,
+    Function,
+    ReportError,
+    function_order,
+    merge_files,
+)
 
 FORMAT: Final = "jacoco"
 _PACKAGE: Final = re.compile(rb"<package(?=[\s/>])")
@@ -34,13 +41,14 @@ def parse(data: bytes) -> list[FileCoverage]:
     files: list[FileCoverage] = []
     pieces = _PACKAGE.split(text)
     line = pieces[0].count(b"\n") + 1
+    budget = BranchBudget(FORMAT, len(data))
     for piece in pieces[1:]:
-        files += _package(f"line {line}", piece)
+        files += _package(f"line {line}", piece, budget)
         line += piece.count(b"\n")
     return merge_files(files)
 
 
-def _package(where: str, piece: bytes) -> list[FileCoverage]:
+def _package(where: str, piece: bytes, budget: BranchBudget) -> list[FileCoverage]:
     attrs, body_start = xmlscan.start_tag(piece)
     package = attrs.get("name", "")
     body = piece[body_start:]
@@ -59,7 +67,7 @@ def _package(where: str, piece: bytes) -> list[FileCoverage]:
     files = []
     if first_source is not None:
         for source_piece in _SOURCEFILE.split(body[first_source.start() :])[1:]:
-            files.append(_sourcefile(package, source_piece, methods, where))
+            files.append(_sourcefile(package, source_piece, methods, where, budget))
     return files
 
 
@@ -75,7 +83,7 @@ def _methods(simple_class: str, class_body: bytes, where: str) -> list[Function]
         functions.append(
             Function(
                 f"{simple_class}.{attrs.get('name', '?')}",
-                int(line) if line and line.isdigit() else None,
+                int(line) if line and line.isascii() and line.isdigit() and len(line) <= 10 else None,
                 None,
                 covered is not None and covered.group(1).strip() not in (b"0", b""),
                 _complexity(inner),
@@ -96,7 +104,9 @@ def _complexity(method_body: bytes) -> int | None:
         return None
 
 
-def _sourcefile(package: str, piece: bytes, methods: dict[str, list[Function]], where: str) -> FileCoverage:
+def _sourcefile(
+    package: str, piece: bytes, methods: dict[str, list[Function]], where: str, budget: BranchBudget
+) -> FileCoverage:
     attrs, body_start = xmlscan.start_tag(piece)
     name = attrs.get("name")
     if not name:
@@ -113,6 +123,7 @@ def _sourcefile(package: str, piece: bytes, methods: dict[str, list[Function]], 
         raise ReportError(FORMAT, where, f"{name}: line numbers must be positive, ascending and unique")
     missed = list(itertools.compress(nr, map(operator.not_, ci)))
     totals = list(map(operator.add, mb, cb))
+    budget.take(nr, totals, where)
     points = list(itertools.chain.from_iterable(map(itertools.repeat, nr, totals)))
     never = list(itertools.chain.from_iterable(map(itertools.repeat, nr, mb)))
     path = f"{package}/{name}" if package else name

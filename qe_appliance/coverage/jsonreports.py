@@ -10,7 +10,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from qe_appliance.coverage.model import FileCoverage, Function, ReportError
+from qe_appliance.coverage.model import FileCoverage, Function, ReportError, not_utf8
 
 COVERAGEPY: Final = "coveragepy-json"
 ISTANBUL: Final = "istanbul"
@@ -83,6 +83,8 @@ def _decode(decoder: Callable[[bytes], T], data: bytes, fmt: str) -> T:
         raise ReportError(fmt, "", f"unexpected shape: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ReportError(fmt, "", _json_problem(data, str(exc))) from None
+    except UnicodeDecodeError:
+        raise ReportError(fmt, *not_utf8(data)) from None
 
 
 def _json_problem(data: bytes, message: str) -> str:

@@ -251,7 +251,8 @@ def _shown(raw: bytes) -> str:
 def _sf(record: _Record, value: bytes) -> None:
     if record.path is not None:
         raise ValueError("second SF")
-    path = value.decode("utf-8", errors="surrogateescape").strip()
+    # As in the XML formats: a byte that is not UTF-8 becomes U+FFFD, which every encoder can carry.
+    path = value.decode("utf-8", errors="replace").strip()
     if not path:
         raise ValueError("empty path")
     record.path = path

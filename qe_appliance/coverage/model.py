@@ -8,7 +8,7 @@ import itertools
 import operator
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -16,12 +16,70 @@ from qe_appliance.workspace import InputError
 
 Format = Literal["coveragepy-json", "cobertura", "lcov", "istanbul", "jacoco"]
 
+# Bounds on what a report may state, so a forged one can neither exhaust memory (branch points are kept
+# one per point) nor carry numbers the encoders refuse: line numbers and counts fit in 31 bits (10 digits).
+MAX_NUMBER: Final = 2**31 - 1
+MAX_BRANCHES_PER_LINE: Final = 10_000
+
 
 class ReportError(InputError):
     """A report that cannot be parsed; the message names the format and where it broke."""
 
     def __init__(self, fmt: str, where: str, problem: str) -> None:
         super().__init__(f"{fmt} report: {where}: {problem}" if where else f"{fmt} report: {problem}")
+
+
+def not_utf8(data: bytes) -> tuple[str, str]:
+    """(where, problem) for a report that holds bytes that are not UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f"line {line}", f"byte {data[exc.start]:#04x} is not UTF-8; save the report as UTF-8"
+    return "", "the report is not UTF-8; save it as UTF-8"
+
+
+class BranchBudget:
+    """The branch points a report may claim: at most MAX_BRANCHES_PER_LINE on one line and, over the whole
+    report, about one per byte of it (real reports state far fewer). Without it a forged count such as
+    `condition-coverage="50% (1/4000000000)"` would be expanded into billions of points."""
+
+    def __init__(self, fmt: str, size: int) -> None:
+        self.fmt = fmt
+        self.left = size + MAX_BRANCHES_PER_LINE
+
+    def take(self, lines: Sequence[int], counts: Sequence[int], where: str) -> None:
+        """Spend `counts` (branch points per line of `lines`); ReportError when they are not believable."""
+        most = max(counts, default=0)
+        if most > MAX_BRANCHES_PER_LINE:
+            line = lines[list(counts).index(most)]
+            raise ReportError(
+                self.fmt,
+                where,
+                f"line {line} claims {most} branch points, more than the {MAX_BRANCHES_PER_LINE} any real "
+                "line has; the report is corrupt",
+            )
+        self.left -= sum(count for count in counts if count > 0)
+        if self.left < 0:
+            raise ReportError(
+                self.fmt, where, "the report claims more branch points than it has bytes; it is corrupt"
+            )
+
+
+def check_numbers(files: Iterable[FileCoverage], fmt: str) -> None:
+    """ReportError unless every line number, function line and complexity is within 0..MAX_NUMBER."""
+    for entry in files:
+        numbers = [*entry.lines[:1], *entry.lines[-1:]]  # ascending
+        if entry.branch_points:
+            numbers += [min(entry.branch_points), max(entry.branch_points)]
+        for fn in entry.functions or ():
+            numbers += [n for n in (fn.start, fn.end, fn.complexity) if n is not None]
+        bad = next((n for n in numbers if not 0 <= n <= MAX_NUMBER), None)
+        if bad is not None:
+            shown = str(bad) if len(str(bad)) <= 20 else f"{str(bad)[:20]}... ({len(str(bad))} digits)"
+            raise ReportError(
+                fmt, "", f"{entry.path}: {shown} is not a line number or count (those are 0 to {MAX_NUMBER})"
+            )
 
 
 class Function(msgspec.Struct, array_like=True, frozen=True, gc=False):

@@ -34,7 +34,11 @@ class ProjectLayout:
 
     def __init__(self, root: Path, max_entries: int = 20_000) -> None:
         self.root = root
-        self.test_dirs = [name for name in ("tests", "test") if (root / name).is_dir()]
+        self._real_root = root.resolve()
+        self._local_dirs: dict[Path, bool] = {}
+        self.test_dirs = [
+            name for name in ("tests", "test") if self._local(root / name) and (root / name).is_dir()
+        ]
         self.python_tests: dict[str, str] = {}
         self.js_tests: dict[str, str] = {}
         seen = 0
@@ -50,6 +54,19 @@ class ProjectLayout:
                         self.js_tests.setdefault(file, relative)
                 if seen > max_entries:
                     break
+
+    def _local(self, directory: Path) -> bool:
+        """Whether `directory` stays inside the root: the report's file names are the caller's text, and a
+        name with '..' or a link out of the tree must not make us look at other directories. Remembered per
+        directory, since a report names many files in each."""
+        known = self._local_dirs.get(directory)
+        if known is None:
+            try:
+                known = directory.resolve().is_relative_to(self._real_root)
+            except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+                known = False
+            self._local_dirs[directory] = known
+        return known
 
     def suggest(self, source: Path | None, name: str) -> str:
         """Where a test for the file belongs, relative to the root ('/'-separated): an existing test file
@@ -80,13 +97,15 @@ class ProjectLayout:
         test_name = f"test_{module}.py"
         if test_name in self.python_tests:
             return self.python_tests[test_name]
-        if (self.root / path.parent / test_name).is_file():
+        if self._local(self.root / path.parent) and (self.root / path.parent / test_name).is_file():
             return (path.parent / test_name).as_posix()
         return f"{self.test_dirs[0] if self.test_dirs else 'tests'}/{test_name}"
 
     def _javascript(self, path: PurePosixPath) -> str:
         stem, suffix = path.stem, path.suffix
         folder = self.root / path.parent
+        if not self._local(folder):
+            return (path.parent / f"{stem}.test{suffix}").as_posix()
         for kind in ("test", "spec"):
             name = f"{stem}.{kind}{suffix}"
             for candidate in (folder / name, folder / "__tests__" / name):

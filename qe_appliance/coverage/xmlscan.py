@@ -110,7 +110,7 @@ def ints(values: list[bytes], fmt: str, what: str, where: str) -> list[int]:
         return _INTS.decode(b"[" + b",".join(values) + b"]")
     except msgspec.DecodeError:
         bad = next((v for v in values if not v.strip().isdigit()), values[0]).decode(errors="replace")
-        raise ReportError(fmt, where, f"{what} must be a whole number, got {bad!r}") from None
+        raise ReportError(fmt, where, f"{what} must be a whole number, got {bad[:40]!r}") from None
 
 
 def numbers(values: list[bytes], fmt: str, what: str, where: str) -> list[int] | list[float]:

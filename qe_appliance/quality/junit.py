@@ -11,7 +11,7 @@ from typing import Final, Literal
 import msgspec
 
 from qe_appliance.coverage import xmlscan
-from qe_appliance.coverage.model import ReportError, percent
+from qe_appliance.coverage.model import MAX_NUMBER, ReportError, percent
 
 FORMAT: Final = "junit"
 MAX_LISTED_FAILURES: Final = 20
@@ -157,9 +157,9 @@ def _from_attributes(root: ET.Element, suites: list[ET.Element]) -> TestResults:
     def total(attribute: str) -> int:
         values = []
         for element in top:
-            raw = element.get(attribute, "0")
-            if not raw.strip().isdigit():
-                raise ReportError(FORMAT, "", f"<{element.tag}> {attribute}={raw!r} is not a count")
+            raw = element.get(attribute, "0").strip()
+            if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) <= MAX_NUMBER):
+                raise ReportError(FORMAT, "", f"<{element.tag}> {attribute}={raw[:40]!r} is not a count")
             values.append(int(raw))
         return sum(values)
 

@@ -19,7 +19,7 @@ from radon.metrics import h_visit_ast, mi_compute
 from radon.raw import analyze
 from radon.visitors import Class, ComplexityVisitor, Function
 
-from qe_appliance.workspace import InputError, Workspace
+from qe_appliance.workspace import InputError, Workspace, WorkspaceError
 
 ScopeKind = Literal["function", "method", "class"]
 CACHE_ENTRIES: Final = 20_000
@@ -59,14 +59,25 @@ class PySource(msgspec.Struct, frozen=True, gc=False):
 
 def analyze_text(text: str, name: str = "<source>") -> PySource:
     try:
+        return _analyze(text, name)
+    except (RecursionError, MemoryError):
+        # ast, radon and the compiler recurse once per nesting level: only generated or hostile code
+        # nests deep enough to exhaust them.
+        raise SourceError(
+            f"{name}: nested too deeply to measure (hundreds of levels of brackets, operators or blocks); "
+            "leave it out with exclude"
+        ) from None
+
+
+def _analyze(text: str, name: str) -> PySource:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SyntaxWarning)  # e.g. invalid escapes: still measurable
             tree = ast.parse(text, filename=name)
         raw = analyze(text)
     except SyntaxError as exc:
-        raise SourceError(
-            f"{name}: line {exc.lineno}: {exc.msg}; fix the syntax error to measure it"
-        ) from None
+        where = f"line {exc.lineno}: " if exc.lineno is not None else ""
+        raise SourceError(f"{name}: {where}{exc.msg}; fix the syntax error to measure it") from None
     except (tokenize.TokenError, ValueError) as exc:
         raise SourceError(f"{name}: cannot be tokenized: {exc}") from None
     visitor = ComplexityVisitor.from_ast(tree)
@@ -120,7 +131,10 @@ class SourceCache:
     def get(self, workspace: Workspace, path: Path) -> PySource:
         """The measurements of `path` (already resolved inside the workspace); SourceError if it does
         not parse, WorkspaceError if it cannot be read."""
-        stat = os.stat(path)
+        try:
+            stat = os.stat(path)
+        except OSError as exc:
+            raise WorkspaceError(f"cannot read {path}: {exc.strerror or exc}") from None
         key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         with self._lock:
             hit = self._entries.get(path)

@@ -257,7 +257,8 @@ def fts_query(text: str) -> str:
     punctuation inside (`coverage/api`) matches as a phrase. Raises SearchQueryError when no word is left.
     """
     terms = []
-    for word in text.split():
+    # FTS5 reads its query as a C string: a NUL would cut it off inside a quoted word, so it separates words.
+    for word in text.replace("\x00", " ").split():
         prefix = word.endswith("*")
         core = word.rstrip("*")
         if not any(char.isalnum() for char in core):

@@ -22,6 +22,7 @@ TargetKind = Literal["function", "class", "method", "module"]
 ENUM_BASES: Final = frozenset({"Enum", "IntEnum", "StrEnum", "Flag", "IntFlag"})
 SKIPPED_BASES: Final = frozenset({"Protocol", "TypedDict", "ABC", "ABCMeta"})
 _EXCEPTION_SUFFIXES: Final = ("Error", "Exception", "Warning", "Exit", "Interrupt")
+SHOWN_LINE_CHARS: Final = 160
 _CAMEL: Final = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
@@ -380,14 +381,21 @@ def parse(text: str, module: str, filename: str) -> ModuleFacts:
     try:
         tree = ast.parse(text, filename=filename)
     except SyntaxError as exc:
-        line = (exc.text or "").rstrip("\n")
-        shown = f":\n    {line.strip()}" if line.strip() else ""
+        line = (exc.text or "").strip()
+        # The line is shown cut short: a generated or minified file can hold megabytes on one line.
+        shown = f":\n    {line[:SHOWN_LINE_CHARS]}{'...' if len(line) > SHOWN_LINE_CHARS else ''}" if line else ""
+        where = f" at line {exc.lineno}, column {exc.offset}" if exc.lineno is not None else ""
         raise SourceError(
-            f"{filename} does not parse: {exc.msg} at line {exc.lineno}, column {exc.offset}{shown}; fix the "
-            "syntax error and generate again"
+            f"{filename} does not parse: {exc.msg}{where}{shown}; fix the syntax error and generate again"
         ) from None
     except ValueError as exc:  # source with NUL bytes
-        raise SourceError(f"{filename} does not parse: {exc}") from None
+        raise SourceError(f"{filename} does not parse: {exc}; remove the NUL bytes") from None
+    except (RecursionError, MemoryError):
+        # The parser gives up on hundreds of nested brackets or operators; real code never nests so.
+        raise SourceError(
+            f"{filename} does not parse: it nests too deeply (hundreds of levels of brackets or "
+            "operators); simplify the deepest expression"
+        ) from None
     facts = ModuleFacts(
         name=module,
         alias="",

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+
+# Names the server made (reportId, taskId) or keeps in its configuration: short, so errors can quote them.
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 LogFn = Callable[[str, str], Awaitable[None]]

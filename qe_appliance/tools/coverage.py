@@ -32,7 +32,7 @@ from qe_appliance.coverage.model import (
 )
 from qe_appliance.fleet.compute import compute
 from qe_appliance.store.reports import StoredReport
-from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
+from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec
 from qe_appliance.workspace import InputError, Workspace, WorkspaceSpec
 
 CATEGORY = "coverage-analysis"
@@ -107,7 +107,7 @@ class CoverageGapsInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     """Find and rank uncovered code from a stored report (`reportId`) or a report `path` or `content`."""
 
     report_id: Annotated[
-        Text | None, msgspec.Meta(description="reportId returned by qe_coverage_analyze.")
+        Name | None, msgspec.Meta(description="reportId returned by qe_coverage_analyze.")
     ] = None
     path: Annotated[Text | None, msgspec.Meta(description=_PATH)] = None
     content: Annotated[Text | None, msgspec.Meta(description=_CONTENT)] = None

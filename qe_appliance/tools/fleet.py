@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 import msgspec
 
 from qe_appliance.fleet.pipelines import PIPELINES, pass_input
-from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec, no_progress
+from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec, no_progress
 
 if TYPE_CHECKING:
     from qe_appliance.fleet.orchestrator import Orchestrator
@@ -22,7 +22,6 @@ TASK_ORCHESTRATE = "qe_task_orchestrate"
 
 AgentType = Literal["test-generator", "coverage-analyzer", "quality-analyzer", "generalist"]
 AgentLimit = Annotated[int, msgspec.Meta(ge=1, le=256)]
-Text = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class FleetInitInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -52,7 +51,7 @@ class FleetStatusInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tru
         bool, msgspec.Meta(description="Include per-agent latency history and finished subtask details.")
     ] = False
     task_id: Annotated[
-        Text | None, msgspec.Meta(description="Report only this task (taskId from qe_task_orchestrate).")
+        Name | None, msgspec.Meta(description="Report only this task (taskId from qe_task_orchestrate).")
     ] = None
 
 
@@ -73,9 +72,9 @@ class TaskSpec(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
         list[dict[str, Any]],
         msgspec.Meta(min_length=1, max_length=10_000, description="Arguments of each subtask, one per run."),
     ]
-    tool: Annotated[Text | None, msgspec.Meta(description="A QE tool name, e.g. qe_coverage_analyze.")] = None
+    tool: Annotated[Name | None, msgspec.Meta(description="A QE tool name, e.g. qe_coverage_analyze.")] = None
     pipeline: Annotated[
-        Text | None,
+        Name | None,
         msgspec.Meta(
             description="A named pipeline instead of a tool: "
             + "; ".join(f"{name}: {text}" for name, (text, _) in PIPELINES.items())

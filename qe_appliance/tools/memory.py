@@ -24,6 +24,8 @@ CATEGORY = "memory"
 
 TTL_MAX_SECONDS = 10 * 365 * 86400
 SEARCH_LIMIT_MAX = 500
+# Beyond any real store, and within SQLite's 64-bit integers.
+SEARCH_OFFSET_MAX = 1_000_000_000
 TAGS_MAX = 32
 TAG_MAX_CHARS = 64
 QUERY_MAX_CHARS = 1000
@@ -157,7 +159,9 @@ class MemorySearchInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     limit: Annotated[
         int, msgspec.Meta(ge=1, le=SEARCH_LIMIT_MAX, description="Most matches to return (page size).")
     ] = 20
-    offset: Annotated[int, msgspec.Meta(ge=0, description="Matches to skip, for the next page.")] = 0
+    offset: Annotated[
+        int, msgspec.Meta(ge=0, le=SEARCH_OFFSET_MAX, description="Matches to skip, for the next page.")
+    ] = 0
 
 
 class MemoryMatch(msgspec.Struct, rename="camel"):
@@ -214,7 +218,7 @@ def _check_key(key: str, limits: MemoryConfig) -> None:
 def _check_namespace(namespace: str, limits: MemoryConfig) -> None:
     if re.fullmatch(limits.namespace_pattern, namespace) is None:
         raise ToolError(
-            f"namespace {namespace!r} is not allowed: it must match memory.namespacePattern = "
+            f"namespace {namespace[:80]!r} is not allowed: it must match memory.namespacePattern = "
             f"{limits.namespace_pattern!r}. Pick a namespace that matches it, e.g. 'team-api' under the "
             "default pattern."
         )
@@ -228,10 +232,9 @@ def _check_size(name: str, encoded: bytes, limits: MemoryConfig) -> None:
         )
 
 
-def _check_range(name: str, value: int, low: int, high: int | None) -> None:
-    if value < low or (high is not None and value > high):
-        bounds = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ToolError(f"{name} is {value}; it must be {bounds}.")
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ToolError(f"{name} is {value}; it must be {low}..{high}.")
 
 
 @contextmanager
@@ -328,7 +331,7 @@ async def memory_search(ctx: ToolContext, args: MemorySearchInput) -> MemorySear
     if namespace is not None:
         _check_namespace(namespace, _limits(ctx))
     _check_range("limit", args.limit, 1, SEARCH_LIMIT_MAX)
-    _check_range("offset", args.offset, 0, None)
+    _check_range("offset", args.offset, 0, SEARCH_OFFSET_MAX)
     store: MemoryStore = ctx.services.memory
     try:
         with store_failures(store.path):

@@ -24,7 +24,7 @@ from qe_appliance.quality.metrics import (
     join_coverage,
     measure,
 )
-from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
+from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec
 from qe_appliance.tools.coverage import decode_report, job, offload, read_report, stored_report, user_errors
 from qe_appliance.workspace import Workspace, WorkspaceSpec
 
@@ -35,7 +35,8 @@ DEFAULT_POLICY = "default"
 MAX_METRICS_FILES = 5_000
 
 Text = Annotated[str, msgspec.Meta(min_length=1)]
-Globs = Annotated[list[Text], msgspec.Meta(min_length=1, max_length=100)]
+Glob = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+Globs = Annotated[list[Glob], msgspec.Meta(min_length=1, max_length=100)]
 
 
 class GateInputs(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -65,7 +66,7 @@ class QualityGateInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tru
         GatePolicy | None, msgspec.Meta(description="Thresholds inline; or name a configured policy.")
     ] = None
     policy_name: Annotated[
-        Text | None,
+        Name | None,
         msgspec.Meta(
             description="Name of a policy in the server config (quality.policies); with neither "
             "policy nor policyName, the one named 'default'."
@@ -140,6 +141,8 @@ def python_files(
         if target.suffix != ".py":
             raise ToolError(f"{path} is not a Python file; give a .py file or a directory")
         return target, target.parent, [workspace.file(target)]
+    if not target.is_dir():
+        raise ToolError(f"{path} is neither a Python file nor a directory ({target}); give one of those")
     files = workspace.walk(target, (".py",), include, exclude, MAX_METRICS_FILES)
     if not files:
         raise ToolError(

@@ -34,6 +34,9 @@ LANGUAGE: Final = "python"
 # Target jobs in flight at once for one request: enough to keep a small fleet busy, few enough to leave
 # room for other requests.
 PARALLEL_JOBS: Final = 4
+# Targets one call generates for: each is a job on the fleet, so a module with thousands of functions
+# (generated code, or a hostile 3 MB source) would hold the fleet for minutes.
+MAX_TARGETS: Final = 200
 PATTERNS_PER_QUERY: Final = 5
 PATTERNS_PER_TARGET: Final = 10
 MAX_DOMAIN_WORDS: Final = 96
@@ -47,6 +50,7 @@ PURPOSE: Final = (
 )
 
 Text = Annotated[str, msgspec.Meta(min_length=1)]
+Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 TestStatus = Literal["passed", "failed", "error", "skipped", "not-run"]
 _ENCODER = msgspec.msgpack.Encoder()
 
@@ -64,14 +68,14 @@ class GenerateTestsInput(msgspec.Struct, rename="camel", forbid_unknown_fields=T
         ),
     ] = None
     module: Annotated[
-        Text | None,
+        Identifier | None,
         msgspec.Meta(
             description=f"Import name the tests use for inline source (default {DEFAULT_MODULE}); a path "
             "gives its own."
         ),
     ] = None
     targets: Annotated[
-        Annotated[list[Text], msgspec.Meta(min_length=1)] | None,
+        Annotated[list[Identifier], msgspec.Meta(min_length=1, max_length=MAX_TARGETS)] | None,
         msgspec.Meta(
             description="Only these functions, classes or Class.method names; omit for every public one."
         ),
@@ -245,6 +249,11 @@ def plan_job(payload: bytes) -> bytes:
         filename, path, import_root = "the source", None, None
     facts = parse(text, module, filename)
     chosen = targets(facts, task.targets)
+    if len(chosen) > MAX_TARGETS:
+        raise ToolError(
+            f"{filename} has {len(chosen)} functions, classes and methods to test, more than the "
+            f"{MAX_TARGETS} one call generates for; name the ones you want in targets"
+        )
     subject = Subject(module, facts.alias, filename, path, import_root)
     refs = [_TargetRef(t.name, t.kind, list(t.words)) for t in chosen]
     return _ENCODER.encode(_Planned(subject, text, refs))
@@ -257,6 +266,8 @@ def target_job(payload: bytes) -> bytes:
     facts = parse(task.source, task.subject.module, task.subject.filename)
     try:
         tests, notes = target_tests(facts, target_named(facts, task.target), task.style, task.patterns)
+    except RecursionError:  # the generator walks expressions recursively; only hostile code nests this deep
+        tests, notes = [], [f"{task.target}: no tests: its code nests too deeply to generate from"]
     except Exception as exc:  # a fault of ours on one target must not cost the caller the others
         traceback.print_exc(file=sys.stderr)
         failure = f"{type(exc).__name__}: {exc}"
