@@ -27,13 +27,19 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def make_config(tmp: Path, fleet: dict[str, Any] | None = None, pool: dict[str, Any] | None = None) -> Any:
+def make_config(
+    tmp: Path,
+    fleet: dict[str, Any] | None = None,
+    pool: dict[str, Any] | None = None,
+    balancer: dict[str, Any] | None = None,
+) -> Any:
     import json
 
     cfg = {
         "server": {"stateDir": str(tmp / "state")},
         "fleet": {"agents": {"generalist": 2}, "preload": ["tests.agent_functions"], **(fleet or {})},
         "pool": {"minConnections": 2, "maxConnections": 8, **(pool or {})},
+        "balancer": balancer or {},
     }
     path = tmp / "c.yaml"
     path.write_text(json.dumps(cfg))
@@ -230,5 +236,24 @@ async def test_an_agent_that_stops_answering_leaves_rotation(tmp_path: Path) -> 
         assert agent["restarts"] == 1 and agent["pid"] != frozen["pid"]
         for _ in range(4):
             assert (await run(f, fns.echo, "ok"))["payload"] == "ok"
+    finally:
+        await f.stop(5)
+
+
+async def test_the_probe_leaves_an_agent_that_is_busy_with_a_call_alone(tmp_path: Path) -> None:
+    f = Fleet(make_config(tmp_path, {"agents": {"generalist": 1}}, {"minConnections": 1},
+                          {"healthCheckIntervalMs": 100}))
+    await f.start()
+    try:
+        pid = f.status()["agents"][0]["pid"]
+        call = asyncio.ensure_future(run(f, fns.hold, 3.0, timeout=10))
+        await asyncio.sleep(0.3)
+        # Busy and silent (as in one long C call holding the GIL) for longer than a probe and the follow-up
+        # check wait together (2 s + 1 s).
+        os.kill(pid, signal.SIGSTOP)
+        await asyncio.sleep(4.0)
+        os.kill(pid, signal.SIGCONT)
+        assert await call == pid  # the call finished on the same agent: nobody killed it
+        assert f.status()["agents"][0]["restarts"] == 0
     finally:
         await f.stop(5)

@@ -286,7 +286,10 @@ class Fleet:
         """Active health check (balancer.healthCheckIntervalMs): an agent that stops answering leaves rotation."""
         while True:
             await asyncio.sleep(self.config.balancer.health_check_interval_ms / 1000)
-            for agent in [a for a in self.agents.values() if a.status == "available"]:
+            # An agent running a call may hold the GIL in one long C call (ast.parse of a big file) and not
+            # answer a ping; its call has its own deadline, which replaces the agent if it really hangs.
+            busy = {a["id"] for a in self.balancer.agents(time.monotonic()) if a["inFlight"] > 0}
+            for agent in [a for a in self.agents.values() if a.status == "available" and a.id not in busy]:
                 try:
                     conn = await asyncio.wait_for(self._connect(agent.id, agent), 2.0)
                     ok = (await asyncio.wait_for(conn.call("ping"), 2.0)).ok
