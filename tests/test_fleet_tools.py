@@ -48,6 +48,8 @@ async def test_status_init_spawn(fleet_server: ServerProcess) -> None:
         body = init.structured_content
         assert body["topology"] == "mesh" and len(body["started"]) == 1 and len(body["agents"]) == 2
         again = (await client.call_tool("qe_fleet_init", {"agents": {"generalist": 1}})).structured_content
+        above = await client.call_tool("qe_fleet_init", {"agents": {"generalist": 1}, "maxAgents": 50})
+        assert above.is_error and "above this server's cap (fleet.maxAgents = 3)" in text(above)
         assert again["started"] == [] and again["fleetId"] == body["fleetId"]  # idempotent
 
         started = time.monotonic()

@@ -40,7 +40,8 @@ class FleetInitInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True)
     ] = "hierarchical"
     max_agents: Annotated[
         AgentLimit | None,
-        msgspec.Meta(description="Cap on agents in the fleet; omit for the configured cap."),
+        msgspec.Meta(description="Cap on agents in the fleet, at most the configured fleet.maxAgents; omit for "
+                     "the configured cap."),
     ] = None
 
 
@@ -119,6 +120,13 @@ def _fleet(ctx: ToolContext) -> Fleet:
 async def fleet_init(ctx: ToolContext, args: FleetInitInput) -> dict[str, Any]:
     fleet = _fleet(ctx)
     if args.max_agents is not None:
+        # A caller may lower the cap, never raise it past what the operator configured.
+        configured = fleet.config.fleet.max_agents
+        if args.max_agents > configured:
+            raise ToolError(
+                f"maxAgents {args.max_agents} is above this server's cap (fleet.maxAgents = {configured}); ask for "
+                f"at most {configured}, or have the operator raise fleet.maxAgents in the configuration"
+            )
         fleet.max_agents = args.max_agents
     fleet.topology = args.topology
     started = await fleet.ensure({str(kind): n for kind, n in args.agents.items()})
