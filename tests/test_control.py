@@ -42,7 +42,9 @@ def rewrite(srv: ServerProcess, **blocks: dict[str, Any]) -> None:
 
 @pytest.fixture
 def srv(tmp_path: Path) -> Any:
-    server = start_server(tmp_path, {"fleet": {"agents": {"generalist": 1}}, "pool": {"minConnections": 1}})
+    # The load loops below are one client address; the per-client rate limit is tested elsewhere.
+    server = start_server(tmp_path, {"fleet": {"agents": {"generalist": 1}}, "pool": {"minConnections": 1},
+                                     "server": {"rateLimit": {"requestsPerSecond": 0}}})
     yield server
     server.stop()
 
