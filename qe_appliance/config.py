@@ -83,6 +83,7 @@ class ServerConfig(_Section, frozen=True):
     control_socket: str = ""
     log_level: LogLevel = "info"
     workspace_roots: tuple[str, ...] = ()
+    allow_code_execution: bool = True
     max_input_file_bytes: AtLeastOne = 67_108_864
 
 

@@ -409,3 +409,21 @@ def test_start_refuses_a_yaml_bomb_or_a_huge_file_quickly(tmp_path: Path) -> Non
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr
         assert time.monotonic() - started < 10  # the interpreter's start-up included
+
+
+def test_verify_is_refused_where_callers_may_not_run_code(tmp_path: Path) -> None:
+    srv = start(tmp_path, {"allowCodeExecution": False})
+    source = "def double(x: int) -> int:\n    return 2 * x\n"
+    try:
+        for verify, refused_here in ((True, True), (False, False)):
+            body, hdrs = modern("tools/call", {"name": "qe_test_generate",
+                                               "arguments": {"source": source, "module": "dbl", "verify": verify}})
+            status, _, raw = request(srv, "POST", body=body, headers=hdrs)
+            result = json.loads(raw)["result"]
+            assert status == 200 and result["isError"] is refused_here
+            if refused_here:
+                assert "server.allowCodeExecution: false" in result["content"][0]["text"]
+            else:
+                assert "def test_" in result["structuredContent"]["module"]
+    finally:
+        srv.stop()

@@ -312,6 +312,10 @@ def finish_job(payload: bytes) -> bytes:
 
 async def generate_tests(ctx: ToolContext, args: GenerateTestsInput) -> GenerateTestsResult:
     one_source(source=args.source, path=args.path)
+    config = getattr(ctx.services, "config", None)
+    if args.verify and config is not None and not config.server.allow_code_execution:
+        raise ToolError("this server does not run callers' code (server.allowCodeExecution: false), and verify "
+                        "runs the generated tests, which import the source; call again without verify")
     if args.module is not None and args.path is not None:
         raise ToolError("module names the import of inline source; a path gives its own, so leave module out")
     services = ctx.services
