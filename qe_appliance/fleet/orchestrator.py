@@ -20,7 +20,7 @@ import msgspec
 
 from qe_appliance.fleet.pipelines import Step
 from qe_appliance.store.tasks import TaskStore
-from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec, no_log, no_progress
+from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec, invalid_arguments, no_log, no_progress
 
 log = logging.getLogger("aqe_mcp.orchestrator")
 
@@ -154,7 +154,7 @@ class Orchestrator:
             try:
                 args = msgspec.convert(arguments, tool.input_type)
             except msgspec.ValidationError as exc:
-                raise ToolError(f"invalid arguments for {name}: {exc}") from None
+                raise ToolError(invalid_arguments(name, exc)) from None
             ctx = ToolContext(services=self._services, progress=no_progress, log=no_log, tool_name=name)
             # Through JSON, not to_builtins: results may hold raw JSON (msgspec.Raw) values.
             encoded = _encode(await tool.handler(ctx, args))

@@ -26,7 +26,7 @@ from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.sessions import LOG_LEVELS, Session, SessionTable
 from qe_appliance.registry import ToolRegistry, UnknownToolError
-from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec, no_log, no_progress
+from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec, invalid_arguments, no_log, no_progress
 
 log = logging.getLogger("aqe_mcp.dispatch")
 
@@ -152,14 +152,6 @@ def _params_object(raw: bytes) -> dict[str, Any]:
     """Params as a dict: {} when absent or null (`Dispatcher._decode` has already refused a non-object)."""
     value = _plain.decode(raw) if raw else None
     return value if isinstance(value, dict) else {}
-
-
-def _validation_message(tool: str, exc: msgspec.ValidationError) -> str:
-    text = str(exc)
-    text = re.sub(r" - at `\$\.?([^`]*)`", lambda m: f" (argument `{m.group(1) or '(root)'}`)", text)
-    text = text.replace("Object missing required field", "missing required argument")
-    text = text.replace("Object contains unknown field", "unknown argument")
-    return f"invalid arguments for {tool}: {text}. See the tool's inputSchema in tools/list."
 
 
 class Dispatcher:
@@ -496,7 +488,7 @@ class Dispatcher:
             else:
                 args = msgspec.json.decode(raw_args, type=tool.input_type)
         except msgspec.ValidationError as exc:
-            return _error_result(_validation_message(tool.name, exc))
+            return _error_result(invalid_arguments(tool.name, exc))
         except rpc.UNREADABLE as exc:
             return _error_result(f"invalid arguments for {tool.name}: {rpc.unreadable_reason(exc)}")
         token = meta.get("progressToken")

@@ -8,6 +8,7 @@ result with `isError: true` whose text is the error's message.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -125,3 +126,12 @@ def object_schema(tp: Any) -> dict[str, Any]:
         top["$defs"] = components
     top.setdefault("type", "object")
     return top
+
+
+def invalid_arguments(tool: str, exc: msgspec.ValidationError) -> str:
+    """msgspec's validation message in the caller's terms: argument names, not `$.path` notation."""
+    text = str(exc)
+    text = re.sub(r" - at `\$\.?([^`]*)`", lambda m: f" (argument `{m.group(1) or '(root)'}`)", text)
+    text = text.replace("Object missing required field", "missing required argument")
+    text = text.replace("Object contains unknown field", "unknown argument")
+    return f"invalid arguments for {tool}: {text}. See the tool's inputSchema in tools/list."
