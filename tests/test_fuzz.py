@@ -999,6 +999,20 @@ def test_stdio_refuses_deep_json_and_keeps_serving(tmp_path: Path) -> None:
     assert b"Traceback" not in proc.stderr
 
 
+def test_stdio_answers_an_over_long_line_once_and_reads_on(tmp_path: Path) -> None:
+    command, args, env = stdio_command(tmp_path)
+    # Past twice the 64 MiB limit: the reader gives up before the line's end has even arrived.
+    huge = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"' + b"y" * (140 * 1024 * 1024) + b'"}}'
+    meta = {META_VERSION: MODERN, META_CAPS: {}}
+    discover = json.dumps({"jsonrpc": "2.0", "id": 2, "method": "server/discover", "params": {"_meta": meta}}).encode()
+    proc = subprocess.run(
+        [command, *args], input=huge + b"\n" + discover + b"\n", capture_output=True, env=env, timeout=60
+    )
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(replies) == 2, replies  # one error for the whole long line, not one per piece of it
+    assert "line limit" in replies[0]["error"]["message"] and replies[1]["id"] == 2
+
+
 # ---- the dispatcher in-process: many more examples -----------------------------------------------------
 
 

@@ -39,10 +39,14 @@ async def serve_stdio(dispatcher: Dispatcher, drain_timeout_s: float = 30.0) -> 
 
     while True:
         try:
-            line = await reader.readline()
-        except ValueError:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            line = exc.partial  # the last message may lack its newline
+        except asyncio.LimitOverrunError:
             await send(rpc.error_bytes(None, rpc.INVALID_REQUEST, f"message over the {MAX_LINE}-byte line limit"))
-            continue
+            if await _skip_line(reader):
+                continue
+            break
         if not line:
             break
         line = line.strip()
@@ -56,3 +60,15 @@ async def serve_stdio(dispatcher: Dispatcher, drain_timeout_s: float = 30.0) -> 
         for task in late:
             task.cancel()
     log.info("stdin closed; exiting")
+
+
+async def _skip_line(reader: asyncio.StreamReader) -> bool:
+    """Drop the rest of an over-long line, so its tail is not read as messages; False at end of input."""
+    while True:
+        try:
+            await reader.readuntil(b"\n")
+            return True
+        except asyncio.LimitOverrunError as exc:
+            await reader.readexactly(exc.consumed)
+        except asyncio.IncompleteReadError:
+            return False
