@@ -340,6 +340,18 @@ def test_cli_says_when_it_may_not_use_the_admin_socket(tmp_path: Path) -> None:
     assert done.returncode == 3 and "permission denied on the admin socket" in done.stderr
 
 
+def test_cli_permission_message_when_the_kernel_refuses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The same path as the test above, for runs as root (where the kernel never refuses).
+    from qe_appliance.control import client
+
+    def refuse(self: socket.socket, address: Any) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    with pytest.raises(client.NotRunning, match=r"permission denied on the admin socket .* \(e.g. with sudo\)"):
+        client.call(tmp_path / "control.sock", "status")
+
+
 def test_admin_socket_is_private(authed: ServerProcess) -> None:
     sock = authed.state / "control.sock"
     assert sock.stat().st_mode & 0o777 == 0o600
