@@ -699,7 +699,11 @@ def _check_exposure(checker: _Checker, server: _Decoded) -> None:
 
 
 def _check_auth(checker: _Checker, auth: _Decoded) -> None:
-    env = auth.values["tokens_env"]
+    values = auth.values
+    if values["protect_metrics"] is True and not values["tokens_file"] and not values["tokens_env"]:
+        checker.fail((*auth.path, "protectMetrics"),
+                     "needs tokens to check: set tokensFile or tokensEnv too, or leave protectMetrics false")
+    env = values["tokens_env"]
     if env not in (_INVALID, "") and not _ENV_NAME.fullmatch(env):
         checker.fail((*auth.path, "tokensEnv"),
                      f"`{env}` is not an environment variable name; write the name (e.g. AQE_MCP_TOKENS), "

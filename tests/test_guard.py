@@ -69,3 +69,20 @@ def test_guard_compares_whole_tokens_only() -> None:
     assert g.check({}, "127.0.0.1", 0.0, protected=False) is None  # /metrics without protectMetrics
     refusal = g.check({}, "127.0.0.1", 0.0, protected=True)
     assert refusal is not None and refusal.status == 401 and refusal.reason == "auth"
+
+
+@pytest.mark.parametrize(
+    ("auth", "expected"),
+    [
+        ("protectMetrics: true", "server.auth.protectMetrics: needs tokens to check: set tokensFile or tokensEnv"),
+        ("tokensEnv: 'Bearer abc'", "server.auth.tokensEnv: `Bearer abc` is not an environment variable name"),
+    ],
+)
+def test_config_checks_of_the_auth_block(tmp_path: Path, auth: str, expected: str) -> None:
+    from qe_appliance.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"server:\n  auth:\n    {auth}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert refused.value.errors[0].startswith(f"{path}:3: {expected}")
