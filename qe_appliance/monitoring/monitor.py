@@ -8,21 +8,11 @@ import logging
 import platform
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import msgspec
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-    SummaryMetricFamily,
-)
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from qe_appliance import __version__
 from qe_appliance._core.histogram import Histogram
@@ -150,9 +140,9 @@ class Monitor:
         self._pool_samples: deque[tuple[float, int, int]] = deque(maxlen=_POOL_SAMPLES)
         self._pool_recent = (0, 0)
         self._alerts = AlertBook()
-        self._exposition = CollectorRegistry(auto_describe=False)
-        self._exposition.register(_Collector(self._families))
-        ProcessCollector(registry=self._exposition)
+        # The Prometheus registry, built at the first scrape: prometheus_client takes ~40 ms to import, which
+        # would otherwise sit on every start-up's critical path.
+        self._exposition: Any = None
 
     def configure(self, config: Config) -> None:
         """Take new thresholds and targets (reload); they apply from the next evaluation and scrape."""
@@ -253,7 +243,11 @@ class Monitor:
 
     def prometheus(self) -> bytes:
         """Every metric in the Prometheus text exposition format (0.0.4), process metrics included."""
-        return generate_latest(self._exposition)
+        from qe_appliance.monitoring import exposition
+
+        if self._exposition is None:
+            self._exposition = exposition.registry(self._families)
+        return exposition.render(self._exposition)
 
     def snapshot(self) -> dict[str, Any]:
         """The appliance's metrics as JSON-able data: {"generatedAt", "metrics": {name: family}}, with
@@ -433,37 +427,10 @@ def _by_rule(name: str, text: str, counts: dict[str, int]) -> Family:
     return Family(name, "gauge", text, ("alert",), [((rule,), count) for rule, count in counts.items()])
 
 
-class _Collector(Collector):
-    """Builds the metric families at scrape time; nothing is registered per request."""
+def buckets(histogram: Any, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+    """Cumulative (le, count) pairs, `le` spelled as Prometheus spells it, ending with +Inf."""
+    from prometheus_client.utils import floatToGoString
 
-    def __init__(self, families: Callable[[], list[Family]]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Metric]:
-        for family in self._families():
-            yield _prometheus_family(family)
-
-
-def _prometheus_family(family: Family) -> Metric:
-    labels = list(family.labels)
-    metric: Any
-    if family.kind == "histogram":
-        metric = HistogramMetricFamily(family.name, family.help, labels=labels)
-        for values, histogram in family.samples:
-            metric.add_metric(list(values), _buckets(histogram, family.bounds), histogram.total)
-    elif family.kind == "summary":
-        metric = SummaryMetricFamily(family.name, family.help, labels=labels)
-        for values, (count, total) in family.samples:
-            metric.add_metric(list(values), count, total)
-    else:
-        kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
-        metric = kind(family.name, family.help, labels=labels)
-        for values, value in family.samples:
-            metric.add_metric(list(values), value)
-    return metric
-
-
-def _buckets(histogram: Any, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
     counts = histogram.cumulative(bounds)
     return [(floatToGoString(bound), count) for bound, count in zip(bounds, counts, strict=True)] + [
         ("+Inf", histogram.count)
@@ -482,7 +449,7 @@ def _json_family(family: Family) -> dict[str, Any]:
                 "p95": value.percentile(95),
                 "p99": value.percentile(99),
                 "max": value.max,
-                "buckets": dict(_buckets(value, family.bounds)),
+                "buckets": dict(buckets(value, family.bounds)),
             })
         elif family.kind == "summary":
             sample.update({"count": value[0], "sum": value[1]})

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import ast
 import builtins
-import doctest
+import functools
 import re
-from typing import Final
+from types import ModuleType
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -15,10 +16,20 @@ from qe_appliance.testgen.cases import regex_escape
 from qe_appliance.testgen.model import Capture, Check, Line, Raises, Stmt, TestCase
 from qe_appliance.testgen.source import RESERVED, ModuleFacts, qualify
 
+if TYPE_CHECKING:
+    import doctest
+
 MAX_EXAMPLES: Final = 20
-_PARSER: Final = doctest.DocTestParser()
 _ADDRESS: Final = re.compile(r" at 0x[0-9a-fA-F]+")
 _EXCEPTION_LINE: Final = re.compile(r"^([A-Za-z_][\w.]*)(?::\s*(.*))?$")
+
+
+@functools.cache
+def _doctest() -> ModuleType:
+    # doctest pulls in pdb and friends (~12 ms): loaded with the first docstring, not at every start-up.
+    import doctest
+
+    return doctest
 
 
 class Docstring(msgspec.Struct, frozen=True):
@@ -46,7 +57,7 @@ def _bound(tree: ast.AST) -> set[str]:
 def docstring_tests(doc: Docstring, facts: ModuleFacts) -> tuple[list[TestCase], list[str]]:
     """Tests from one docstring's examples, and notes on examples that could not be used."""
     try:
-        examples = _PARSER.get_examples(doc.text)
+        examples = _doctest().DocTestParser().get_examples(doc.text)
     except ValueError as exc:
         return [], [f"{doc.target}: docstring examples are malformed ({exc})"]
     tests: list[TestCase] = []
@@ -60,7 +71,7 @@ def docstring_tests(doc: Docstring, facts: ModuleFacts) -> tuple[list[TestCase],
             notes.append(f"{doc.target}: only the first {MAX_EXAMPLES} docstring examples were used")
             break
         line = doc.first_line + example.lineno
-        if example.options.get(doctest.SKIP):
+        if example.options.get(_doctest().SKIP):
             continue
         try:
             tree = ast.parse(example.source)
@@ -137,14 +148,14 @@ def _check(
     if not want:
         return None
     want = want.replace("<BLANKLINE>", "")
-    normalize = bool(options.get(doctest.NORMALIZE_WHITESPACE))
+    normalize = bool(options.get(_doctest().NORMALIZE_WHITESPACE))
     body = tree.body
     expression = len(body) == 1 and isinstance(body[0], ast.Expr)
     printing = expression and _is_print(body[0])
     if not expression or printing:
         shown = " ".join(want.split()) if normalize else want
         return Capture([Line(code)], shown, normalize), f"prints {_short(want)}"
-    if options.get(doctest.ELLIPSIS) and "..." in want or _ADDRESS.search(want):
+    if options.get(_doctest().ELLIPSIS) and "..." in want or _ADDRESS.search(want):
         return Line(code), "runs (its output is not compared: it varies)"
     text = want.strip()
     try:
@@ -176,7 +187,7 @@ def _raises(example: doctest.Example, code: str, facts: ModuleFacts) -> tuple[St
         return None
     message = match.group(2)
     pattern = None
-    if message and not example.options.get(doctest.IGNORE_EXCEPTION_DETAIL):
+    if message and not example.options.get(_doctest().IGNORE_EXCEPTION_DETAIL):
         pattern = regex_escape(message)
     return Raises(exc, pattern, [Line(code)]), f"raises {name}"
 
