@@ -286,6 +286,17 @@ def test_slow_clients_do_not_stop_fast_ones(tmp_path: Path) -> None:
         srv.stop()
 
 
+def test_a_connection_that_never_starts_a_request_is_closed_at_the_header_timeout(tmp_path: Path) -> None:
+    srv = start(tmp_path, {"headerTimeoutMs": 500, "keepAliveTimeoutMs": 30_000})
+    try:
+        with socket.create_connection((srv.host, int(srv.port)), timeout=10) as sock:
+            started = time.monotonic()
+            assert sock.recv(4096) == b""  # closed without a word: there was no request to answer
+            assert time.monotonic() - started < 2  # the header timeout, not the 30 s keep-alive one
+    finally:
+        srv.stop()
+
+
 def test_header_and_body_limits_are_counted(tmp_path: Path) -> None:
     srv = start(tmp_path, {"maxHeaderBytes": 2048, "maxBodyBytes": 1000})
     try:

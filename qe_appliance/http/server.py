@@ -168,8 +168,9 @@ class HttpProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.client = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
-        # A connection over the limit gets a moment to send its request, then its 503 regardless.
-        self._arm(OVERFLOW_WAIT_S if self.over_limit else self.limits.keep_alive_timeout_s)
+        # A new connection has the header timeout to start its request, so connecting and sending nothing
+        # holds a slot no longer than sending slowly does; one over the limit gets a moment, then its 503.
+        self._arm(OVERFLOW_WAIT_S if self.over_limit else self.limits.header_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.deadline = float("inf")
