@@ -220,7 +220,9 @@ class App:
             self.monitor.evaluate()
 
     async def _start_control(self) -> None:
-        self.control = ControlServer(self, control_socket(self.config))
+        # The default socket sits in our own state or runtime directory; a configured one may be anywhere.
+        own_directory = not self.config.server.control_socket
+        self.control = ControlServer(self, control_socket(self.config), own_directory=own_directory)
         await self.control.start()
         if self.monitor is not None:
             if self.services is not None and self.services.fleet is not None:

@@ -450,3 +450,15 @@ def test_verify_is_refused_where_callers_may_not_run_code(tmp_path: Path) -> Non
                 assert "def test_" in result["structuredContent"]["module"]
     finally:
         srv.stop()
+
+
+def test_an_open_state_directory_holding_the_default_socket_is_made_private(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o755)  # as an older version, or a seeding script, left it
+    srv = start(tmp_path, {})
+    try:
+        assert state.stat().st_mode & 0o777 == 0o700 and "made" in srv.log and "private" in srv.log
+        assert (state / "control.sock").stat().st_mode & 0o777 == 0o600
+    finally:
+        srv.stop()

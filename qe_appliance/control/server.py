@@ -31,9 +31,12 @@ class CommandError(Exception):
 
 
 class ControlServer:
-    def __init__(self, app: App, path: Path) -> None:
+    def __init__(self, app: App, path: Path, own_directory: bool = False) -> None:
         self.app = app
         self.path = path
+        # The socket's directory is the appliance's own (state or runtime directory): tighten it rather than
+        # refuse to start when an older version or another tool left it open.
+        self.own_directory = own_directory
         self.overrides: dict[str, Any] = {}
         self._server: asyncio.AbstractServer | None = None
         self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
@@ -56,7 +59,10 @@ class ControlServer:
         # The directory is private too: nobody else can even reach the socket's name.
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         mode = self.path.parent.stat().st_mode & 0o777
-        if mode & 0o077:
+        if mode & 0o077 and self.own_directory:
+            log.warning("made %s private (mode %o -> 700): the admin socket lives there", self.path.parent, mode)
+            self.path.parent.chmod(0o700)
+        elif mode & 0o077:
             raise OSError(
                 f"the admin socket's directory {self.path.parent} is open to other users (mode {mode:o}); "
                 f"make it private (chmod 700 {self.path.parent}) or set server.controlSocket to a path in a "

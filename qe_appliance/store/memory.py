@@ -172,7 +172,7 @@ def open_database(path: pathlib.Path, migrations: Sequence[Sequence[str]], what:
     `what` names the database in errors ("memory database"). Raises StoreError with the fix.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Autocommit: each statement is its own transaction, committed (and fsynced) before return.
         db = sqlite3.connect(path, isolation_level=None, cached_statements=64)
     except (OSError, sqlite3.Error) as exc:
