@@ -257,3 +257,48 @@ async def test_the_probe_leaves_an_agent_that_is_busy_with_a_call_alone(tmp_path
         assert f.status()["agents"][0]["restarts"] == 0
     finally:
         await f.stop(5)
+
+
+async def test_start_ignores_an_agent_left_by_a_killed_server(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    from qe_appliance.fleet import rpc
+
+    config = make_config(tmp_path, {"agents": {"generalist": 1}}, {"minConnections": 1})
+    runtime = tmp_path / "state" / "run"
+    runtime.mkdir(parents=True, mode=0o700)
+    # A leftover agent-1 still listening on the path the new agent-1 will use: it answers a ping with its
+    # own pid, then hangs up on every later request, as an agent does when it notices its server is gone.
+    old = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old.bind(str(runtime / "agent-1.sock"))
+    old.listen(16)
+    old.settimeout(0.2)
+    stop = threading.Event()
+
+    def leftover() -> None:
+        answered = False
+        while not stop.is_set():
+            try:
+                conn, _ = old.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                raw = rpc.recv_frame(conn)
+                if raw is not None and not answered:
+                    conn.sendall(rpc.frame(rpc.Result(rpc.call_decoder.decode(raw).id, True, 1)))
+                    answered = True
+
+    thread = threading.Thread(target=leftover, daemon=True)
+    thread.start()
+    f = Fleet(config)
+    try:
+        await f.start()
+        agent = f.status()["agents"][0]
+        assert agent["status"] == "available"
+        assert await run(f, fns.hold, 0.0) == agent["pid"]  # the new agent answers, not the leftover
+    finally:
+        await f.stop(5)
+        stop.set()
+        thread.join(5)
+        old.close()

@@ -106,6 +106,9 @@ class Fleet:
     async def start(self) -> None:
         """Start the configured agents and pre-warm the pool; returns when they answer."""
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for stale in self.runtime_dir.glob("agent-*.sock"):
+            # Left by a server that was killed; its agents exit on their own once they notice.
+            stale.unlink(missing_ok=True)
         wanted = [t for t, n in self.config.fleet.agents.items() for _ in range(n)]
         await asyncio.gather(*(self.spawn(t) for t in wanted))
         await self.pool.prewarm([a.id for a in self.agents.values() if a.status == "available"])
@@ -154,18 +157,21 @@ class Fleet:
         while True:
             if process.exitcode is not None:
                 raise FleetError(f"agent {agent.id} exited during start-up (exit code {process.exitcode})")
+            if time.monotonic() > deadline:
+                process.kill()
+                raise FleetError(f"agent {agent.id} did not start within {READY_TIMEOUT_S:.0f} s")
             try:
                 conn = await self._connect(agent.id, agent)
-            except OSError:
-                if time.monotonic() > deadline:
-                    process.kill()
-                    raise FleetError(f"agent {agent.id} did not start within {READY_TIMEOUT_S:.0f} s") from None
+                result = await conn.call("ping")
+                conn.close()
+            except OSError:  # not listening yet, or an old agent leaving (AgentGone)
                 await asyncio.sleep(0.002)
                 continue
-            result = await conn.call("ping")
-            conn.close()
-            if result.ok:
+            # The answer must come from this process: after a kill -9 of a previous server, its agent of the
+            # same name may still hold the socket path for a moment before it notices and exits.
+            if result.ok and result.value == process.pid:
                 break
+            await asyncio.sleep(0.002)
         agent.ready_ms = (time.perf_counter() - started) * 1000
         agent.status = "available"
         asyncio.get_running_loop().add_reader(process.sentinel, self._on_exit, agent.id, process)
