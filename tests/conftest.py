@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -11,8 +12,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import jsonschema
+import msgspec
 import pytest
+
+from qe_appliance.tools import ALL_TOOLS
+from qe_appliance.tools.base import bare_context
 
 LISTENING = re.compile(r"listening on (http://\S+/mcp)")
 
@@ -93,3 +100,17 @@ def stdio_command(tmp: Path) -> tuple[str, list[str], dict[str, str]]:
     config = write_config(tmp / "qe-mcp.yaml", tmp / "state")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return sys.executable, ["-m", "qe_appliance.cli", "mcp", "start", "--stdio", "--config", str(config)], env
+
+
+_SPECS = {spec.name: spec for spec in ALL_TOOLS}
+
+
+def call_tool(services: Any, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """One tool call as the dispatcher makes it, without a server: the arguments decoded into the tool's input
+    Struct, its handler run, and the result checked against its outputSchema."""
+    spec = _SPECS[name]
+    args = msgspec.json.decode(msgspec.json.encode(arguments), type=spec.input_type)
+    result = asyncio.run(spec.handler(bare_context(services, name), args))
+    content: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(result))
+    jsonschema.validate(content, spec.output_schema)
+    return content

@@ -3,24 +3,19 @@ argument mistakes, and results that match the declared output schemas."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import jsonschema
-import msgspec
 import pytest
 
 from qe_appliance.config import Config
 from qe_appliance.store.reports import ReportStore
-from qe_appliance.tools import ALL_TOOLS
-from qe_appliance.tools.base import ToolError, bare_context
+from qe_appliance.tools.base import ToolError
 from qe_appliance.workspace import Workspace
+from tests.conftest import call_tool as call
 from tests.fixtures.coverage.samples import python_sample
-
-TOOLS = {spec.name: spec for spec in ALL_TOOLS}
 
 
 @pytest.fixture
@@ -31,15 +26,6 @@ def services(tmp_path: Path) -> Iterator[SimpleNamespace]:
     )
     store.close()
 
-
-def call(services: SimpleNamespace, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    """Decode arguments as the dispatcher does, run the handler, and check the result against the schema."""
-    spec = TOOLS[name]
-    args = msgspec.json.decode(msgspec.json.encode(arguments), type=spec.input_type)
-    result = asyncio.run(spec.handler(bare_context(services, name), args))
-    content = msgspec.json.decode(msgspec.json.encode(result))
-    jsonschema.validate(content, spec.output_schema)
-    return content
 
 
 def test_analyze_returns_totals_a_sorted_table_and_stores_the_report(services: SimpleNamespace) -> None:

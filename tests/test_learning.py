@@ -3,25 +3,20 @@ status, the lookup test generation uses, and persistence."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import pathlib
 from collections.abc import Iterator
 from typing import Any
 
-import jsonschema
-import msgspec
 import pytest
 
 from qe_appliance.app import Services
 from qe_appliance.config import Config, LearningConfig, ServerConfig
 from qe_appliance.store import patterns as patterns_module
 from qe_appliance.store.patterns import PatternDraft, PatternStore, UnknownPatternError, quality_score
-from qe_appliance.tools.base import ToolError, bare_context
-from qe_appliance.tools.learning import TOOLS
+from qe_appliance.tools.base import ToolError
+from tests.conftest import call_tool as call
 
 RULES = LearningConfig()
-SPECS = {spec.name: spec for spec in TOOLS}
 
 TEMPLATE = "def test_{name}_rejects_empty_input():\n    with pytest.raises(ValueError):\n        {name}('')\n"
 # The same template re-indented, with double quotes and a capital: above the 0.9 default threshold.
@@ -243,15 +238,6 @@ def services(tmp_path: pathlib.Path) -> Iterator[Services]:
     yield svc
     svc.close()
 
-
-def call(services: Services, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    """One tool call as the dispatcher makes it; the result is checked against the tool's outputSchema."""
-    spec = SPECS[name]
-    args = msgspec.json.decode(json.dumps(arguments), type=spec.input_type)
-    result = asyncio.run(spec.handler(bare_context(services, name), args))
-    content: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(result))
-    jsonschema.validate(content, spec.output_schema)
-    return content
 
 
 def teach_args(**extra: Any) -> dict[str, Any]:

@@ -3,15 +3,12 @@ and JUnit XML from pytest, jest-junit and Maven Surefire."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import jsonschema
-import msgspec
 import pytest
 
 from qe_appliance.config import Config, ConfigError, load_config
@@ -19,12 +16,11 @@ from qe_appliance.coverage.model import ReportError
 from qe_appliance.quality import junit
 from qe_appliance.quality.gate import GateMetrics, GatePolicy, evaluate
 from qe_appliance.store.reports import ReportStore
-from qe_appliance.tools import ALL_TOOLS
-from qe_appliance.tools.base import ToolError, bare_context
+from qe_appliance.tools.base import ToolError
 from qe_appliance.workspace import Workspace
+from tests.conftest import call_tool as call
 from tests.fixtures.coverage.samples import python_sample
 
-TOOLS = {spec.name: spec for spec in ALL_TOOLS}
 QUALITY = Path(__file__).resolve().parent / "fixtures" / "quality"
 
 
@@ -35,14 +31,6 @@ def services(tmp_path: Path) -> Iterator[SimpleNamespace]:
     yield SimpleNamespace(workspace=workspace, reports=store, config=Config())
     store.close()
 
-
-def call(services: SimpleNamespace, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    spec = TOOLS[name]
-    args = msgspec.json.decode(msgspec.json.encode(arguments), type=spec.input_type)
-    result = asyncio.run(spec.handler(bare_context(services, name), args))
-    content = msgspec.json.decode(msgspec.json.encode(result))
-    jsonschema.validate(content, spec.output_schema)
-    return content
 
 
 # --- the verdict ------------------------------------------------------------------------------------

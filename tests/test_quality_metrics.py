@@ -3,17 +3,13 @@ coverage report and with JUnit results."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
-import jsonschema
-import msgspec
 import pytest
 from radon.complexity import cc_visit
 from radon.metrics import mi_visit
@@ -22,12 +18,10 @@ from radon.raw import analyze
 from qe_appliance.config import Config
 from qe_appliance.quality import pysource
 from qe_appliance.store.reports import ReportStore
-from qe_appliance.tools import ALL_TOOLS
-from qe_appliance.tools.base import ToolError, bare_context
+from qe_appliance.tools.base import ToolError
 from qe_appliance.workspace import Workspace
+from tests.conftest import call_tool as call
 from tests.fixtures.coverage.samples import python_sample
-
-TOOLS = {spec.name: spec for spec in ALL_TOOLS}
 
 
 @pytest.fixture
@@ -43,14 +37,6 @@ def services(project: Path, tmp_path: Path) -> Iterator[SimpleNamespace]:
     yield SimpleNamespace(workspace=Workspace([project], 1 << 26), reports=store, config=Config())
     store.close()
 
-
-def call(services: SimpleNamespace, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    spec = TOOLS[name]
-    args = msgspec.json.decode(msgspec.json.encode(arguments), type=spec.input_type)
-    result = asyncio.run(spec.handler(bare_context(services, name), args))
-    content = msgspec.json.decode(msgspec.json.encode(result))
-    jsonschema.validate(content, spec.output_schema)
-    return content
 
 
 def test_per_file_numbers_are_radons(services: SimpleNamespace, project: Path) -> None:
