@@ -121,8 +121,9 @@ class App:
         self.registry = build_registry(config, catalog)
         server = config.server
         self.sessions = SessionTable(server.max_sessions, server.session_idle_timeout_ms / 1000)
-        self.dispatcher = Dispatcher(self.registry, self.services, self.sessions)
-        self.dispatcher.max_json_depth = server.max_json_depth
+        self.dispatcher = Dispatcher(
+            self.registry, self.services, self.sessions, max_json_depth=server.max_json_depth
+        )
         self.monitor: Monitor | None = Monitor(config) if config.monitoring.enabled else None
         if self.monitor is not None:
             self.monitor.attach(registry=self.registry, sessions=self.sessions)

@@ -119,15 +119,16 @@ class Guard:
     """Decides whether a request may proceed: a valid token when auth is on, and within its rate."""
 
     def __init__(self, auth: AuthConfig, tokens: tuple[bytes, ...], rate: RateLimitConfig) -> None:
+        self.limiter: RateLimiter | None = None
         self.configure(auth, tokens, rate)
 
     def configure(self, auth: AuthConfig, tokens: tuple[bytes, ...], rate: RateLimitConfig) -> None:
         """(Re)configure; rate-limit state survives when the rate itself did not change."""
         self.tokens = tokens
         self.protect_metrics = auth.protect_metrics and bool(tokens)
-        limiter = getattr(self, "limiter", None)
+        limiter = self.limiter
         if rate.requests_per_second <= 0:
-            self.limiter: RateLimiter | None = None
+            self.limiter = None
         elif limiter is None or (limiter.rate, limiter.burst) != (rate.requests_per_second, float(rate.burst)):
             self.limiter = RateLimiter(rate.requests_per_second, rate.burst)
 
