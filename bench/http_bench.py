@@ -109,7 +109,6 @@ def peer_command(state_dir: Path, port: int) -> list[str]:
 def write_config(state_dir: Path, port: int, server: dict[str, Any] | None = None) -> Path:
     """`server`: further server.* keys as the YAML spells them, e.g. {"rateLimit": {"requestsPerSecond": 0}}."""
     config = state_dir / "qe-mcp.yaml"
-    state_dir.chmod(0o700)  # the server refuses an admin socket in a directory other users can enter
     keys = {"port": port, "stateDir": str(state_dir), **(server or {})}
     config.write_text(json.dumps({"server": keys}, indent=2) + "\n")  # JSON is YAML
     return config
