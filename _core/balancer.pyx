@@ -9,7 +9,40 @@ from libc.math cimport isfinite
 from libc.string cimport memmove
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
+import msgspec
+
 STRATEGIES = ("least-connections", "response-time", "round-robin")
+
+
+# Reports are msgspec Structs: typed attributes for the Python that reads them, and camelCase only where
+# they are encoded (msgspec.to_builtins / json at the status and admin edges).
+class AgentLoad(msgspec.Struct, rename="camel", frozen=True, gc=False):
+    """One agent as the balancer sees it at `now`."""
+
+    id: str
+    capacity: int
+    in_flight: int
+    load: float            # in_flight / capacity
+    ewma_ms: float | None  # None until a call has completed
+    completed: int
+    failed: int
+    consecutive_failures: int
+    ejections: int
+    ejected: bool
+    ejected_for_s: float   # 0.0 unless ejected
+    available: bool
+    categories: tuple[str, ...]
+
+
+class BalancerStats(msgspec.Struct, rename="camel", frozen=True, gc=False):
+    """Totals since start and the settings in force."""
+
+    strategy: str
+    capacity_aware: bool
+    picks: int
+    no_candidate: int
+    ejections: int
+    agents: int
 
 cdef enum:
     # Indexes into STRATEGIES.
@@ -480,38 +513,33 @@ cdef class Balancer:
     # ---- reporting ---------------------------------------------------------------------------------
 
     def agents(self, double now) -> list:
-        """One dict per agent, in the order they were added, for status pages and the CLI."""
+        """One AgentLoad per agent, in the order they were added, for status pages and the CLI."""
         cdef list out = []
         cdef Agent *agent
         for slot in range(self._n):
             agent = &self._agents[slot]
-            out.append({
-                "id": self._ids[slot],
-                "capacity": agent.capacity,
-                "inFlight": agent.in_flight,
-                "load": <double>agent.in_flight / agent.capacity,
-                "ewmaMs": agent.ewma_s * 1000.0 if agent.has_latency else None,
-                "completed": agent.completed,
-                "failed": agent.failed,
-                "consecutiveFailures": agent.consecutive_failures,
-                "ejections": agent.ejections,
-                "ejected": agent.ejected_until > now,
-                "ejectedForS": max(agent.ejected_until - now, 0.0),
-                "available": bool(agent.available),
-                "categories": list(self._categories[slot]),
-            })
+            out.append(AgentLoad(
+                self._ids[slot],
+                agent.capacity,
+                agent.in_flight,
+                <double>agent.in_flight / agent.capacity,
+                agent.ewma_s * 1000.0 if agent.has_latency else None,
+                agent.completed,
+                agent.failed,
+                agent.consecutive_failures,
+                agent.ejections,
+                agent.ejected_until > now,
+                max(agent.ejected_until - now, 0.0),
+                bool(agent.available),
+                self._categories[slot],
+            ))
         return out
 
-    def stats(self) -> dict:
+    def stats(self) -> BalancerStats:
         """Totals since start: picks made, picks that found no agent, ejections."""
-        return {
-            "strategy": self.strategy,
-            "capacityAware": bool(self.capacity_aware),
-            "picks": self._picks,
-            "noCandidate": self._no_candidate,
-            "ejections": self._ejections,
-            "agents": self._n,
-        }
+        return BalancerStats(
+            self.strategy, bool(self.capacity_aware), self._picks, self._no_candidate, self._ejections, self._n
+        )
 
     def __len__(self) -> int:
         return self._n

@@ -2,6 +2,7 @@
 """Bounded least-recently-used map with O(1) get/put/pop, a runtime-resizable capacity and hit counters.
 
 A dict maps each key to a node of an intrusive circular doubly-linked list ordered oldest -> newest.
+The attributes and C methods are declared in qe_appliance/_core/lru.pxd, so other kernels call it in C.
 """
 
 cimport cython
@@ -10,10 +11,7 @@ cimport cython
 @cython.final
 @cython.freelist(64)
 cdef class _Node:
-    cdef _Node prev
-    cdef _Node next
-    cdef object key
-    cdef object value
+    pass
 
 
 cdef inline void _unlink(_Node node) noexcept:
@@ -28,14 +26,6 @@ cdef class LRUCache:
     `get` counts a hit or a miss and makes a found entry the newest; `in`, `len` and `keys()` do
     neither, so tests and stats can look without disturbing the order.
     """
-
-    cdef dict _map
-    # Sentinel of a circular list: _root.next is the oldest entry, _root.prev the newest.
-    cdef _Node _root
-    cdef Py_ssize_t _capacity
-    cdef readonly unsigned long long hits
-    cdef readonly unsigned long long misses
-    cdef readonly unsigned long long evictions
 
     def __cinit__(self, Py_ssize_t capacity=1000):
         if capacity < 0:

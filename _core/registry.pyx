@@ -3,12 +3,20 @@
 
 Knows nothing of ToolSpec or rapidfuzz: a tool is any object with `.name` and `.category`, and a name
 that is not exact goes to a Python `fuzzy` callable (the fuzzy matcher lives in the Python layer).
+The LRU is cimported (qe_appliance/_core/lru.pxd), so a lookup reaches it in C, not through Python.
 """
 
 cimport cython
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-from .lru import LRUCache
+from qe_appliance._core.lru cimport LRUCache
+
+cdef enum:
+    # A clock read costs more than a lookup that hits, so one such lookup in SAMPLE is timed and counts
+    # SAMPLE times; lookups that reach `fuzzy` are always timed. A power of two: the test is a mask.
+    SAMPLE = 64
 
 
 cdef inline unsigned long long _now_ns() noexcept nogil:
@@ -25,12 +33,13 @@ cdef class ToolIndex:
     registration for exact names, at the first resolution for others) and handed out again, so a hit
     allocates nothing. `fuzzy(name)` returns the tool a non-exact name stands for, which is then
     cached, or raises to report that the name is unknown; such a miss is counted and never cached.
+    `total_ns` estimates the time spent resolving: see SAMPLE.
     """
 
     cdef dict _exact
     cdef dict _by_category
     cdef readonly tuple tools
-    cdef readonly object cache
+    cdef readonly LRUCache cache
     cdef readonly bint cache_enabled
     cdef public object fuzzy
     cdef readonly unsigned long long lookups
@@ -57,32 +66,43 @@ cdef class ToolIndex:
         self.cache_enabled = cache_enabled
         self.fuzzy = fuzzy
 
-    def resolve(self, str name):
+    cpdef tuple resolve(self, str name):
         """`(tool, resolved_by_fuzzy)` for `name`; whatever `fuzzy` raises propagates."""
-        cdef unsigned long long start = _now_ns()
+        cdef bint timed = (self.lookups & (SAMPLE - 1)) == 0
+        cdef unsigned long long start = _now_ns() if timed else 0
+        cdef PyObject *found
         cdef object hit
         self.lookups += 1
         if self.cache_enabled:
             hit = self.cache.get(name, None)
             if hit is not None:
                 self.cache_hits += 1
-                self.total_ns += _now_ns() - start
-                return hit
-        hit = self._exact.get(name)
-        if hit is not None:
+                if timed:
+                    self.total_ns += (_now_ns() - start) * SAMPLE
+                return <tuple>hit
+        # Borrowed reference, no None default to build and test: the cheapest dict probe there is.
+        found = PyDict_GetItem(self._exact, name)
+        if found != NULL:
+            hit = <object>found
             self.exact_hits += 1
-        else:
-            try:
-                hit = (self.fuzzy(name), True)
-            except BaseException:
-                self.misses += 1
-                self.total_ns += _now_ns() - start
-                raise
-            self.fuzzy_resolutions += 1
+            if self.cache_enabled:
+                self.cache.put(name, hit)
+            if timed:
+                self.total_ns += (_now_ns() - start) * SAMPLE
+            return <tuple>hit
+        if not timed:
+            start = _now_ns()
+        try:
+            hit = (self.fuzzy(name), True)
+        except BaseException:
+            self.misses += 1
+            self.total_ns += _now_ns() - start
+            raise
+        self.fuzzy_resolutions += 1
         if self.cache_enabled:
             self.cache.put(name, hit)
         self.total_ns += _now_ns() - start
-        return hit
+        return <tuple>hit
 
     def get(self, str name):
         """The tool registered under exactly `name`, or None; touches neither cache nor counters."""

@@ -6,7 +6,7 @@ otherwise the caller gets an error that lists the closest names.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import msgspec
@@ -104,6 +104,12 @@ class _NameMatcher:
 class ToolRegistry:
     """Every registered tool by exact name and by category, with cached, typo-tolerant resolution."""
 
+    resolve: Callable[[str], tuple[ToolSpec, bool]]
+    """`(tool, resolved_by_fuzzy)` for `name`; raises UnknownToolError (with suggestions) otherwise.
+
+    The index's own method, bound per instance: a Python method around it would cost more than the lookup.
+    """
+
     def __init__(
         self,
         tools: Sequence[ToolSpec],
@@ -116,19 +122,14 @@ class ToolRegistry:
         if not 0.0 < fuzzy_threshold <= 1.0:
             raise ValueError(f"fuzzy threshold must be in (0, 1], got {fuzzy_threshold}; the default is 0.8")
         self._matcher = _NameMatcher(tools, fuzzy_threshold)
-        self._index = ToolIndex(tools, self._matcher.refuse, cache_size=0, cache_enabled=False)
+        self._index: ToolIndex[ToolSpec] = ToolIndex(tools, self._matcher.refuse, cache_size=0, cache_enabled=False)
+        self.resolve = self._index.resolve
         self._fuzzy_enabled = False
         self.configure(cache_enabled=cache_enabled, cache_size=cache_size, fuzzy_enabled=fuzzy_enabled)
 
-    def resolve(self, name: str) -> tuple[ToolSpec, bool]:
-        """`(tool, resolved_by_fuzzy)` for `name`; raises UnknownToolError (with suggestions) otherwise."""
-        hit: tuple[ToolSpec, bool] = self._index.resolve(name)
-        return hit
-
     def get(self, name: str) -> ToolSpec | None:
         """The tool registered under exactly `name`, without touching the cache or the counters."""
-        tool: ToolSpec | None = self._index.get(name)
-        return tool
+        return self._index.get(name)
 
     def tools(self) -> list[ToolSpec]:
         """All tools in registration order."""

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+import msgspec
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from qe_appliance._core.balancer import STRATEGIES, Balancer
+from qe_appliance._core.balancer import STRATEGIES, Balancer, BalancerStats
 
 CAT = "test-generation"
 
@@ -23,7 +24,7 @@ def fleet(count: int, strategy: str = "least-connections", capacity: int = 4, **
 
 
 def in_flight(balancer: Balancer, now: float = 0.0) -> dict[str, int]:
-    return {agent["id"]: agent["inFlight"] for agent in balancer.agents(now)}
+    return {agent.id: agent.in_flight for agent in balancer.agents(now)}
 
 
 def spread(balancer: Balancer, picks: int, category: str = CAT, now: float = 0.0) -> Counter[str]:
@@ -43,7 +44,7 @@ def fail(balancer: Balancer, agent: str, times: int, now: float) -> None:
 
 
 def ejected(balancer: Balancer, now: float) -> set[str]:
-    return {agent["id"] for agent in balancer.agents(now) if agent["ejected"]}
+    return {agent.id for agent in balancer.agents(now) if agent.ejected}
 
 
 # ---- least-connections ------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def test_capacity_aware_load_is_in_flight_over_capacity() -> None:
     for _ in range(8):
         balancer.pick(CAT, 0.0)
     assert in_flight(balancer) == {"small": 2, "big": 6}
-    assert [agent["load"] for agent in balancer.agents(0.0)] == [1.0, 1.0]
+    assert [agent.load for agent in balancer.agents(0.0)] == [1.0, 1.0]
 
 
 def test_without_capacity_awareness_load_is_the_raw_in_flight_count() -> None:
@@ -141,11 +142,11 @@ def test_response_time_gives_a_new_agent_the_best_known_weight() -> None:
 
 def test_ewma_follows_successful_latencies_only() -> None:
     balancer = fleet(1, ewma_alpha=0.2)
-    assert balancer.agents(0.0)[0]["ewmaMs"] is None
+    assert balancer.agents(0.0)[0].ewma_ms is None
     balancer.finish("a0", 0.100, True, 0.0)
     balancer.finish("a0", 0.200, True, 0.0)
     balancer.finish("a0", 5.0, False, 0.0)
-    assert balancer.agents(0.0)[0]["ewmaMs"] == pytest.approx(120.0)
+    assert balancer.agents(0.0)[0].ewma_ms == pytest.approx(120.0)
 
 
 # ---- round-robin ------------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ def test_never_past_capacity_and_none_when_all_are_full(strategy: str) -> None:
     assert balancer.pick(CAT, 0.0) is None
     balancer.finish("b", 0.01, True, 0.0)
     assert balancer.pick(CAT, 0.0) == "b"
-    assert balancer.stats()["noCandidate"] == 1
+    assert balancer.stats().no_candidate == 1
 
 
 def test_only_agents_serving_the_category_are_picked() -> None:
@@ -205,7 +206,7 @@ def test_unavailable_agents_are_never_picked_until_available_again() -> None:
     assert balancer.pick(CAT, 0.0) is None
     balancer.set_available("a0", True)
     assert balancer.pick(CAT, 0.0) == "a0"
-    assert [agent["available"] for agent in balancer.agents(0.0)] == [True, False]
+    assert [agent.available for agent in balancer.agents(0.0)] == [True, False]
 
 
 def test_removed_agents_are_no_longer_picked_or_listed() -> None:
@@ -214,7 +215,7 @@ def test_removed_agents_are_no_longer_picked_or_listed() -> None:
     balancer.remove("not-there")
     assert len(balancer) == 2
     assert {balancer.pick(CAT, 0.0) for _ in range(6)} == {"a0", "a2"}
-    assert [agent["id"] for agent in balancer.agents(0.0)] == ["a0", "a2"]
+    assert [agent.id for agent in balancer.agents(0.0)] == ["a0", "a2"]
     balancer.finish("a1", 0.01, True, 0.0)  # a call that outlived its agent is simply dropped
 
 
@@ -228,10 +229,10 @@ def test_consecutive_failures_eject_the_agent_for_the_base_time() -> None:
     fail(balancer, "a0", 1, now=100.0)
     assert ejected(balancer, 100.0) == {"a0"}
     report = balancer.agents(104.0)[0]
-    assert (report["ejectedForS"], report["ejections"], report["failed"]) == (6.0, 1, 3)
+    assert (report.ejected_for_s, report.ejections, report.failed) == (6.0, 1, 3)
     assert "a0" not in spread(balancer, 200, now=104.0)
     assert "a0" in spread(balancer, 200, now=110.0)  # back once its time is up
-    assert balancer.stats()["ejections"] == 1
+    assert balancer.stats().ejections == 1
 
 
 def test_ejection_back_off_doubles_up_to_the_maximum() -> None:
@@ -240,7 +241,7 @@ def test_ejection_back_off_doubles_up_to_the_maximum() -> None:
     now = 0.0
     for _ in range(4):
         fail(balancer, "a0", 2, now)
-        durations.append(balancer.agents(now)[0]["ejectedForS"])
+        durations.append(balancer.agents(now)[0].ejected_for_s)
         now += durations[-1]
     assert durations == [10.0, 20.0, 35.0, 35.0]
 
@@ -249,7 +250,7 @@ def test_a_success_resets_the_failure_streak() -> None:
     balancer = fleet(4, failures_to_eject=3)
     fail(balancer, "a0", 2, 0.0)
     balancer.finish("a0", 0.01, True, 0.0)
-    assert balancer.agents(0.0)[0]["consecutiveFailures"] == 0
+    assert balancer.agents(0.0)[0].consecutive_failures == 0
     fail(balancer, "a0", 2, 0.0)
     assert ejected(balancer, 0.0) == set()
 
@@ -258,8 +259,8 @@ def test_failures_of_calls_running_during_an_ejection_do_not_extend_it() -> None
     balancer = fleet(4, failures_to_eject=2)
     fail(balancer, "a0", 2, 0.0)
     fail(balancer, "a0", 5, 1.0)  # calls picked before the ejection, failing late
-    assert balancer.agents(1.0)[0]["ejections"] == 1
-    assert balancer.agents(10.0)[0]["consecutiveFailures"] == 0
+    assert balancer.agents(1.0)[0].ejections == 1
+    assert balancer.agents(10.0)[0].consecutive_failures == 0
 
 
 def test_never_more_than_half_the_fleet_is_ejected() -> None:
@@ -289,7 +290,7 @@ def test_never_more_than_half_of_a_category_is_ejected() -> None:
     fail(balancer, "gen0", 1, 0.0)
     fail(balancer, "gen1", 1, 0.0)
     assert ejected(balancer, 0.0) == {"gen0"}
-    assert balancer.agents(0.0)[7]["consecutiveFailures"] == 1  # still counting, ejected once room frees
+    assert balancer.agents(0.0)[7].consecutive_failures == 1  # still counting, ejected once room frees
 
 
 def test_an_ejection_never_leaves_a_category_without_an_agent() -> None:
@@ -330,7 +331,7 @@ def test_finish_and_release_never_drive_in_flight_below_zero() -> None:
     balancer.release("a0")
     balancer.release("a0")
     report = balancer.agents(0.0)[0]
-    assert (report["inFlight"], report["completed"], report["failed"]) == (0, 1, 0)
+    assert (report.in_flight, report.completed, report.failed) == (0, 1, 0)
 
 
 def test_stats_count_picks_and_misses() -> None:
@@ -338,7 +339,12 @@ def test_stats_count_picks_and_misses() -> None:
     for _ in range(3):
         balancer.pick(CAT, 0.0)
     balancer.pick("unknown", 0.0)
-    assert balancer.stats() == {
+    stats = balancer.stats()
+    assert stats == BalancerStats(
+        strategy="least-connections", capacity_aware=True, picks=2, no_candidate=2, ejections=0, agents=2
+    )
+    # camelCase is for the wire: the status page and the admin socket encode the report.
+    assert msgspec.to_builtins(stats) == {
         "strategy": "least-connections",
         "capacityAware": True,
         "picks": 2,
@@ -364,8 +370,8 @@ def test_strategy_and_capacity_awareness_change_at_run_time() -> None:
     balancer.strategy = "round-robin"
     balancer.capacity_aware = False
     assert [balancer.pick(CAT, 0.0) for _ in range(4)] == ["a0", "a1", "a2", "a0"]
-    assert balancer.stats()["strategy"] == "round-robin"
-    assert balancer.stats()["capacityAware"] is False
+    assert balancer.stats().strategy == "round-robin"
+    assert balancer.stats().capacity_aware is False
 
 
 def test_unknown_strategy_names_the_valid_ones_and_keeps_the_current_one() -> None:
@@ -447,7 +453,7 @@ class BalancerBookkeeping(RuleBasedStateMachine):
         self.balancer.strategy = strategy
         agent = self.balancer.pick(category, self.now)
         if agent is not None:
-            assert category in self.balancer.agents(self.now)[list(self.capacity).index(agent)]["categories"]
+            assert category in self.balancer.agents(self.now)[list(self.capacity).index(agent)].categories
             self.outstanding[agent] += 1
 
     @rule(data=st.data(), ok=st.booleans(), elapsed=st.floats(0.0, 2.0))
@@ -475,17 +481,17 @@ class BalancerBookkeeping(RuleBasedStateMachine):
     @invariant()
     def in_flight_matches_outstanding_picks_within_capacity(self) -> None:
         reports = self.balancer.agents(self.now)
-        assert [report["id"] for report in reports] == list(self.capacity)
+        assert [report.id for report in reports] == list(self.capacity)
         for report in reports:
-            assert 0 <= report["inFlight"] <= self.capacity[report["id"]]
-            assert report["inFlight"] == self.outstanding[report["id"]]
-        assert sum(report["inFlight"] for report in reports) == sum(self.outstanding.values())
+            assert 0 <= report.in_flight <= self.capacity[report.id]
+            assert report.in_flight == self.outstanding[report.id]
+        assert sum(report.in_flight for report in reports) == sum(self.outstanding.values())
         assert len(self.balancer) == len(self.capacity)
 
     @invariant()
     def never_more_than_half_ejected(self) -> None:
-        reports = [report for report in self.balancer.agents(self.now) if report["categories"]]
-        assert 2 * sum(report["ejected"] for report in reports) <= len(reports)
+        reports = [report for report in self.balancer.agents(self.now) if report.categories]
+        assert 2 * sum(report.ejected for report in reports) <= len(reports)
 
 
 BalancerBookkeeping.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)

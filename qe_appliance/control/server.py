@@ -197,7 +197,7 @@ class ControlServer:
 
     async def _balance_status(self, args: dict[str, Any]) -> Any:
         fleet = self._fleet()
-        stats = fleet.balancer.stats()
+        stats = msgspec.to_builtins(fleet.balancer.stats())
         stats["enabled"] = self.app.services.fleet_enabled if self.app.services is not None else False
         stats["overrides"] = {k: v for k, v in self.overrides.items() if k.startswith("balancer.")}
         return stats

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from qe_appliance._core.balancer import Balancer
 from qe_appliance.config import CATEGORIES, Config, runtime_dir
 from qe_appliance.fleet import agent as agent_main
@@ -294,7 +296,7 @@ class Fleet:
             await asyncio.sleep(self.config.balancer.health_check_interval_ms / 1000)
             # An agent running a call may hold the GIL in one long C call (ast.parse of a big file) and not
             # answer a ping; its call has its own deadline, which replaces the agent if it really hangs.
-            busy = {a["id"] for a in self.balancer.agents(time.monotonic()) if a["inFlight"] > 0}
+            busy = {a.id for a in self.balancer.agents(time.monotonic()) if a.in_flight > 0}
             for agent in [a for a in self.agents.values() if a.status == "available" and a.id not in busy]:
                 try:
                     conn = await asyncio.wait_for(self._connect(agent.id, agent), 2.0)
@@ -341,7 +343,7 @@ class Fleet:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.saturated += 1
-                in_flight = sum(a["inFlight"] for a in self.balancer.agents(time.monotonic()))
+                in_flight = sum(a.in_flight for a in self.balancer.agents(time.monotonic()))
                 capacity = sum(a.capacity for a in serving)
                 raise FleetError(f"fleet saturated: {in_flight} in flight of {capacity}; retry later")
             waiter = asyncio.get_running_loop().create_future()
@@ -441,7 +443,7 @@ class Fleet:
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
-        balance = {a["id"]: a for a in self.balancer.agents(now)}
+        balance = {a.id: msgspec.to_builtins(a) for a in self.balancer.agents(now)}
         agents = []
         for agent in self.agents.values():
             entry = agent.describe()
@@ -454,7 +456,7 @@ class Fleet:
         return {
             "agents": agents,
             "pool": self.pool.stats(),
-            "balancer": {**self.balancer.stats(), "saturated": self.saturated},
+            "balancer": {**msgspec.to_builtins(self.balancer.stats()), "saturated": self.saturated},
             "fleetId": self.fleet_id,
             "topology": self.topology,
             "maxAgents": self.max_agents,
