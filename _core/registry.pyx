@@ -1,5 +1,5 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False
-"""Tool index kernel: exact-name hash index, category index, LRU of resolved names and lookup counters.
+"""Tool index kernel: exact-name hash index, category index, LRU of fuzzy-resolved names, lookup counters.
 
 Knows nothing of ToolSpec or rapidfuzz: a tool is any object with `.name` and `.category`, and a name
 that is not exact goes to a Python `fuzzy` callable (the fuzzy matcher lives in the Python layer).
@@ -27,11 +27,12 @@ cdef inline unsigned long long _now_ns() noexcept nogil:
 
 @cython.final
 cdef class ToolIndex:
-    """Resolves a tool name: LRU of resolved names, then the exact index, then `fuzzy(name)`.
+    """Resolves a tool name: the exact index, then the LRU of names resolved by `fuzzy`, then `fuzzy(name)`.
 
     `resolve` returns a `(tool, resolved_by_fuzzy)` tuple. Those tuples are built once (at
     registration for exact names, at the first resolution for others) and handed out again, so a hit
-    allocates nothing. `fuzzy(name)` returns the tool a non-exact name stands for, which is then
+    allocates nothing. An exact name never enters the LRU: the index answers it in one probe, and the
+    cache keeps its room for the names that cost a fuzzy match. `fuzzy(name)` returns the tool a non-exact name stands for, which is then
     cached, or raises to report that the name is unknown; such a miss is counted and never cached.
     `total_ns` estimates the time spent resolving: see SAMPLE.
     """
@@ -73,6 +74,13 @@ cdef class ToolIndex:
         cdef PyObject *found
         cdef object hit
         self.lookups += 1
+        # Borrowed reference, no None default to build and test: the cheapest dict probe there is.
+        found = PyDict_GetItem(self._exact, name)
+        if found != NULL:
+            self.exact_hits += 1
+            if timed:
+                self.total_ns += (_now_ns() - start) * SAMPLE
+            return <tuple><object>found
         if self.cache_enabled:
             hit = self.cache.get(name, None)
             if hit is not None:
@@ -80,16 +88,6 @@ cdef class ToolIndex:
                 if timed:
                     self.total_ns += (_now_ns() - start) * SAMPLE
                 return <tuple>hit
-        # Borrowed reference, no None default to build and test: the cheapest dict probe there is.
-        found = PyDict_GetItem(self._exact, name)
-        if found != NULL:
-            hit = <object>found
-            self.exact_hits += 1
-            if self.cache_enabled:
-                self.cache.put(name, hit)
-            if timed:
-                self.total_ns += (_now_ns() - start) * SAMPLE
-            return <tuple>hit
         if not timed:
             start = _now_ns()
         try:

@@ -19,44 +19,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernel_twins import PyLogLinear  # noqa: E402
 
 from qe_appliance._core.histogram import HIGHEST, LOWEST, Histogram  # noqa: E402
-
 from qe_appliance.monitoring.monitor import REQUEST_BOUNDS  # noqa: E402
 
 RECORD_GOAL_NS = 200.0
 PERCENTILE_GOAL_US = 20.0
 # Latencies spread like a busy server's: log-normal around 5 ms, a tail into seconds.
 SAMPLES = 100_000
-
-
-class PyLogLinear:
-    """The same log-linear scheme (64 linear buckets per power of two, 1 µs .. 60 s) in plain Python."""
-
-    SUB = 64
-    MIN_EXP = -20
-
-    def __init__(self) -> None:
-        self.counts = [0] * (26 * self.SUB)
-        self.count = 0
-        self.total = 0.0
-
-    def record(self, seconds: float) -> None:
-        mantissa, exponent = math.frexp(min(max(seconds, LOWEST), HIGHEST))  # mantissa in [0.5, 1)
-        index = (exponent - 1 - self.MIN_EXP) * self.SUB + int((mantissa * 2 - 1) * self.SUB)
-        self.counts[index] += 1
-        self.count += 1
-        self.total += seconds
-
-    def percentile(self, q: float) -> float:
-        rank = max(math.ceil(q * self.count / 100), 1)
-        seen = 0
-        for index, count in enumerate(self.counts):
-            seen += count
-            if seen >= rank:
-                octave, sub = divmod(index, self.SUB)
-                return math.ldexp(1 + (sub + 0.5) / self.SUB, octave + self.MIN_EXP)
-        return 0.0
 
 
 class PyRawSamples:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
 from qe_appliance._core.balancer import STRATEGIES, Balancer, BalancerStats
 
 CAT = "test-generation"

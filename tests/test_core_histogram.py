@@ -10,6 +10,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from qe_appliance._core.histogram import HIGHEST, LOWEST, RELATIVE_ERROR, Histogram
 
 STATED_ERROR = 0.01

@@ -9,6 +9,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from qe_appliance._core.jsondepth import exceeds_depth
 
 
