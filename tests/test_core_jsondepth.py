@@ -88,6 +88,16 @@ def test_brackets_inside_long_strings_are_not_counted() -> None:
     assert not exceeds_depth(text, 1)
 
 
+@pytest.mark.parametrize("depth", [64, 65])
+def test_openers_counted_across_blocks_still_reach_the_scan(depth: int) -> None:
+    # Openers are counted 4 kB at a time before any scan: nesting split by a long string between blocks
+    # must be seen whole.
+    first = 30
+    text = b"[" * first + b'"' + b"x" * 10_000 + b'",' + b"[" * (depth - first) + b"]" * depth
+    assert reference_depth(text) == depth
+    assert exceeds_depth(text, 64) is (depth > 64)
+
+
 def test_everything_msgspec_cannot_decode_for_depth_is_flagged() -> None:
     # The scan exists to stop the decoder's RecursionError before it happens.
     text = nested(5000)
