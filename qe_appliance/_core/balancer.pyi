@@ -1,7 +1,7 @@
 """Type stub of the Cython Balancer (_core/balancer.pyx)."""
 
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, final
 
 import msgspec
 
@@ -30,6 +30,7 @@ class BalancerStats(msgspec.Struct, rename="camel", frozen=True, gc=False):
     ejections: int
     agents: int
 
+@final
 class Balancer:
     capacity_aware: bool
     def __init__(

@@ -1,12 +1,13 @@
 """Type stub of the Cython latency Histogram (_core/histogram.pyx)."""
 
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, final
 
 LOWEST: Final[float]
 HIGHEST: Final[float]
 RELATIVE_ERROR: Final[float]
 
+@final
 class Histogram:
     def __init__(self, window_s: int = 1, windows: int = 60) -> None: ...
     def record(self, seconds: float) -> None: ...

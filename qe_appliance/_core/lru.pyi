@@ -1,12 +1,13 @@
 """Type stub of the Cython LRUCache (_core/lru.pyx)."""
 
 from collections.abc import Hashable
-from typing import Generic, TypeVar, overload
+from typing import Generic, TypeVar, final, overload
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 _D = TypeVar("_D")
 
+@final
 class LRUCache(Generic[_K, _V]):
     def __init__(self, capacity: int = 1000) -> None: ...
     @property
@@ -31,4 +32,4 @@ class LRUCache(Generic[_K, _V]):
     def clear(self) -> None: ...
     def keys(self) -> list[_K]: ...
     def __len__(self) -> int: ...
-    def __contains__(self, key: object) -> bool: ...
+    def __contains__(self, key: object, /) -> bool: ...

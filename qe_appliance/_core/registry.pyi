@@ -1,11 +1,11 @@
 """Type stub of the Cython ToolIndex (_core/registry.pyx)."""
 
 from collections.abc import Callable, Iterable
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, final
 
 from qe_appliance._core.lru import LRUCache
 
-class Indexed(Protocol):
+class _Indexed(Protocol):
     """What the index reads of a tool."""
 
     @property
@@ -13,8 +13,9 @@ class Indexed(Protocol):
     @property
     def category(self) -> str: ...
 
-_T = TypeVar("_T", bound=Indexed)
+_T = TypeVar("_T", bound=_Indexed)
 
+@final
 class ToolIndex(Generic[_T]):
     fuzzy: Callable[[str], _T]
     def __init__(
