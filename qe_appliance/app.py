@@ -26,6 +26,7 @@ from qe_appliance.mcp.jsonrpc import notification_bytes
 from qe_appliance.mcp.sessions import SessionTable
 from qe_appliance.mcp.stdio import serve_stdio
 from qe_appliance.monitoring import Monitor
+from qe_appliance.proctitle import set_title
 from qe_appliance.registry import ToolRegistry
 from qe_appliance.reload import apply as apply_reload
 from qe_appliance.reload import configure_http
@@ -164,6 +165,7 @@ class App:
             self.monitor.attach(http=self.http)
         started = time.perf_counter()
         host, port = self.address = await self.http.listen(cfg.host, cfg.port)
+        set_title(f"server :{port}")
         self._tasks.append(asyncio.create_task(self.notifier.keep_alive()))
         self.notifier.status("starting: warming up the agent fleet")
         self._install_signals()
@@ -185,6 +187,7 @@ class App:
         return 0
 
     async def run_stdio(self) -> int:
+        set_title("stdio")
         self.state = None
         self._install_signals()
         self._start_memory_purge()

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from qe_appliance import __version__
+from qe_appliance.control import client_config
 from qe_appliance.control.commands import add_parsers as add_runtime_commands
 from qe_appliance.control.commands import run as run_runtime_command
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="server.logLevel")
 
     add_runtime_commands(cmds)
+    client_config.add_parser(cmds)
 
     config = cmds.add_parser("config", help="configuration file tools")
     config_cmds = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
@@ -67,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _install_systemd(args)
     if args.command == "config":
         return _validate(args.path)
+    if args.command == "client-config":
+        return client_config.run(args)
     if args.command != "start":
         return run_runtime_command(args)
     # The agents' forkserver imports the tool modules in its own interpreter: start it before this

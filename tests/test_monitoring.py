@@ -14,7 +14,8 @@ from prometheus_client.samples import Sample
 
 from qe_appliance.config import Config, ToolConfig
 from qe_appliance.monitoring import Monitor
-from qe_appliance.monitoring.alerts import HOLD_S, MIN_SAMPLES
+from qe_appliance._core.histogram import Histogram
+from qe_appliance.monitoring.alerts import HOLD_S, MIN_SAMPLES, AlertBook, Traffic, measure
 from qe_appliance.monitoring.monitor import MAX_SERIES, OTHER
 
 T0 = 1_800_000_000.0
@@ -276,8 +277,56 @@ def test_a_slow_p95_goes_pending_then_firing_then_resolved(caplog: pytest.LogCap
     listing = monitor.alerts()
     assert listing["firing"] == [] and len(listing["resolved"]) == 2
     assert all(alert["resolvedAt"] for alert in listing["resolved"])
-    # A resolved alert still says what it fired for.
-    assert all("is above" in alert["summary"] for alert in listing["resolved"])
+    # A resolved alert describes the reading it resolved on, and keeps what it fired for apart.
+    for alert in listing["resolved"]:
+        assert "is within" in alert["summary"] and "is above" not in alert["summary"], alert
+        assert "is above" in alert["breach"]["summary"]
+        assert alert["breach"]["value"] == pytest.approx(300, rel=0.01)
+
+
+def traffic(requests: int, failed: int) -> Traffic:
+    empty = Histogram()
+    return Traffic(span_s=60.0, tool_calls=empty, tools={}, lookups=empty, requests=requests, failed=failed,
+                   pool_acquires=0, pool_hits=0)
+
+
+def test_resolved_and_inactive_messages_describe_the_current_reading(caplog: pytest.LogCaptureFixture) -> None:
+    book = AlertBook()
+    with caplog.at_level(logging.INFO, logger="aqe_mcp.alerts"):
+        book.update(measure(Config(), traffic(43, 16)), T0)
+        book.update(measure(Config(), traffic(43, 16)), T0 + HOLD_S)
+        assert book.listing(0)["firing"][0]["summary"].startswith("error rate 0.372 (16 of 43 requests)")
+        # The window then holds only successes: the alert resolves on that reading.
+        book.update(measure(Config(), traffic(43, 0)), T0 + 60)
+        [resolved] = book.update(measure(Config(), traffic(40, 1)), T0 + 60 + HOLD_S)
+        # A breach that clears before firing is dropped ("inactive") with the clear reading's text too.
+        book.update(measure(Config(), traffic(40, 10)), T0 + 200)
+        [inactive] = book.update(measure(Config(), traffic(40, 0)), T0 + 201)
+    assert resolved["state"] == "resolved" and resolved["value"] == pytest.approx(1 / 40)
+    assert resolved["summary"].startswith("error rate 0.025 (1 of 40 requests) over the last 60 s is within 0.05")
+    assert "is above" not in resolved["summary"]
+    assert resolved["breach"]["summary"].startswith("error rate 0.372 (16 of 43 requests)")
+    assert inactive["state"] == "inactive" and "(0 of 40 requests)" in inactive["summary"]
+    lines = [r.message for r in caplog.records if "resolved" in r.message or "inactive" in r.message]
+    assert len(lines) == 2 and all("is above" not in line for line in lines), lines
+    assert "1 of 40 requests" in lines[0] and "0 of 40 requests" in lines[1]
+
+
+def test_an_alert_whose_rule_stops_reading_says_so() -> None:
+    monitor = Monitor(Config())
+    slow_calls(monitor, 0.3)
+    monitor.evaluate(T0)
+    disabled = ToolConfig(category="memory", target_latency_ms=20.0, enabled=False)
+    monitor.configure(config(qe_memory_store=disabled))
+    inactive = [t for t in monitor.evaluate(T0 + 1) if t.get("tool") == "qe_memory_store"]
+    assert [t["state"] for t in inactive] == ["inactive"]
+    assert "no longer measured" in inactive[0]["summary"] and inactive[0]["value"] is None
+
+
+def test_a_reading_with_too_few_samples_says_it_cannot_be_judged() -> None:
+    [error_rate] = [r for r in measure(Config(), traffic(9, 9)) if r.rule == "error_rate"]
+    assert not error_rate.breached
+    assert f"fewer than {MIN_SAMPLES} requests" in error_rate.summary
 
 
 def test_a_breach_that_clears_within_the_hold_window_never_fires() -> None:

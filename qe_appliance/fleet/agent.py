@@ -7,6 +7,7 @@ until its parent closes the listening socket or sends SIGTERM; it never touches 
 from __future__ import annotations
 
 import importlib
+import multiprocessing
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 
 from qe_appliance.fleet import rpc
 from qe_appliance.fleet.compute import lookup
+from qe_appliance.proctitle import set_title
 from qe_appliance.tools.base import ToolError
 
 # Marks an error that is the caller's input, not the agent's fault (it does not count toward ejection).
@@ -62,6 +64,7 @@ def _run(call: rpc.Call) -> rpc.Result:
 def main(socket_path: str, agent_id: str, preload: Sequence[str] = ()) -> None:
     """Entry point in the agent process; `preload` names plugin modules (fleet.preload) to import."""
     _release_forkserver()
+    set_title(multiprocessing.current_process().name)  # "agent-2 generalist", named so by the fleet
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     for module in preload:
         importlib.import_module(module)

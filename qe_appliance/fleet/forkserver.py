@@ -13,7 +13,7 @@ import threading
 
 # Modules whose @compute functions agents serve; modules named in fleet.preload are imported by each
 # agent as it starts (they are known only once the configuration is read).
-PRELOAD = ["qe_appliance.tools", "qe_appliance.fleet.agent"]
+PRELOAD = ["qe_appliance.fleet.forkserver_title", "qe_appliance.tools", "qe_appliance.fleet.agent"]
 
 
 def context() -> multiprocessing.context.ForkServerContext:

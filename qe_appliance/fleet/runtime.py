@@ -149,7 +149,7 @@ class Fleet:
         process = self._ctx.Process(
             target=agent_main.main,
             args=(str(agent.socket_path), agent.id, self.config.fleet.preload),
-            name=agent.id,
+            name=f"{agent.id} {agent.type}",  # the agent's process title (see agent.main)
             daemon=True,
         )
         # start() talks to the forkserver (and starts it the first time): off the event loop.

@@ -94,11 +94,11 @@ def measure(config: Config, traffic: Traffic) -> list[Reading]:
     ))
     hit_rate = traffic.pool_hit_rate
     breached = hit_rate is not None and hit_rate < limits.pool_hit_rate
+    verdict = _verdict(hit_rate, breached, "below", f"{limits.pool_hit_rate:g}", "acquires")
     readings.append(Reading(
         "pool_hit_rate", None, hit_rate, limits.pool_hit_rate, "ratio", "critical", breached,
         f"pool hit rate {_fmt(hit_rate)} ({traffic.pool_hits} of {traffic.pool_acquires} acquires) {window} "
-        f"is {'' if breached else 'not '}below {limits.pool_hit_rate:g} "
-        "(monitoring.alertThresholds.poolHitRate)",
+        f"{verdict} (monitoring.alertThresholds.poolHitRate)",
     ))
     for name, tool in config.tools.items():
         histogram = traffic.tools.get(name)
@@ -124,8 +124,16 @@ def _above(
 ) -> Reading:
     breached = value is not None and value > limit
     shown = f"{limit:g} ms" if unit == "ms" else f"{limit:g}"
-    verdict = "is above" if breached else "is not above"
-    return Reading(rule, tool, value, limit, unit, severity, breached, f"{what} {verdict} {shown} ({key})")
+    samples = "requests" if rule == "error_rate" else "calls"
+    return Reading(rule, tool, value, limit, unit, severity, breached,
+                   f"{what} {_verdict(value, breached, 'above', shown, samples)} ({key})")
+
+
+def _verdict(value: float | None, breached: bool, side: str, limit: str, samples: str) -> str:
+    """How a reading compares with its limit, in words that are true of this reading."""
+    if value is None:
+        return f"cannot be judged against {limit}: fewer than {MIN_SAMPLES} {samples} in the window"
+    return f"is {side} {limit}" if breached else f"is within {limit} (alert when {side})"
 
 
 def _fmt(value: float | None) -> str:
@@ -134,15 +142,24 @@ def _fmt(value: float | None) -> str:
 
 @dataclass
 class Alert:
-    """One rule's (or one tool's) alert. `reading` is the latest breached reading: what it fires for,
-    still shown once it resolved."""
+    """One rule's (or one tool's) alert. `reading` is the latest breached reading: what it fires for, kept
+    once it resolved under "breach". `current` is the latest reading, breached or not (None once the rule
+    no longer reads): the alert's value and summary always describe it, so a resolved alert never repeats
+    the breaching text as if it were still true."""
 
     reading: Reading
     state: str  # pending, firing, resolved, or inactive (dropped before firing)
     active_since: float
+    current: Reading | None = None
     fired_at: float | None = None
     clear_since: float | None = None
     resolved_at: float | None = None
+
+    @property
+    def summary(self) -> str:
+        if self.current is None:
+            return f"{self.reading.key} is no longer measured (its tool was disabled or removed)"
+        return self.current.summary
 
     def as_dict(self) -> dict[str, Any]:
         reading = self.reading
@@ -152,10 +169,11 @@ class Alert:
         out.update({
             "state": self.state,
             "severity": reading.severity,
-            "value": reading.value,
+            "value": self.current.value if self.current is not None else None,
             "threshold": reading.threshold,
             "unit": reading.unit,
-            "summary": reading.summary,
+            "summary": self.summary,
+            "breach": {"value": reading.value, "summary": reading.summary},
             "activeSince": _iso(self.active_since),
             "firedAt": _iso(self.fired_at),
             "resolvedAt": _iso(self.resolved_at),
@@ -192,18 +210,20 @@ class AlertBook:
             if reading.breached:
                 self._breached(reading, alert, now, transitions)
             elif alert is not None:
+                alert.current = reading
                 self._clear(reading.key, alert, now, transitions)
         for key, alert in list(self._active.items()):
             if key not in seen:
+                alert.current = None
                 self._clear(key, alert, now, transitions)
         return transitions
 
     def _breached(self, reading: Reading, alert: Alert | None, now: float, out: list[dict[str, Any]]) -> None:
         if alert is None:
-            alert = self._active[reading.key] = Alert(reading, "pending", active_since=now)
+            alert = self._active[reading.key] = Alert(reading, "pending", active_since=now, current=reading)
             self._log(alert, out)
             return
-        alert.reading, alert.clear_since = reading, None
+        alert.reading, alert.current, alert.clear_since = reading, reading, None
         if alert.state == "pending" and now - alert.active_since >= HOLD_S:
             alert.state, alert.fired_at = "firing", now
             self._log(alert, out)
@@ -225,7 +245,7 @@ class AlertBook:
     @staticmethod
     def _log(alert: Alert, out: list[dict[str, Any]]) -> None:
         level = logging.WARNING if alert.state == "firing" else logging.INFO
-        log.log(level, "alert %s %s: %s", alert.reading.key, alert.state, alert.reading.summary)
+        log.log(level, "alert %s %s: %s", alert.reading.key, alert.state, alert.summary)
         out.append(alert.as_dict())
 
     def listing(self, resolved: int) -> dict[str, list[dict[str, Any]]]:
