@@ -29,10 +29,15 @@ def drive_traffic(server: ServerProcess, rounds: int = 12) -> None:
     async def main() -> None:
         async with Client(server.url) as client:
             for i in range(rounds):
-                await client.call_tool("qe_memory_store", {"key": f"ops/{i}", "value": {"round": i}})
-                await client.call_tool("qe_memory_retrieve", {"key": f"ops/{i}"})
-                await client.call_tool("qe_coverage_analyze", {"path": "coverage.xml"})
+                for name, arguments in (
+                    ("qe_memory_store", {"key": f"ops/{i}", "value": {"round": i}}),
+                    ("qe_memory_retrieve", {"key": f"ops/{i}"}),
+                    ("qe_coverage_analyze", {"path": "coverage.xml"}),
+                ):
+                    result = await client.call_tool(name, arguments)
+                    assert not result.is_error, (name, result.content)
                 if i % 4 == 0:
-                    await client.call_tool("qe_coverage_analyze", {"path": "no-such-report.xml"})
+                    failed = await client.call_tool("qe_coverage_analyze", {"path": "no-such-report.xml"})
+                    assert failed.is_error
 
     anyio.run(main)

@@ -1,4 +1,5 @@
-"""The appliance's HTTP routes: /mcp (Streamable HTTP, both eras), /healthz, /readyz, /metrics and /dashboard.json.
+"""The appliance's HTTP routes: /mcp (Streamable HTTP, both eras), /healthz, /readyz, /metrics, /dashboard.json
+and the /dashboard page.
 
 Request checks that are about HTTP rather than MCP live here: Host and Origin (DNS-rebinding
 protection), media types, and turning an MCP reply into JSON or a server-sent event stream.
@@ -21,6 +22,7 @@ from qe_appliance.http.server import Exchange, Response, Stream
 from qe_appliance.mcp import dispatcher as mcp
 from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.sessions import SessionTable
+from qe_appliance.monitoring import web
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 PROBES = frozenset({"/healthz", "/readyz"})
@@ -165,8 +167,8 @@ class Routes:
             return Response(
                 405, b'{"error":"use POST, GET or DELETE on /mcp"}', headers=[("allow", "POST, GET, DELETE")]
             )
-        if req.path in ("/metrics", "/dashboard.json"):
-            return self._monitoring(req.path, req.method)
+        if req.path in ("/metrics", "/dashboard.json", "/dashboard"):
+            return self._monitoring(req.path, req.method, req.query)
         if req.path in PROBES:
             if req.method not in ("GET", "HEAD"):
                 return Response(405, b'{"error":"use GET"}', headers=[("allow", "GET, HEAD")])
@@ -178,14 +180,20 @@ class Routes:
             return Response(200, b'{"status":"ok"}')
         return Response(404, msgspec.json.encode({"error": f"no route for {req.path}; MCP is served at /mcp"}))
 
-    def _monitoring(self, path: str, method: str) -> Response:
+    def _monitoring(self, path: str, method: str, query: str) -> Response:
         if method not in ("GET", "HEAD"):
             return Response(405, b'{"error":"use GET"}', headers=[("allow", "GET, HEAD")])
         if self.monitor is None:
             return Response(404, b'{"error":"monitoring is disabled (monitoring.enabled: false)"}')
         if path == "/metrics":
             return Response(200, self.monitor.prometheus(), content_type=PROMETHEUS_TEXT)
-        return Response(200, msgspec.json.encode(self.monitor.dashboard()))
+        if path == "/dashboard":
+            return Response(200, web.PAGE, content_type=web.HTML, headers=list(web.HEADERS))
+        try:
+            since = web.since(query)
+        except ValueError as exc:
+            return Response(400, msgspec.json.encode({"error": str(exc)}))
+        return Response(200, msgspec.json.encode(self.monitor.dashboard(since)))
 
     async def _post(self, ex: Exchange) -> Response | None:
         headers = ex.request.headers

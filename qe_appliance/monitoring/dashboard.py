@@ -1,17 +1,57 @@
-"""The data of `/dashboard.json` and `aqe-v3 mcp metrics --dashboard`: what an operator glances at, from the
-last minute of traffic and the live pool, registry and fleet state.
+"""The data of `/dashboard.json`, the /dashboard page and `aqe-v3 mcp metrics --dashboard`: what an operator
+glances at, from the last minute of traffic, the live pool, registry and fleet state, and a short history.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import deque
+from typing import Any, Final
 
 from qe_appliance.config import Config
 from qe_appliance.monitoring.alerts import Traffic
 
 # Resolved alerts shown under "alerts" (the design's getRecentAlerts(10)).
 RECENT_ALERTS = 10
-_AGENT_FIELDS = ("id", "type", "status", "inFlight", "capacity", "ewmaMs", "completed", "failed", "ejections")
+_AGENT_FIELDS = (
+    "id", "type", "status", "pid", "inFlight", "capacity", "ewmaMs", "completed", "failed", "restarts", "ejections"
+)
+# Points kept for the charts: one per alert evaluation (monitoring.dashboardIntervalMs), so five minutes at
+# the default 1 s.
+HISTORY_POINTS: Final = 300
+
+
+class History:
+    """The dashboard's charts over time. Each point is what the alert rules read at that evaluation (the
+    last minute of traffic), so a chart crossing its threshold line is the alert's own view."""
+
+    def __init__(self) -> None:
+        self._points: deque[dict[str, Any]] = deque(maxlen=HISTORY_POINTS)
+
+    def add(self, now: float, traffic: Traffic, pool: dict[str, Any] | None) -> None:
+        calls = traffic.tool_calls
+        self._points.append({
+            "t": round(now, 3),
+            **{key: _round(value) for key, value in _percentiles(calls).items() if key != "maxMs"},
+            "calls": calls.count,
+            "perSecond": _round(traffic.requests / traffic.span_s),
+            "errorRate": _round(traffic.error_rate),
+            "tools": {name: _round(_ms(h, 95)) for name, h in sorted(traffic.tools.items()) if h.count},
+            "poolHitRate": _round(traffic.pool_hit_rate),
+            "poolInUse": (pool or {}).get("inUse"),
+            "poolWaitP95Ms": _round((pool or {}).get("p95WaitMs")),
+            "lookupP95Ms": _round(_ms(traffic.lookups, 95), 4),
+        })
+
+    def since(self, after: float | None) -> list[dict[str, Any]]:
+        """Points newer than `after` (wall-clock seconds), oldest first; every point when None."""
+        if after is None:
+            return list(self._points)
+        return [point for point in self._points if point["t"] > after]
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    # Three decimals of a millisecond or a ratio is finer than any chart shows; it keeps the JSON short.
+    return None if value is None else round(value, digits)
 
 
 def build(
@@ -26,8 +66,9 @@ def build(
     sessions: int | None,
     alerts: dict[str, list[dict[str, Any]]],
     uptime_s: float,
+    history: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Recent figures come from `traffic`; the `*_total` counts are since start."""
+    """Recent figures come from `traffic`; the `*_total` counts are since start; `history` is History.since()."""
     targets, limits = config.targets, config.monitoring.alert_thresholds
     calls = traffic.tool_calls
     latency = {
@@ -49,6 +90,8 @@ def build(
         tools.append(row)
     lookups = traffic.lookups
     lookup = {
+        "lookups": registry.get("lookups") if registry else None,
+        "recent": lookups.count,
         "averageMs": lookups.total / lookups.count * 1000.0 if lookups.count else None,
         "p95Ms": _ms(lookups, 95),
         "targetMs": targets.tool_lookup_time,
@@ -68,6 +111,7 @@ def build(
         "agents": [{key: agent.get(key) for key in _AGENT_FIELDS} for agent in _agents(fleet)],
         "sessions": sessions,
         "alerts": {**alerts, "resolved": alerts["resolved"][:RECENT_ALERTS]},
+        "history": history,
     }
 
 

@@ -140,6 +140,7 @@ class Monitor:
         self._pool_samples: deque[tuple[float, int, int]] = deque(maxlen=_POOL_SAMPLES)
         self._pool_recent = (0, 0)
         self._alerts = AlertBook()
+        self._history = dashboard.History()
         # The Prometheus registry, built at the first scrape: prometheus_client takes ~40 ms to import, which
         # would otherwise sit on every start-up's critical path.
         self._exposition: Any = None
@@ -204,7 +205,9 @@ class Monitor:
         now = time.time() if now is None else now
         fleet = self._read("fleet", lambda: self._fleet.status()) if self._fleet is not None else None
         self._pool_recent = self._pool_window((fleet or {}).get("pool"), now)
-        return self._alerts.update(measure(self._config, self._traffic()), now)
+        traffic = self._traffic()
+        self._history.add(now, traffic, (fleet or {}).get("pool"))
+        return self._alerts.update(measure(self._config, traffic), now)
 
     def alerts(self, resolved: int = 20) -> dict[str, list[dict[str, Any]]]:
         """Firing and pending alerts and the last `resolved` resolved ones (newest first)."""
@@ -257,8 +260,9 @@ class Monitor:
             "metrics": {family.name: _json_family(family) for family in self._families()},
         }
 
-    def dashboard(self) -> dict[str, Any]:
-        """/dashboard.json: the last minute of latency, errors and requests, pool, lookups, agents, alerts."""
+    def dashboard(self, since: float | None = None) -> dict[str, Any]:
+        """/dashboard.json: the last minute of latency, errors and requests, pool, lookups, agents, alerts, and
+        the history points newer than `since` (all of them when None)."""
         registry, fleet, sessions = self._sources()
         return {
             "generatedAt": _iso(time.time()),
@@ -274,6 +278,7 @@ class Monitor:
                 sessions=sessions,
                 alerts=self._alerts.listing(dashboard.RECENT_ALERTS),
                 uptime_s=time.monotonic() - self._started_mono,
+                history=self._history.since(since),
             ),
         }
 
