@@ -1,7 +1,7 @@
 """`aqe-v3 mcp pool|tools|balance|metrics|alerts|reload`: operate a running server over its admin socket.
 
-Tables for people, `--json` for scripts. Exit codes: 0 ok, 1 the server refused, 2 usage or configuration
-error, 3 no server running (the message says where we looked).
+Tables for people (drawn by control/render.py), `--json` for scripts. Exit codes: 0 ok, 1 the server refused,
+2 usage or configuration error, 3 no server running (the message says where we looked).
 """
 
 from __future__ import annotations
@@ -65,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
         path = _socket_path(args)
         cmd, cmd_args = _request(args)
         if args.command == "metrics" and args.dashboard:
-            return _live_dashboard(path)
-        result = call(path, cmd, cmd_args)
+            if not args.json:
+                return _live_dashboard(path)
+            cmd, cmd_args = "metrics.dashboard", {"export": "dashboard"}  # one snapshot, for scripts
+        result = call(path, "metrics" if cmd == "metrics.dashboard" else cmd, cmd_args)
     except NotRunning as exc:
         print(f"aqe-v3: {exc}", file=sys.stderr)
         return NOT_RUNNING
@@ -174,71 +176,32 @@ def _show(args: argparse.Namespace, cmd: str, result: Any) -> None:
         print(msgspec.json.format(msgspec.json.encode(result)).decode())
     elif cmd == "metrics" and args.export == "prometheus":
         print(result, end="")
-    elif isinstance(result, list):
-        _table(result)
-    elif isinstance(result, dict):
-        _pairs(result)
     else:
-        print(result)
+        from rich.console import Console
 
+        from qe_appliance.control import render
 
-def _table(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    columns = [c for c in rows[0] if not isinstance(rows[0][c], dict | list)]
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for r in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
-
-
-def _pairs(values: dict[str, Any], indent: str = "") -> None:
-    width = max((len(k) for k in values), default=0)
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            print(f"{indent}{key}:")
-            _pairs(value, indent + "  ")
-        elif isinstance(value, list) and value and isinstance(value[0], dict):
-            print(f"{indent}{key}:")
-            _table(value)
-        else:
-            print(f"{indent}{key.ljust(width)}  {_cell(value)}")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}".rstrip("0").rstrip(".") if value else "0"
-    if isinstance(value, dict | list):
-        return msgspec.json.encode(value).decode()
-    return str(value)
+        console = Console()
+        views = {"metrics": render.metrics, "metrics.dashboard": lambda data: render.dashboard(data, console.width),
+                 "tools.lookup": render.tool, "alerts.list": render.alerts}
+        view = views.get(cmd)
+        console.print(view(result) if view is not None else render.answer(result, console.width))
 
 
 def _live_dashboard(path: Path) -> int:
-    """A live terminal view; Ctrl-C exits cleanly."""
+    """A live terminal view at the terminal's width, redrawn every dashboardIntervalMs; Ctrl-C exits cleanly."""
     from rich.console import Console
     from rich.live import Live
-    from rich.table import Table
 
-    def render(data: dict[str, Any]) -> Table:
-        table = Table(title=f"aqe-mcp  {time.strftime('%H:%M:%S')}", width=80, show_header=True)
-        table.add_column("metric", no_wrap=True)
-        table.add_column("value", overflow="fold")
-        for key, value in data.items():
-            table.add_row(key, _cell(value) if not isinstance(value, dict) else ", ".join(
-                f"{k}={_cell(v)}" for k, v in value.items() if not isinstance(v, dict | list)))
-        return table
+    from qe_appliance.control import render
 
-    first = call(path, "metrics", {"export": "dashboard"})
+    console = Console()
+    data = call(path, "metrics", {"export": "dashboard"})
     try:
-        with Live(render(first), console=Console(), auto_refresh=False) as live:
+        with Live(render.dashboard(data, console.width), console=console, auto_refresh=False) as live:
             while True:
+                time.sleep(float(data.get("intervalMs", 1000)) / 1000)
                 data = call(path, "metrics", {"export": "dashboard"})
-                interval = float(data.get("intervalMs", 1000)) / 1000 if isinstance(data, dict) else 1.0
-                live.update(render(data), refresh=True)
-                time.sleep(interval)
+                live.update(render.dashboard(data, console.width), refresh=True)
     except KeyboardInterrupt:
         return 0
