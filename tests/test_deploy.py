@@ -1,5 +1,6 @@
-"""deploy/: the Prometheus rules pass `promtool check rules`, and every metric the rules and the Grafana
-dashboard query is one a real server exports on /metrics after real calls."""
+"""deploy/: the Prometheus rules pass `promtool check rules` and their unit tests (`promtool test rules`), and
+every metric the rules and the Grafana dashboard query is one a real server exports on /metrics after real
+calls."""
 
 from __future__ import annotations
 
@@ -64,6 +65,13 @@ def test_promtool_accepts_the_rules() -> None:
                          timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS" in out.stdout
+
+
+def test_the_alerts_fire_as_the_built_in_rules_do() -> None:
+    # deploy/prometheus/aqe-mcp-rules.test.yml: error rate, too few requests, a tool over its target, pool hits.
+    out = subprocess.run([_tool("promtool"), "test", "rules", RULES.with_suffix(".test.yml").name],
+                         capture_output=True, text=True, timeout=60, cwd=RULES.parent)
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
 
 
 def test_every_built_in_rule_has_a_prometheus_alert() -> None:
