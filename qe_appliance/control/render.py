@@ -169,7 +169,9 @@ def _short(name: str, label: str = "") -> tuple[str, str]:
     base = name.removeprefix(_PREFIX)
     if label and base.startswith(label + "_"):
         base = base.removeprefix(label + "_")  # in the table by tool, "tool calls" is "calls"
-    for suffix, unit in (("_total", ""), ("_seconds", "ms"), ("_ratio", "%"), ("_bytes", "MiB")):
+    if base.endswith("_ratio"):
+        return base.replace("_", " "), "%"  # "cache hit ratio 98 %": the word stays, the value is a share
+    for suffix, unit in (("_total", ""), ("_seconds", "ms"), ("_bytes", "MiB")):
         if base.endswith(suffix):
             return base.removesuffix(suffix).replace("_", " "), unit
     return base.replace("_", " "), ""
