@@ -279,7 +279,7 @@ def test_a_slow_p95_goes_pending_then_firing_then_resolved(caplog: pytest.LogCap
     assert all(alert["resolvedAt"] for alert in listing["resolved"])
     # A resolved alert describes the reading it resolved on, and keeps what it fired for apart.
     for alert in listing["resolved"]:
-        assert "is within" in alert["summary"] and "is above" not in alert["summary"], alert
+        assert "is not above" in alert["summary"] and " is above" not in alert["summary"], alert
         assert "is above" in alert["breach"]["summary"]
         assert alert["breach"]["value"] == pytest.approx(300, rel=0.01)
 
@@ -303,12 +303,12 @@ def test_resolved_and_inactive_messages_describe_the_current_reading(caplog: pyt
         book.update(measure(Config(), traffic(40, 10)), T0 + 200)
         [inactive] = book.update(measure(Config(), traffic(40, 0)), T0 + 201)
     assert resolved["state"] == "resolved" and resolved["value"] == pytest.approx(1 / 40)
-    assert resolved["summary"].startswith("error rate 0.025 (1 of 40 requests) over the last 60 s is within 0.05")
-    assert "is above" not in resolved["summary"]
+    assert resolved["summary"].startswith("error rate 0.025 (1 of 40 requests) over the last 60 s is not above 0.05")
+    assert " is above" not in resolved["summary"]
     assert resolved["breach"]["summary"].startswith("error rate 0.372 (16 of 43 requests)")
     assert inactive["state"] == "inactive" and "(0 of 40 requests)" in inactive["summary"]
     lines = [r.message for r in caplog.records if "resolved" in r.message or "inactive" in r.message]
-    assert len(lines) == 2 and all("is above" not in line for line in lines), lines
+    assert len(lines) == 2 and all(" is above" not in line for line in lines), lines
     assert "1 of 40 requests" in lines[0] and "0 of 40 requests" in lines[1]
 
 

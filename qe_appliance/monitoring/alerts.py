@@ -83,7 +83,7 @@ def measure(config: Config, traffic: Traffic) -> list[Reading]:
     p95 = _p95_ms(traffic.tool_calls)
     readings.append(_above(
         "p95_response_time", None, p95, limits.p95_response_time, "ms", "critical",
-        f"p95 response time of tool calls {_fmt(p95)} ms {window}",
+        f"p95 response time of tool calls {_fmt(p95, ' ms')} {window}",
         "monitoring.alertThresholds.p95ResponseTime",
     ))
     rate = traffic.error_rate
@@ -107,7 +107,7 @@ def measure(config: Config, traffic: Traffic) -> list[Reading]:
         value = _p95_ms(histogram)
         readings.append(_above(
             "tool_latency", name, value, tool.target_latency_ms, "ms", "warning",
-            f"{name} p95 {_fmt(value)} ms {window}", f"tools.{name}.targetLatencyMs",
+            f"{name} p95 {_fmt(value, ' ms')} {window}", f"tools.{name}.targetLatencyMs",
         ))
     return readings
 
@@ -133,11 +133,11 @@ def _verdict(value: float | None, breached: bool, side: str, limit: str, samples
     """How a reading compares with its limit, in words that are true of this reading."""
     if value is None:
         return f"cannot be judged against {limit}: fewer than {MIN_SAMPLES} {samples} in the window"
-    return f"is {side} {limit}" if breached else f"is within {limit} (alert when {side})"
+    return f"is {side} {limit}" if breached else f"is not {side} {limit}"
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
+def _fmt(value: float | None, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:.3g}{unit}"
 
 
 @dataclass
