@@ -18,7 +18,7 @@ from rich.console import Console
 
 from qe_appliance.control import render
 from tests.conftest import ServerProcess
-from tests.operator import CALLED, drive_traffic, start_workspace_server
+from tests.ops_traffic import CALLED, drive_traffic, start_workspace_server
 
 LONG_FLOAT = re.compile(r"\d\.\d{5,}")
 # qe_memory_retrieve gets an unmeetable target, so its row must show as missed (red).

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ServerProcess, start_server
-from tests.operator import CALLED, drive_traffic, start_workspace_server
+from tests.ops_traffic import CALLED, drive_traffic, start_workspace_server
 from tests.test_http_edges import request
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")

@@ -17,7 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ServerProcess
-from tests.operator import drive_traffic, start_workspace_server
+from tests.ops_traffic import drive_traffic, start_workspace_server
 from tests.test_http_edges import request
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
