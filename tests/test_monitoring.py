@@ -11,8 +11,8 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-from qe_appliance._core.histogram import Histogram
 
+from qe_appliance._core.histogram import Histogram
 from qe_appliance.config import Config, ToolConfig
 from qe_appliance.monitoring import Monitor
 from qe_appliance.monitoring.alerts import HOLD_S, MIN_SAMPLES, AlertBook, Traffic, measure
