@@ -27,9 +27,9 @@ MISSED = "qe_memory_retrieve"
 
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    # A point of history every 100 ms, so the sparklines have more points than an 80- or 160-column terminal shows.
+    # A point of history every 50 ms, so the sparklines have more points than an 80- or 160-column terminal shows.
     server = start_workspace_server(tmp_path_factory.mktemp("cli-render"), {
-        "tools": {MISSED: {"targetLatencyMs": 0.001}}, "monitoring": {"dashboardIntervalMs": 100}})
+        "tools": {MISSED: {"targetLatencyMs": 0.001}}, "monitoring": {"dashboardIntervalMs": 50}})
     try:
         drive_traffic(server, rounds=12)
         yield server

@@ -66,7 +66,7 @@ def number(value: Any) -> str:
 def field(key: str, value: Any) -> str:
     """A value of a command's answer, formatted by what its key says it is (…Ms, …Rate, …At, …Ns)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if key.endswith("Ms") or key.endswith("WaitMs"):
+        if key.endswith("Ms"):
             return ms(float(value))
         if key.endswith("Ns"):
             return ms(float(value) / 1e6)
@@ -84,8 +84,8 @@ def field(key: str, value: Any) -> str:
 
 def heading(key: str) -> str:
     """A camelCase key as words, its unit suffix dropped (the value carries it): targetLatencyMs -> target latency."""
-    for unit in ("Ms", "Ns"):
-        if key.endswith(unit) and len(key) > len(unit):
+    for unit in ("Ms", "Ns", "S"):
+        if key.endswith(unit) and len(key) > len(unit) and key[-len(unit) - 1].islower():
             key = key.removesuffix(unit)
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", key).lower()
 
