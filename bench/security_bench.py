@@ -37,7 +37,7 @@ import http_bench  # noqa: E402
 from http_bench import HOST, KEY_PREFIX, BenchError, Server, WrkRun  # noqa: E402
 
 from qe_appliance.config import AuthConfig, RateLimitConfig  # noqa: E402
-from qe_appliance.http.guard import Guard, load_tokens  # noqa: E402
+from qe_appliance.http.guard import Guard, Refusal, load_tokens  # noqa: E402
 
 PARTS = ("throughput", "rate-limit", "slowloris")
 CONNECTIONS = 16
@@ -242,7 +242,7 @@ def guard_ns(variant: Variant, tokens_file: Path, token: str) -> float:
     for _ in range(GUARD_REPEATS):
         began = time.perf_counter_ns()
         for _ in range(GUARD_CALLS):
-            if guard.check(headers, HOST, time.monotonic(), True) is not None:
+            if isinstance(guard.check(headers, HOST, time.monotonic(), True), Refusal):
                 raise BenchError(f"Guard refused the benchmark's request under config {variant.name}")
         best = min(best, (time.perf_counter_ns() - began) / GUARD_CALLS)
     return best
