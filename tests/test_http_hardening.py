@@ -110,18 +110,24 @@ def retrieve(srv: ServerProcess, key: str) -> bool:
 
 # ---- item 7: a refusal in a pipeline comes after the answers to the requests before it ----------------------
 
-REFUSED = {
-    "body over maxBodyBytes": (
-        head("POST", "/mcp", ["Content-Type: application/json", "Content-Length: 9999999"]), 413, b"maxBodyBytes"),
-    "headers over maxHeaderBytes": (
-        head("GET", "/healthz", ["X-Padding: " + "p" * (MAX_HEADER_BYTES + 100)]), 431, b"maxHeaderBytes"),
-    "too many header fields": (
-        head("GET", "/healthz", [f"X-F{n}: v" for n in range(150)]), 431, b"header fields"),
-    "bad request line": (b"\x00NOT HTTP\r\n\r\n", 400, b"malformed HTTP request"),
-    "unknown expectation": (
-        head("POST", "/mcp", ["Content-Type: application/json", "Content-Length: 2", "Expect: miracles"], b"{}"),
-        417, b"100-continue"),
-}
+def refused_requests(max_header_bytes: int) -> dict[str, tuple[bytes, int, bytes]]:
+    """Requests a server with `max_header_bytes` and the default body limit refuses: name -> (bytes, status, a
+    phrase of the answer). Shared with bench/fuzz_bench.py."""
+    return {
+        "body over maxBodyBytes": (
+            head("POST", "/mcp", ["Content-Type: application/json", "Content-Length: 9999999"]), 413, b"maxBodyBytes"),
+        "headers over maxHeaderBytes": (
+            head("GET", "/healthz", ["X-Padding: " + "p" * (max_header_bytes + 100)]), 431, b"maxHeaderBytes"),
+        "too many header fields": (
+            head("GET", "/healthz", [f"X-F{n}: v" for n in range(150)]), 431, b"header fields"),
+        "bad request line": (b"\x00NOT HTTP\r\n\r\n", 400, b"malformed HTTP request"),
+        "unknown expectation": (
+            head("POST", "/mcp", ["Content-Type: application/json", "Content-Length: 2", "Expect: miracles"], b"{}"),
+            417, b"100-continue"),
+    }
+
+
+REFUSED = refused_requests(MAX_HEADER_BYTES)
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
@@ -248,6 +254,18 @@ def test_no_100_continue_for_a_request_that_is_refused_anyway(limited: ServerPro
         sock.sendall(head("POST", "/mcp", fields))
         data, closed = read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 413") and b"100 Continue" not in data and closed
+
+
+def test_no_100_continue_to_http10(server: ServerProcess) -> None:
+    first, body = _expecting(3, "expect/http10")
+    with socket.create_connection((server.host, int(server.port)), timeout=10) as sock:
+        sock.sendall(first.replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1))
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(4096)  # an HTTP/1.0 client cannot take a 1xx: nothing until the body is sent
+        sock.sendall(body)
+        data, closed = read_until_closed(sock)
+    assert [r[0] for r in responses(data)] == [200] and closed
 
 
 def test_no_100_continue_without_a_body(server: ServerProcess) -> None:

@@ -208,11 +208,26 @@ class HttpProtocol(asyncio.Protocol):
                 if self._lingering < 0:
                     self._close()
             return
-        begun, mid_head, counted = self._begun, self._in_head, self._header_bytes
+        begun = self._begun
+        mid_head = self._in_head
+        counted = self._header_bytes
+        if not self._feed(data):
+            return
+        if mid_head and self._in_head and self._begun == begun:
+            # The whole read fell inside one head, so every byte of it counts, whitespace the parser drops too.
+            self._header_bytes = counted + len(data)
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._fail(self._header_limit())
+                return
+        if self._expects_continue and self.current is None:
+            self._send_continue()
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse `data`; False when it ended in a refusal."""
         while True:
             try:
                 self.parser.feed_data(data)
-                break
+                return True
             except httptools.HttpParserUpgrade as exc:
                 # RFC 9110 7.8 lets a server ignore Upgrade and go on in HTTP/1.1, which is what clients then
                 # expect. httptools has skipped the offer's body, so a fresh parser reads the request again
@@ -224,14 +239,7 @@ class HttpProtocol(asyncio.Protocol):
                 cause = exc.__context__
                 self._fail(cause if isinstance(cause, _Refuse) else
                            _Refuse(400, f"malformed HTTP request: {exc}", "malformed"))
-                return
-        if mid_head and self._in_head and self._begun == begun:
-            self._header_bytes = counted + len(data)
-            if self._header_bytes > self.limits.max_header_bytes:
-                self._fail(self._header_limit())
-                return
-        if self._expects_continue and self.current is None:
-            self._send_continue()
+                return False
 
     def pause_writing(self) -> None:
         self._writable.clear()
