@@ -174,6 +174,16 @@ def test_a_connection_over_the_limit_gets_its_503_even_when_garbage_follows(tmp_
         srv.stop()
 
 
+def test_a_half_sent_request_behind_an_answered_one_keeps_its_header_timeout(limited: ServerProcess) -> None:
+    # The keep-alive timeout (30 s here) must not replace the 3 s a begun request has to finish.
+    with socket.create_connection((limited.host, int(limited.port)), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(head("GET", "/healthz", []) + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        data, closed = read_until_closed(sock, timeout=8)
+    got = responses(data)
+    assert [r[0] for r in got] == [200, 408] and closed and time.monotonic() - started < 6
+
+
 # ---- item 8: an upgrade offer is ignored, its body served, and the connection stays HTTP/1.1 ----------------
 
 H2C_OFFER = ["Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA"]

@@ -175,6 +175,8 @@ class HttpProtocol(asyncio.Protocol):
         # falls wholly inside one head is counted whole, whitespace the parser reports nowhere included.
         self._begun = 0
         self._in_head = False
+        # When the request being read must be complete (headerTimeoutMs from its start); None between requests.
+        self._request_deadline: float | None = None
         # The request being read offered a protocol upgrade (re-read without it), or awaits 100 Continue.
         self._upgrade_offered = False
         self._expects_continue = False
@@ -261,6 +263,7 @@ class HttpProtocol(asyncio.Protocol):
         self._begun += 1
         self._in_head = True
         self._arm(self.limits.header_timeout_s)
+        self._request_deadline = self.deadline
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -340,6 +343,7 @@ class HttpProtocol(asyncio.Protocol):
             self._upgrade_offered = False
             return  # read again without the offer (data_received); that reading is the request
         self.deadline = float("inf")
+        self._request_deadline = None
         url = httptools.parse_url(self._url)
         headers, duplicated = self._decode_headers()
         request = Request(
@@ -383,10 +387,13 @@ class HttpProtocol(asyncio.Protocol):
                 self._linger()
             elif self._closing:
                 self._close()
-            elif self.transport is not None:
-                self._arm(self.limits.keep_alive_timeout_s)
+            elif self._request_deadline is not None:
+                # A pipelined request is half read: it keeps the deadline it started with, not a keep-alive one.
+                self.deadline = self._request_deadline
                 if self._expects_continue:
                     self._send_continue()
+            else:
+                self._arm(self.limits.keep_alive_timeout_s)
             return
         request = self.queue.popleft()
         if self._reading_paused and len(self.queue) < MAX_PIPELINED // 2 and not self._closing:
