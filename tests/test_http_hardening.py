@@ -168,6 +168,11 @@ def test_a_connection_over_the_limit_gets_its_503_even_when_garbage_follows(tmp_
         got = responses(data)
         assert [r[0] for r in got] == [503] and closed, data
         assert b"server.maxConnections" in got[0][2] and got[0][1]["retry-after"] == "1"
+        # Nor is it told to go on with a body it will not be served for.
+        with socket.create_connection((srv.host, int(srv.port)), timeout=10) as extra:
+            extra.sendall(head("POST", "/mcp", ["Content-Length: 10", "Expect: 100-continue"]))
+            data, closed = read_until_closed(extra)
+        assert data.startswith(b"HTTP/1.1 503") and b"100 Continue" not in data and closed
     finally:
         for sock in held:
             sock.close()

@@ -327,8 +327,10 @@ class HttpProtocol(asyncio.Protocol):
             if expect != b"100-continue":
                 raise _Refuse(417, f"unsupported Expect: {expect.decode('latin-1')!r}; only 100-continue is "
                               "understood", "malformed")
-            # An HTTP/1.0 client cannot take a 1xx (RFC 9110 10.1.1), and a request without a body waits for none.
-            self._expects_continue = (length > 0 or body_follows) and self.parser.get_http_version() == "1.1"
+            # An HTTP/1.0 client cannot take a 1xx (RFC 9110 10.1.1), a request without a body waits for none,
+            # and a connection past maxConnections is answered 503 whatever it sends.
+            self._expects_continue = ((length > 0 or body_follows) and not self.over_limit
+                                      and self.parser.get_http_version() == "1.1")
 
     def on_body(self, body: bytes) -> None:
         self._expects_continue = False  # the body is on its way already
