@@ -190,8 +190,8 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
         # A new connection has the header timeout to start its request, so connecting and sending nothing
-        # holds a slot no longer than sending slowly does; one over the limit gets a moment, then its 503.
-        self._arm(OVERFLOW_WAIT_S if self.over_limit else self.limits.header_timeout_s)
+        # holds a slot no longer than sending slowly does.
+        self._arm(self._request_timeout_s())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.deadline = float("inf")
@@ -262,7 +262,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body_len = 0
         self._begun += 1
         self._in_head = True
-        self._arm(self.limits.header_timeout_s)
+        self._arm(self._request_timeout_s())
         self._request_deadline = self.deadline
 
     def on_url(self, url: bytes) -> None:
@@ -449,6 +449,10 @@ class HttpProtocol(asyncio.Protocol):
         self.transport.write(_head(response.status, headers) + body)
 
     # ---- limits, timers, teardown -------------------------------------------------------------------
+
+    def _request_timeout_s(self) -> float:
+        # One over maxConnections gets a moment, then its 503, however slowly it sends.
+        return OVERFLOW_WAIT_S if self.over_limit else self.limits.header_timeout_s
 
     def _arm(self, seconds: float) -> None:
         self.deadline = self.loop.time() + seconds
