@@ -1,18 +1,24 @@
 """Long fuzzing run against a real server: the generators of tests/test_fuzz.py, for minutes instead of seconds.
 
-    /work/venv/bin/python bench/fuzz_bench.py [--seconds 60] [--seed N]
+    .venv/bin/python bench/fuzz_bench.py [--seconds 60] [--seed N]
 
 Sends raw HTTP bytes and JSON-RPC bodies of both protocol eras while a well-behaved control client keeps
-calling tools/list on its own connection. Prints what was fuzzed and what came back; exits non-zero on any
-crash, hang, invalid response, leaked traceback or control-client failure.
+calling tools/list on its own connection. Interleaved with them, the wire edges of issue 17, each held to its
+exact expected answer: well-formed requests pipelined ahead of one the server refuses (all answered in order,
+then the refusal, then close), upgrade offers with and without a body (ignored, served as HTTP/1.1),
+Expect: 100-continue (the 100 before the body unless the request is refused anyway) and header floods (431
+past 100 fields or maxHeaderBytes). Prints what was fuzzed and what came back; exits non-zero on any crash,
+hang, invalid or unexpected response, leaked traceback or control-client failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shlex
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
@@ -34,13 +40,26 @@ from tests.test_fuzz import (  # noqa: E402
     LEAK,
     LIVE,
     Control,
+    Outcome,
+    ResponseReader,
+    exchange,
     open_session,
     raw_requests,
+    reply_problems,
     rpc_bodies,
     run_case,
 )
+from tests.test_http_edges import modern  # noqa: E402
+from tests.test_http_hardening import H2C_OFFER, head, post, refused_requests  # noqa: E402
 
 CONTROL_INTERVAL_S = 0.05
+# The fuzzed server's limits (the defaults: FUZZ_CONFIG sets only timeouts).
+MAX_HEADER_BYTES = 64 * 1024
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_HEADER_FIELDS = 100
+HARDENING_KINDS = ("pipelined-refusal", "upgrade", "expect", "flood")
+# How long an Expect: 100-continue client waits for the 100 before sending its body anyway (curl: 1 s).
+CONTINUE_WAIT_S = 1.0
 
 
 class _TimeUp(Exception):
@@ -49,7 +68,9 @@ class _TimeUp(Exception):
 
 @dataclass
 class Tally:
-    fuzzed: dict[str, int] = field(default_factory=lambda: {"raw": 0, "modern": 0, "legacy": 0})
+    fuzzed: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("raw", "modern", "legacy", *HARDENING_KINDS), 0)
+    )
     answered: int = 0
     responses: int = 0
     closed_by_server: int = 0
@@ -59,6 +80,9 @@ class Tally:
     invalid: int = 0
     tracebacks: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
+    # Hardening cases whose answers were not exactly the expected ones (statuses, order, close).
+    unexpected: int = 0
+    continue_waits: list[float] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
 
     def note(self, kind: str, problem: str, sent: bytes) -> None:
@@ -78,6 +102,152 @@ class ControlLoop(threading.Thread):
         while not self.stop.wait(CONTROL_INTERVAL_S):
             self.control.check()
         self.control.close()
+
+
+# ---- the wire edges of issue 17, each with the exact answer it must get ---------------------------------------
+
+
+@dataclass
+class Case:
+    """Bytes for one connection and what must come back: these statuses in order, then (if `closes`) EOF."""
+
+    payload: bytes
+    statuses: list[int]
+    ids: list[int | None]
+    closes: bool
+    expect_continue: bytes = b""  # set: send `payload` (a head), wait for 100 Continue, then send this body
+
+
+def _valid(draw: st.DrawFn, msg_id: int) -> tuple[bytes, int | None]:
+    """A well-formed keep-alive request and the JSON-RPC id its answer carries (None for a probe)."""
+    kind = draw(st.sampled_from(["list", "retrieve", "healthz"]))
+    if kind == "healthz":
+        return head("GET", "/healthz", []), None
+    if kind == "list":
+        body, hdrs = modern("tools/list", msg_id=msg_id)
+    else:
+        body, hdrs = modern("tools/call", {"name": "qe_memory_retrieve", "arguments": {"key": f"k{msg_id}"}}, msg_id)
+    return post(body, hdrs), msg_id
+
+
+@st.composite
+def pipelined_refusals(draw: st.DrawFn) -> Case:
+    valid = [_valid(draw, n) for n in range(draw(st.integers(0, 5)))]
+    bad, status, _ = draw(st.sampled_from(sorted(refused_requests(MAX_HEADER_BYTES).values())))
+    # Whatever follows the refused request is never read.
+    after = draw(st.sampled_from([b"", head("GET", "/healthz", []), b"\xff" * 64]))
+    return Case(b"".join(v[0] for v in valid) + bad + after, [200] * len(valid) + [status],
+                [v[1] for v in valid] + [None], closes=True)
+
+
+_OFFERS = [
+    H2C_OFFER,
+    ["Connection: Upgrade", "Upgrade: websocket", "Sec-WebSocket-Version: 13",
+     "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=="],
+    ["Connection: keep-alive, Upgrade", "Upgrade: foo/1, bar"],
+]
+
+
+@st.composite
+def upgrade_offers(draw: st.DrawFn) -> Case:
+    offer = draw(st.sampled_from(_OFFERS))
+    framing = draw(st.sampled_from(["length", "chunked", "none"]))
+    if framing == "none":
+        first, first_id = head("GET", "/healthz", offer), None
+    else:
+        body, hdrs = modern("tools/list", msg_id=100)
+        first, first_id = post(body, hdrs, offer, framing), 100
+    valid = [_valid(draw, n) for n in range(draw(st.integers(0, 2)))]
+    return Case(first + b"".join(v[0] for v in valid), [200] * (1 + len(valid)), [first_id] + [v[1] for v in valid],
+                closes=False)
+
+
+@st.composite
+def expectations(draw: st.DrawFn) -> Case:
+    msg_id = draw(st.integers(1, 2**31))
+    body, hdrs = modern("tools/list", msg_id=msg_id)
+    data = json.dumps(body).encode()
+    over = draw(st.booleans())
+    length = MAX_BODY_BYTES + draw(st.integers(1, 10**6)) if over else len(data)
+    fields = ["Content-Type: application/json", f"Content-Length: {length}", "Expect: 100-continue",
+              *[f"{k}: {v}" for k, v in hdrs.items()]]
+    if over:
+        return Case(head("POST", "/mcp", fields), [413], [None], closes=True)
+    return Case(head("POST", "/mcp", fields), [200], [msg_id], closes=False, expect_continue=data)
+
+
+@st.composite
+def floods(draw: st.DrawFn) -> Case:
+    count = draw(st.sampled_from([MAX_HEADER_FIELDS - 2, MAX_HEADER_FIELDS - 1, MAX_HEADER_FIELDS, 1000, 65_000]))
+    value = draw(st.sampled_from(["", "v", *(["v" * 600] if count <= MAX_HEADER_FIELDS else [])]))
+    fields = ["X: " + value] * count
+    # Host and these fields; every line costs its name, value and 4 bytes of separators.
+    size = len("/healthz") + (4 + 4 + len("127.0.0.1")) + count * (1 + len(value) + 4)
+    refused = count + 1 > MAX_HEADER_FIELDS or size > MAX_HEADER_BYTES
+    return Case(head("GET", "/healthz", fields), [431 if refused else 200], [None], closes=refused)
+
+
+def hardening_cases() -> st.SearchStrategy[tuple[str, Case]]:
+    return st.one_of(
+        st.tuples(st.just("pipelined-refusal"), pipelined_refusals()),
+        st.tuples(st.just("upgrade"), upgrade_offers()),
+        st.tuples(st.just("expect"), expectations()),
+        st.tuples(st.just("flood"), floods()),
+    )
+
+
+def run_hardening(address: tuple[str, int], case: Case, tally: Tally) -> tuple[Outcome, list[str]]:
+    """Send one case and compare what came back with what it must get."""
+    out = _expect_continue(address, case, tally) if case.expect_continue else exchange(*address, case.payload)
+    problems = list(out.problems)
+    for reply in out.responses:
+        problems += [p for p in reply_problems(reply, False) if p != HANG]
+    got = [reply.status for reply in out.responses]
+    ids = [json.loads(r.body).get("id") if r.status == 200 and r.body.startswith(b"{\"jsonrpc") else None
+           for r in out.responses]
+    if got != case.statuses:
+        problems.append(f"statuses {got}, expected {case.statuses}")
+    elif ids != case.ids:
+        problems.append(f"answers carry ids {ids}, expected {case.ids} (out of order?)")
+    if case.closes and not (out.closed_by_server or out.reset) and not out.hang:
+        problems.append("the connection was not closed after the refusal")
+    return out, problems
+
+
+def _expect_continue(address: tuple[str, int], case: Case, tally: Tally) -> Outcome:
+    out = Outcome()
+    reader = ResponseReader()
+    started = time.monotonic()
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(case.payload)
+        sock.settimeout(CONTINUE_WAIT_S)
+        interim = b""
+        try:
+            while b"\r\n\r\n" not in interim:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                interim += chunk
+        except TimeoutError:
+            pass
+        waited = time.monotonic() - started
+        tally.continue_waits.append(waited)
+        if interim != b"HTTP/1.1 100 Continue\r\n\r\n":
+            out.problems.append(f"no 100 Continue within {CONTINUE_WAIT_S} s (got {interim[:80]!r})")
+        sock.sendall(case.expect_continue)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(5)
+        try:
+            while chunk := sock.recv(65536):
+                reader.feed(chunk)
+        except TimeoutError:
+            out.hang = True
+            out.problems.append(HANG)
+    out.responses = reader.responses
+    out.problems += reader.problems
+    out.closed_by_server = True
+    out.elapsed = time.monotonic() - started
+    return out
 
 
 def _start(directory: Path) -> ServerProcess:
@@ -110,6 +280,7 @@ def run(seconds: float, seed_value: int) -> int:
         st.tuples(st.just("raw"), raw_requests()),
         st.tuples(st.just("modern"), rpc_bodies("modern")),
         st.tuples(st.just("legacy"), rpc_bodies("legacy")),
+        hardening_cases(),
     )
 
     @settings(LIVE, max_examples=10**9, derandomize=False)
@@ -120,7 +291,13 @@ def run(seconds: float, seed_value: int) -> int:
             raise _TimeUp
         kind, data = case
         tally.fuzzed[kind] += 1
-        payload, out, problems = run_case((host, port), session, kind, data)
+        if isinstance(data, Case):
+            payload = data.payload
+            out, problems = run_hardening((host, port), data, tally)
+            tally.unexpected += any(p != HANG for p in problems)
+        else:
+            payload, out, problems = run_case((host, port), session, kind, data)
+            tally.invalid += any(p != HANG for p in problems)
         tally.answered += bool(out.responses)
         tally.responses += len(out.responses)
         tally.closed_by_server += out.closed_by_server
@@ -129,8 +306,6 @@ def run(seconds: float, seed_value: int) -> int:
         for reply in out.responses:
             tally.statuses[reply.status] = tally.statuses.get(reply.status, 0) + 1
             tally.tracebacks += bool(LEAK.search(reply.body))
-        invalid = [p for p in problems if p != HANG]
-        tally.invalid += bool(invalid)
         if problems:
             tally.note(kind, "; ".join(problems), payload)
         if srv.proc.poll() is not None:
@@ -169,6 +344,11 @@ def report(tally: Tally, control: Control, log_tracebacks: int, elapsed: float, 
     print(f"crashes (server died)      {tally.crashes}")
     print(f"hangs (no answer in 5 s)   {tally.hangs}")
     print(f"invalid responses          {tally.invalid}")
+    hardening = sum(tally.fuzzed[k] for k in HARDENING_KINDS)
+    waits = sorted(tally.continue_waits)
+    wait = f"100 Continue after p50 {statistics.median(waits) * 1000:.1f} ms, max {waits[-1] * 1000:.1f} ms" if waits \
+        else "no Expect case drawn"
+    print(f"issue-17 edges             {hardening} cases, {tally.unexpected} with an unexpected answer; {wait}")
     print(f"tracebacks                 {tally.tracebacks} in responses, {log_tracebacks} in the server log")
     print(
         f"control client             {len(latencies)} tools/list served, {len(control.failures)} failed, "
@@ -178,7 +358,8 @@ def report(tally: Tally, control: Control, log_tracebacks: int, elapsed: float, 
         print(example)
     for failure in control.failures[:5]:
         print(f"[control] {failure}")
-    bad = tally.crashes + tally.hangs + tally.invalid + tally.tracebacks + log_tracebacks + len(control.failures)
+    bad = (tally.crashes + tally.hangs + tally.invalid + tally.unexpected + tally.tracebacks + log_tracebacks
+           + len(control.failures))
     if bad:
         print(f"FAILED: server logs kept in {tmp}")
         return 1

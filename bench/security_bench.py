@@ -1,5 +1,6 @@
 """What auth and rate limiting cost in throughput, whether the rate limit holds, and whether slowloris
-clients keep fast ones from being served (issue 8). Our server over loopback, wrk as the load.
+clients keep fast ones from being served (issue 8); whether a session answers only to the token that created it
+and what header floods do to other clients (issue 17). Our server over loopback, wrk as the load.
 
 Servers, seeding and wrk come from bench/http_bench.py; refusals are read from /metrics.
 """
@@ -16,6 +17,7 @@ import resource
 import secrets
 import shlex
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -37,9 +39,9 @@ import http_bench  # noqa: E402
 from http_bench import HOST, KEY_PREFIX, BenchError, Server, WrkRun  # noqa: E402
 
 from qe_appliance.config import AuthConfig, RateLimitConfig  # noqa: E402
-from qe_appliance.http.guard import Guard, load_tokens  # noqa: E402
+from qe_appliance.http.guard import Guard, Refusal, load_tokens  # noqa: E402
 
-PARTS = ("throughput", "rate-limit", "slowloris")
+PARTS = ("throughput", "rate-limit", "slowloris", "sessions", "floods")
 CONNECTIONS = 16
 THREADS = 2
 COST_GOAL_PCT = 5.0
@@ -64,6 +66,16 @@ SLOW_HOLD_CAP_S = HEADER_TIMEOUT_MS / 1000 + 5.0
 SLOW_CONNECT_TIMEOUT_S = 5.0
 SLOW_READY_TIMEOUT_S = 15.0
 SLOW_SAMPLE_S = 0.1
+# Cross-principal session use: sessions token A opens, each of which token B then tries every way it can.
+SESSIONS_PROBED = 20
+# Header floods (issue 17's measurement): this many connections sending requests of FLOOD_FIELDS empty fields
+# back to back for FLOOD_WINDOW_S, while /healthz is timed on its own connection every FLOOD_PROBE_INTERVAL_S
+# (and for as long again with no flood, for comparison).
+FLOOD_CONNECTIONS = 8
+FLOOD_FIELDS = 65_000
+FLOOD_ROUNDS = 3
+FLOOD_PROBE_INTERVAL_S = 0.01
+FLOOD_WINDOW_S = 1.0
 PARTIAL_REQUEST = (
     f"POST /mcp HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nX-Slowloris: ".encode()
 )
@@ -242,7 +254,7 @@ def guard_ns(variant: Variant, tokens_file: Path, token: str) -> float:
     for _ in range(GUARD_REPEATS):
         began = time.perf_counter_ns()
         for _ in range(GUARD_CALLS):
-            if guard.check(headers, HOST, time.monotonic(), True) is not None:
+            if isinstance(guard.check(headers, HOST, time.monotonic(), True), Refusal):
                 raise BenchError(f"Guard refused the benchmark's request under config {variant.name}")
         best = min(best, (time.perf_counter_ns() - began) / GUARD_CALLS)
     return best
@@ -661,6 +673,152 @@ def slow_summary(rounds: list[SlowRound], refused: dict[str, int], slow_connecti
     }
 
 
+# ---- 4. sessions answer only to the token that created them ---------------------------------------------------
+
+
+def _call(port: int, method: str, token: str, body: Any = None, sid: str | None = None) -> tuple[int, dict[str, str],
+                                                                                                 bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+               "Authorization": f"Bearer {token}", "MCP-Protocol-Version": "2025-11-25"}
+    if sid is not None:
+        headers["Mcp-Session-Id"] = sid
+    try:
+        conn.request(method, "/mcp", body=None if body is None else json.dumps(body), headers=headers)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def _rpc(method: str, params: dict[str, Any], msg_id: int | None = 1) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params}
+    if msg_id is not None:
+        message["id"] = msg_id
+    return message
+
+
+def sessions_part(bench: Bench) -> dict[str, Any]:
+    """Token A opens sessions; token B tries to use, reconfigure, stream and end each of them. Every attempt must
+    be answered exactly as for a session id never issued, and A's sessions must work afterwards."""
+    variant = THROUGHPUT_VARIANTS[1]
+    servers = bench.launch([variant])
+    port = servers[variant.name].port
+    owner, other = bench.tokens
+    hello = _rpc("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                "clientInfo": {"name": "security-bench", "version": "1"}}, 0)
+    sids = []
+    for _ in range(SESSIONS_PROBED):
+        status, headers, _ = _call(port, "POST", owner, hello)
+        if status != 200:
+            raise BenchError(f"initialize with the first token answered {status}")
+        sids.append(headers["mcp-session-id"])
+        _call(port, "POST", owner, _rpc("notifications/initialized", {}, None), sids[-1])
+    attempts = {
+        "tools/call": ("POST", _rpc("tools/call", {"name": "qe_memory_retrieve", "arguments": {"key": "k"}})),
+        "logging/setLevel": ("POST", _rpc("logging/setLevel", {"level": "debug"})),
+        "notifications/cancelled": ("POST", _rpc("notifications/cancelled", {"requestId": 1}, None)),
+        "GET stream": ("GET", None),
+        "DELETE": ("DELETE", None),
+    }
+    outcomes: Counter[str] = Counter()
+    leaked = 0
+    began = time.perf_counter()
+    for sid in sids:
+        for name, (method, body) in attempts.items():
+            status, _, answer = _call(port, method, other, body, sid)
+            unknown = _call(port, method, other, body, "x" * len(sid))
+            outcomes[f"{name} {status}"] += 1
+            leaked += (status, answer) != (unknown[0], unknown[2])
+    probe_s = time.perf_counter() - began
+    still_owned = sum(_call(port, "POST", owner, _rpc("tools/list", {}), sid)[0] == 200 for sid in sids)
+    ended = sum(_call(port, "DELETE", owner, None, sid)[0] == 204 for sid in sids)
+    bench.stop(servers)
+    tried = SESSIONS_PROBED * len(attempts)
+    return {
+        "sessions": SESSIONS_PROBED, "attempts": tried, "outcomes": dict(outcomes),
+        "answered_unlike_unknown_id": leaked, "still_usable_by_owner": still_owned, "ended_by_owner": ended,
+        "ms_per_attempt": round(probe_s / (2 * tried) * 1000, 3),
+        "ok": leaked == 0 and all(key.endswith(" 404") for key in outcomes) and still_owned == ended == len(sids),
+    }
+
+
+# ---- 5. header floods do not hold up other clients -----------------------------------------------------------
+
+
+def _flood(port: int, payload: bytes, stop: threading.Event, answers: list[tuple[float, bytes]]) -> None:
+    """Send a flood, read the answer to the close, and again on a new connection, until `stop`."""
+    while not stop.is_set():
+        began = time.perf_counter()
+        with socket.create_connection((HOST, port), timeout=10) as sock:
+            try:
+                sock.sendall(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            data = b""
+            try:
+                while chunk := sock.recv(65536):
+                    data += chunk
+            except OSError:
+                pass
+        answers.append((time.perf_counter() - began, data[:12]))
+
+
+def _probe_healthz(port: int, stop: threading.Event, latencies: list[float]) -> None:
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    while not stop.is_set():
+        began = time.perf_counter()
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+        latencies.append(time.perf_counter() - began)
+        stop.wait(FLOOD_PROBE_INTERVAL_S)
+    conn.close()
+
+
+def floods_part(bench: Bench) -> dict[str, Any]:
+    """/healthz latency alone, then while FLOOD_CONNECTIONS clients send requests of FLOOD_FIELDS empty header
+    fields back to back (issue 17: 260 KB each; 8 of them delayed /healthz by 2.2 s before the field count was
+    bounded)."""
+    variant = THROUGHPUT_VARIANTS[0]
+    servers = bench.launch([variant])
+    port = servers[variant.name].port
+    before = scrape(servers[variant.name])
+    payload = b"POST /mcp HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\n" + b"X:\r\n" * FLOOD_FIELDS + b"\r\n"
+    rounds = []
+    for _ in range(FLOOD_ROUNDS):
+        quiet: list[float] = []
+        flooded: list[float] = []
+        answers: list[tuple[float, bytes]] = []
+        for latencies, flooders in ((quiet, 0), (flooded, FLOOD_CONNECTIONS)):
+            stop = threading.Event()
+            threads = [threading.Thread(target=_probe_healthz, args=(port, stop, latencies))]
+            threads += [threading.Thread(target=_flood, args=(port, payload, stop, answers)) for _ in range(flooders)]
+            for thread in threads:
+                thread.start()
+            time.sleep(FLOOD_WINDOW_S)
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+        rounds.append({
+            "healthz_quiet_p50_ms": round(median(quiet) * 1000, 2),
+            "healthz_quiet_max_ms": round(max(quiet) * 1000, 2),
+            "healthz_flooded_p50_ms": round(median(flooded) * 1000, 2),
+            "healthz_flooded_max_ms": round(max(flooded) * 1000, 2),
+            "floods": len(answers),
+            "flood_answer_p50_ms": round(median([t for t, _ in answers]) * 1000, 1),
+            "flood_answers": dict(Counter(head.decode(errors="replace") for _, head in answers)),
+        })
+    refused = scrape(servers[variant.name]).since(before).refused
+    bench.stop(servers)
+    answered_431 = sum(r["flood_answers"].get("HTTP/1.1 431", 0) for r in rounds)
+    sent = sum(r["floods"] for r in rounds)
+    return {
+        "connections": FLOOD_CONNECTIONS, "fields": FLOOD_FIELDS, "bytes_each": len(payload), "rounds": rounds,
+        "refused_header_size": refused.get("header_size", 0),
+        "ok": answered_431 == sent > 0,
+    }
+
+
 def print_report(report: dict[str, Any]) -> None:
     say = Out.say
     if "throughput" in report:
@@ -719,6 +877,22 @@ def print_report(report: dict[str, Any]) -> None:
         say(f"time from connect to 408: {timing}; last slow connection closed {s['max_drain_s']:.2f} s after the "
             "slow clients stopped reopening")
         say(f"fast clients served: {'yes' if s['ok'] else 'NO'}")
+    if "sessions" in report:
+        x = report["sessions"]
+        say(f"\nCross-principal session use ({x['sessions']} sessions of token A; token B tries each "
+            f"{x['attempts'] // x['sessions']} ways, {x['ms_per_attempt']} ms per attempt)")
+        say(f"B's answers: {x['outcomes']}; unlike an unknown id's: {x['answered_unlike_unknown_id']}; A's sessions "
+            f"usable afterwards {x['still_usable_by_owner']}, ended by A {x['ended_by_owner']}")
+        say(f"sessions bound to their token: {'yes' if x['ok'] else 'NO'}")
+    if "floods" in report:
+        f = report["floods"]
+        say(f"\nHeader floods ({f['connections']} clients back to back, {f['fields']:,} empty fields = "
+            f"{f['bytes_each']:,} bytes each; /healthz probed every {FLOOD_PROBE_INTERVAL_S * 1000:g} ms)")
+        for n, r in enumerate(f["rounds"], 1):
+            say(f"round {n}: /healthz p50/max {r['healthz_quiet_p50_ms']}/{r['healthz_quiet_max_ms']} ms quiet, "
+                f"{r['healthz_flooded_p50_ms']}/{r['healthz_flooded_max_ms']} ms flooded; {r['floods']} floods in "
+                f"{FLOOD_WINDOW_S:g} s, answered in p50 {r['flood_answer_p50_ms']} ms: {r['flood_answers']}")
+        say(f"refused{{header_size}} +{f['refused_header_size']}; every flood refused: {'yes' if f['ok'] else 'NO'}")
 
 
 # ---- main -------------------------------------------------------------------------------------------------
@@ -768,6 +942,10 @@ def run_parts(bench: Bench) -> dict[str, Any]:
     if "slowloris" in args.parts:
         rounds, refused = slowloris(bench)
         report["slowloris"] = slow_summary(rounds, refused, args.slow_connections)
+    if "sessions" in args.parts:
+        report["sessions"] = sessions_part(bench)
+    if "floods" in args.parts:
+        report["floods"] = floods_part(bench)
     return report
 
 

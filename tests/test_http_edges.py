@@ -48,8 +48,8 @@ def rpc_error(body: bytes) -> dict[str, Any]:
     return json.loads(body)["error"]
 
 
-def initialize(srv: ServerProcess, version: str = "2025-11-25") -> str:
-    status, headers, body = request(
+def initialize(srv: ServerProcess, version: str = "2025-11-25", headers: dict[str, str] | None = None) -> str:
+    status, reply_headers, body = request(
         srv,
         "POST",
         body={
@@ -58,10 +58,11 @@ def initialize(srv: ServerProcess, version: str = "2025-11-25") -> str:
             "method": "initialize",
             "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
         },
+        headers=headers,
     )
     assert status == 200, body
     assert json.loads(body)["result"]["protocolVersion"] == version
-    sid = headers["mcp-session-id"]
+    sid = reply_headers["mcp-session-id"]
     assert sid.isascii() and len(sid) >= 24
     return sid
 
@@ -383,10 +384,13 @@ def test_idle_keepalive_connection_is_closed(tight: ServerProcess) -> None:
         assert time.monotonic() - start < 3
 
 
-def test_an_upgrade_request_is_answered_without_upgrading_then_closed(server: ServerProcess) -> None:
+def test_an_upgrade_request_is_answered_without_upgrading(server: ServerProcess) -> None:
+    # The offer is ignored (RFC 9110 7.8): answered in HTTP/1.1 on a connection that stays HTTP/1.1.
     with socket.create_connection((server.host, int(server.port)), timeout=5) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
         raw = b""
-        while chunk := sock.recv(65536):
-            raw += chunk
-    assert raw.startswith(b"HTTP/1.1 200 OK") and raw.endswith(b'{"status":"ok"}')
+        while not raw.endswith(b'{"status":"ok"}'):
+            raw += sock.recv(65536)
+        assert raw.startswith(b"HTTP/1.1 200 OK") and b"upgrade" not in raw.lower()
+        sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")

@@ -24,7 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from tests.conftest import ServerProcess, start_server, write_config
-from tests.test_http_edges import initialize, modern, request
+from tests.test_http_edges import initialize, legacy, modern, request
 
 TOKEN_A = "alpha-" + "a" * 26
 TOKEN_B = "bravo-" + "b" * 26
@@ -98,6 +98,29 @@ def test_mcp_and_dashboard_need_a_valid_token(authed: ServerProcess) -> None:
     # Probes and (by default) metrics stay open.
     assert get(authed, "/healthz")[0] == get(authed, "/readyz")[0] == get(authed, "/metrics")[0] == 200
     assert refused(authed, "auth") >= 6
+
+
+def test_a_session_belongs_to_the_token_that_created_it(authed: ServerProcess) -> None:
+    sid = initialize(authed, headers=bearer(TOKEN_A))
+    assert legacy(authed, sid, "notifications/initialized", msg_id=None, extra=bearer(TOKEN_A))[0] == 202
+    # To token B the session does not exist: the same 404 as for an id never issued, whatever B tries.
+    never = legacy(authed, "x" * len(sid), "tools/list", extra=bearer(TOKEN_B))
+    assert never[0] == 404
+    for method, params in (("tools/list", {}), ("ping", {}), ("logging/setLevel", {"level": "debug"})):
+        status, _, raw = legacy(authed, sid, method, params, extra=bearer(TOKEN_B))
+        assert (status, raw) == (never[0], never[2]), method
+    status, _, raw = legacy(authed, sid, "notifications/cancelled", {"requestId": 1}, msg_id=None,
+                            extra=bearer(TOKEN_B))
+    assert status == 404
+    for method in ("GET", "DELETE"):
+        hijack = {"Accept": "text/event-stream", "Mcp-Session-Id": sid, **bearer(TOKEN_B)}
+        unknown = request(authed, method, headers={**hijack, "Mcp-Session-Id": "x" * len(sid)})
+        assert request(authed, method, headers=hijack)[::2] == unknown[::2] and unknown[0] == 404, method
+    # B changed nothing: A's session still works, and only A can end it.
+    status, _, raw = legacy(authed, sid, "tools/list", extra=bearer(TOKEN_A))
+    assert status == 200 and len(json.loads(raw)["result"]["tools"]) == 14
+    assert request(authed, "DELETE", headers={"Mcp-Session-Id": sid, **bearer(TOKEN_A)})[0] == 204
+    assert legacy(authed, sid, "tools/list", extra=bearer(TOKEN_A))[0] == 404
 
 
 @pytest.mark.anyio

@@ -6,6 +6,7 @@ client is its token when it presents a valid one, else its address, so failed gu
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import math
@@ -125,6 +126,9 @@ class Guard:
     def configure(self, auth: AuthConfig, tokens: tuple[bytes, ...], rate: RateLimitConfig) -> None:
         """(Re)configure; rate-limit state survives when the rate itself did not change."""
         self.tokens = tokens
+        # Who a token is, as sessions record it: a digest, so the token itself is kept in one place only. The
+        # same token is the same principal across reloads.
+        self._principals = {token: "token:" + hashlib.sha256(token).hexdigest()[:32] for token in tokens}
         self.protect_metrics = auth.protect_metrics and bool(tokens)
         limiter = self.limiter
         if rate.requests_per_second <= 0:
@@ -144,8 +148,9 @@ class Guard:
                 found = token
         return found
 
-    def check(self, headers: dict[str, str], address: str | None, now: float, protected: bool) -> Refusal | None:
-        """None to proceed, else why not (401 or 429). `protected`: this route needs a token."""
+    def check(self, headers: dict[str, str], address: str | None, now: float, protected: bool) -> Refusal | str | None:
+        """A Refusal (401 or 429) when the request may not proceed; else who is calling: the principal of a valid
+        token, or None without one (auth off, or a route that needs none). `protected`: this route needs a token."""
         token = self.token_of(headers) if self.tokens else None
         if self.limiter is not None:
             wait = self.limiter.wait(token if token is not None else address, now)
@@ -154,7 +159,9 @@ class Guard:
                 message = (f"rate limit exceeded; retry in {retry} s (server.rateLimit allows this client "
                            f"{self.limiter.rate:g} requests/s)")
                 return Refusal(429, "rate_limit", message, [("retry-after", str(retry))])
-        if protected and self.tokens and token is None:
+        if token is not None:
+            return self._principals[token]
+        if protected and self.tokens:
             if "authorization" in headers:
                 return Refusal(401, "auth", "invalid bearer token",
                                [("www-authenticate", f'{REALM}, error="invalid_token"')])

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from qe_appliance.config import is_loopback
-from qe_appliance.http.guard import Guard
+from qe_appliance.http.guard import Guard, Refusal
 from qe_appliance.http.server import Exchange, Response, Stream
 from qe_appliance.mcp import dispatcher as mcp
 from qe_appliance.mcp import jsonrpc as rpc
@@ -141,16 +141,18 @@ class Routes:
 
     async def _route(self, ex: Exchange) -> Response | None:
         req = ex.request
+        principal: str | None = None
         if req.path not in PROBES:
             # Probes stay open for health checkers; everything else needs a token (when auth is on, /metrics
             # only if server.auth.protectMetrics) and stays within the client's rate.
             protected = req.path != "/metrics" or self.guard.protect_metrics
             address = req.client[0] if req.client is not None else None
-            refused = self.guard.check(req.headers, address, time.monotonic(), protected)
-            if refused is not None:
+            verdict = self.guard.check(req.headers, address, time.monotonic(), protected)
+            if isinstance(verdict, Refusal):
                 if self.monitor is not None:
-                    self.monitor.record_refusal(refused.reason)
-                return _refusal(req.path, refused.status, refused.message, refused.headers)
+                    self.monitor.record_refusal(verdict.reason)
+                return _refusal(req.path, verdict.status, verdict.message, verdict.headers)
+            principal = verdict
         if req.path == "/mcp":
             denied = self.policy.check(req.headers)
             if denied is not None:
@@ -159,11 +161,11 @@ class Routes:
             if not_ready is not None:
                 return _refusal(req.path, 503, f"server is {not_ready}; retry shortly", [("retry-after", "5")])
             if req.method == "POST":
-                return await self._post(ex)
+                return await self._post(ex, principal)
             if req.method == "GET":
-                return await self._get(ex)
+                return await self._get(ex, principal)
             if req.method == "DELETE":
-                return self._delete(req.headers)
+                return self._delete(req.headers, principal)
             return Response(
                 405, b'{"error":"use POST, GET or DELETE on /mcp"}', headers=[("allow", "POST, GET, DELETE")]
             )
@@ -195,7 +197,7 @@ class Routes:
             return Response(400, msgspec.json.encode({"error": str(exc)}))
         return Response(200, msgspec.json.encode(self.monitor.dashboard(since)))
 
-    async def _post(self, ex: Exchange) -> Response | None:
+    async def _post(self, ex: Exchange, principal: str | None) -> Response | None:
         headers = ex.request.headers
         ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if ctype != "application/json":
@@ -213,7 +215,7 @@ class Routes:
                 stream = ex.start_stream(200, "text/event-stream", [])
             await stream.write(b"event: message\ndata: " + event + b"\n\n")
 
-        exchange = mcp.Exchange(headers=headers, duplicated=ex.request.duplicated, send=send)
+        exchange = mcp.Exchange(headers=headers, duplicated=ex.request.duplicated, send=send, principal=principal)
         reply = await self.dispatcher.handle(ex.request.body, exchange)
         if stream is not None:
             if reply.body is not None:
@@ -223,20 +225,20 @@ class Routes:
             return Response(reply.status, b"", headers=reply.headers)
         return Response(reply.status, reply.body, headers=reply.headers)
 
-    def _session_or_error(self, headers: dict[str, str]) -> Any:
+    def _session_or_error(self, headers: dict[str, str], principal: str | None) -> Any:
         sid = headers.get("mcp-session-id")
         if not sid:
             return _rpc_error(400, rpc.INVALID_REQUEST, "missing Mcp-Session-Id header")
-        session = self.sessions.get(sid.strip())
+        session = self.sessions.get(sid.strip(), principal)
         if session is None:
             return _rpc_error(404, rpc.INVALID_REQUEST, "unknown or expired session: initialize a new one")
         return session
 
-    async def _get(self, ex: Exchange) -> Response | None:
+    async def _get(self, ex: Exchange, principal: str | None) -> Response | None:
         headers = ex.request.headers
         if not _accepts(headers, "text/event-stream"):
             return _rpc_error(406, rpc.INVALID_REQUEST, "GET /mcp opens an event stream: Accept text/event-stream")
-        session = self._session_or_error(headers)
+        session = self._session_or_error(headers, principal)
         if isinstance(session, Response):
             return session
         if session.listeners:
@@ -255,8 +257,8 @@ class Routes:
             session.listeners.discard(queue)
         return None
 
-    def _delete(self, headers: dict[str, str]) -> Response:
-        session = self._session_or_error(headers)
+    def _delete(self, headers: dict[str, str], principal: str | None) -> Response:
+        session = self._session_or_error(headers, principal)
         if isinstance(session, Response):
             return session
         self.sessions.remove(session.id)

@@ -24,8 +24,17 @@ log = logging.getLogger("aqe_mcp.http")
 OVERFLOW_ANSWERED = 64
 OVERFLOW_WAIT_S = 1.0
 MAX_PIPELINED = 32  # parsed-but-unanswered requests before reading pauses
+# Header fields one request may carry (Apache's LimitRequestFields default): clients send about ten.
+MAX_HEADER_FIELDS = 100
+# What a header line costs on the wire beyond its name and value: ": " and CRLF.
+HEADER_LINE_OVERHEAD = 4
 WRITE_HIGH_WATER = 256 * 1024
 SWEEP_INTERVAL_S = 0.1
+# After a refusal the client may still be sending; closing with its bytes unread makes the kernel answer with a
+# reset that can destroy the refusal in flight. So the server half-closes and reads on, discarding, for at most
+# this long and this much (as nginx's lingering close does).
+LINGER_S = 1.0
+LINGER_BYTES = 1 << 20
 JSON = "application/json"
 
 
@@ -152,13 +161,25 @@ class HttpProtocol(asyncio.Protocol):
         # inf while a response is being produced, whose own deadline applies.
         self.deadline = float("inf")
         self._closing = False
+        # The error that ends this connection, written once every request parsed before it is answered.
+        self._refusal: Response | None = None
+        # While closing after a refusal: how many more bytes are read and dropped before closing outright.
+        self._lingering: int | None = None
         # Per-request parse state.
         self._url = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_len = 0
-        self._last_field = b""
+        # Requests begun on this connection, and whether the latest one's head is still arriving: a read that
+        # falls wholly inside one head is counted whole, whitespace the parser reports nowhere included.
+        self._begun = 0
+        self._in_head = False
+        # When the request being read must be complete (headerTimeoutMs from its start); None between requests.
+        self._request_deadline: float | None = None
+        # The request being read offered a protocol upgrade (re-read without it), or awaits 100 Continue.
+        self._upgrade_offered = False
+        self._expects_continue = False
 
     # ---- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -169,8 +190,8 @@ class HttpProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = (peer[0], peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
         # A new connection has the header timeout to start its request, so connecting and sending nothing
-        # holds a slot no longer than sending slowly does; one over the limit gets a moment, then its 503.
-        self._arm(OVERFLOW_WAIT_S if self.over_limit else self.limits.header_timeout_s)
+        # holds a slot no longer than sending slowly does.
+        self._arm(self._request_timeout_s())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.deadline = float("inf")
@@ -182,22 +203,45 @@ class HttpProtocol(asyncio.Protocol):
         self.on_close(self)
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if self.current is None and not self.queue:
-                self._fail(400, "protocol upgrades are not supported", "malformed")
-            else:
-                # The request itself was complete: answer it without upgrading, then close, since the
-                # bytes after it belong to the other protocol.
-                self._closing = True
-        except httptools.HttpParserError as exc:
-            # httptools wraps what a callback raised; a limit we enforce keeps its own status.
-            cause = exc.__context__
-            if isinstance(cause, _Refuse):
-                self._fail(cause.status, cause.message, cause.reason)
-            else:
-                self._fail(400, f"malformed HTTP request: {exc}", "malformed")
+        if self._closing:
+            # Refused or shutting down: nothing more is parsed. A lingering close only drains.
+            if self._lingering is not None:
+                self._lingering -= len(data)
+                if self._lingering < 0:
+                    self._close()
+            return
+        begun = self._begun
+        mid_head = self._in_head
+        counted = self._header_bytes
+        if not self._feed(data):
+            return
+        if mid_head and self._in_head and self._begun == begun:
+            # The whole read fell inside one head, so every byte of it counts, whitespace the parser drops too.
+            self._header_bytes = counted + len(data)
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._fail(self._header_limit())
+                return
+        if self._expects_continue and self.current is None:
+            self._send_continue()
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse `data`; False when it ended in a refusal."""
+        while True:
+            try:
+                self.parser.feed_data(data)
+                return True
+            except httptools.HttpParserUpgrade as exc:
+                # RFC 9110 7.8 lets a server ignore Upgrade and go on in HTTP/1.1, which is what clients then
+                # expect. httptools has skipped the offer's body, so a fresh parser reads the request again
+                # without the offer, body and any pipelined requests after it included.
+                data = self._head_without_upgrade() + data[exc.args[0]:]
+                self.parser = httptools.HttpRequestParser(self)
+            except httptools.HttpParserError as exc:
+                # httptools wraps what a callback raised; a limit we enforce keeps its own status.
+                cause = exc.__context__
+                self._fail(cause if isinstance(cause, _Refuse) else
+                           _Refuse(400, f"malformed HTTP request: {exc}", "malformed"))
+                return False
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -216,54 +260,92 @@ class HttpProtocol(asyncio.Protocol):
         self._header_bytes = 0
         self._body = []
         self._body_len = 0
-        self._arm(self.limits.header_timeout_s)
+        self._begun += 1
+        self._in_head = True
+        self._arm(self._request_timeout_s())
+        self._request_deadline = self.deadline
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
+        if self._header_bytes > self.limits.max_header_bytes:
+            raise self._header_limit()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Only collect here (called once per header line); decoding happens once per request.
         self._raw_headers.append((name, value))
-        self._header_bytes += len(name) + len(value)
+        self._header_bytes += len(name) + len(value) + HEADER_LINE_OVERHEAD
         if self._header_bytes > self.limits.max_header_bytes:
-            raise _Refuse(431, f"request headers over the {self.limits.max_header_bytes}-byte limit "
-                          "(server.maxHeaderBytes)", "header_size")
+            raise self._header_limit()
+        if len(self._raw_headers) > MAX_HEADER_FIELDS:
+            raise _Refuse(431, f"more than {MAX_HEADER_FIELDS} header fields in one request; send fewer",
+                          "header_size")
+
+    def _header_limit(self) -> _Refuse:
+        return _Refuse(431, f"request headers over the {self.limits.max_header_bytes}-byte limit "
+                       "(server.maxHeaderBytes)", "header_size")
+
+    def _body_limit(self) -> _Refuse:
+        return _Refuse(413, f"request body over the {self.limits.max_body_bytes}-byte limit "
+                       "(server.maxBodyBytes)", "body_size")
 
     def _decode_headers(self) -> tuple[dict[str, str], frozenset[str]]:
         headers: dict[str, str] = {}
-        dups: set[str] = set()
+        repeated: dict[str, list[str]] = {}
         for name, value in self._raw_headers:
             key = name.decode("latin-1").lower()
             text = value.decode("latin-1")
             if key in headers:
-                dups.add(key)
-                headers[key] += ", " + text
+                # Joined once at the end: appending to the joined string would copy it per repeat.
+                repeated.setdefault(key, [headers[key]]).append(text)
             else:
                 headers[key] = text
-        return headers, frozenset(dups)
+        for key, values in repeated.items():
+            headers[key] = ", ".join(values)
+        return headers, frozenset(repeated)
 
     def on_headers_complete(self) -> None:
-        if self._header_bytes > self.limits.max_header_bytes:
-            raise _Refuse(431, f"request headers over the {self.limits.max_header_bytes}-byte limit "
-                          "(server.maxHeaderBytes)", "header_size")
+        self._in_head = False
         length = 0
+        body_follows = False
+        expect: bytes | None = None
         for name, value in self._raw_headers:
-            if name.lower() == b"content-length" and value.strip().isdigit():
+            key = name.lower()
+            if key == b"content-length" and value.strip().isdigit():
                 length = int(value)
+            elif key == b"transfer-encoding":
+                body_follows = True
+            elif key == b"expect":
+                expect = value.strip().lower()
+        if self.parser.should_upgrade():
+            if self.parser.get_method() == b"CONNECT":
+                raise _Refuse(400, "CONNECT is not supported: this is an MCP server, not a proxy", "malformed")
+            self._upgrade_offered = True
         if length > self.limits.max_body_bytes:
-            raise _Refuse(413, f"request body over the {self.limits.max_body_bytes}-byte limit "
-                          "(server.maxBodyBytes)", "body_size")
+            raise self._body_limit()  # refused before the body is read, so no 100 Continue either
+        if expect is not None:
+            if expect != b"100-continue":
+                raise _Refuse(417, f"unsupported Expect: {expect.decode('latin-1')!r}; only 100-continue is "
+                              "understood", "malformed")
+            # An HTTP/1.0 client cannot take a 1xx (RFC 9110 10.1.1), a request without a body waits for none,
+            # and a connection past maxConnections is answered 503 whatever it sends.
+            self._expects_continue = ((length > 0 or body_follows) and not self.over_limit
+                                      and self.parser.get_http_version() == "1.1")
 
     def on_body(self, body: bytes) -> None:
+        self._expects_continue = False  # the body is on its way already
         self._body_len += len(body)
         if self._body_len > self.limits.max_body_bytes:
-            raise _Refuse(413, f"request body over the {self.limits.max_body_bytes}-byte limit "
-                          "(server.maxBodyBytes)", "body_size")
+            raise self._body_limit()
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._expects_continue = False
+        if self._upgrade_offered:
+            self._upgrade_offered = False
+            return  # read again without the offer (data_received); that reading is the request
         self.deadline = float("inf")
+        self._request_deadline = None
         url = httptools.parse_url(self._url)
         headers, duplicated = self._decode_headers()
         request = Request(
@@ -283,18 +365,40 @@ class HttpProtocol(asyncio.Protocol):
             self._reading_paused = True
             self.transport.pause_reading()
 
+    def _head_without_upgrade(self) -> bytes:
+        """The head of the request just parsed, as sent but for its Upgrade field."""
+        lines = [b"%b %b HTTP/%b" % (self.parser.get_method(), self._url,
+                                      self.parser.get_http_version().encode("latin-1"))]
+        lines += [b"%b: %b" % (name, value) for name, value in self._raw_headers if name.lower() != b"upgrade"]
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    def _send_continue(self) -> None:
+        # Only once every earlier response is written: a 1xx belongs to the request being read.
+        self._expects_continue = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
     # ---- serving ------------------------------------------------------------------------------------
 
     def _next(self) -> None:
         if not self.queue or self.transport is None:
             self.current = None
-            if self._closing:
+            if self._refusal is not None:
+                # Every request parsed before the refused one is answered: now the refusal, then close.
+                self.write_response(self._refusal, keep_alive=False)
+                self._linger()
+            elif self._closing:
                 self._close()
-            elif self.transport is not None:
+            elif self._request_deadline is not None:
+                # A pipelined request is half read: it keeps the deadline it started with, not a keep-alive one.
+                self.deadline = self._request_deadline
+                if self._expects_continue:
+                    self._send_continue()
+            else:
                 self._arm(self.limits.keep_alive_timeout_s)
             return
         request = self.queue.popleft()
-        if self._reading_paused and len(self.queue) < MAX_PIPELINED // 2:
+        if self._reading_paused and len(self.queue) < MAX_PIPELINED // 2 and not self._closing:
             self._reading_paused = False
             self.transport.resume_reading()
         self.current = self.loop.create_task(self._serve(request))
@@ -346,6 +450,10 @@ class HttpProtocol(asyncio.Protocol):
 
     # ---- limits, timers, teardown -------------------------------------------------------------------
 
+    def _request_timeout_s(self) -> float:
+        # One over maxConnections gets a moment, then its 503, however slowly it sends.
+        return OVERFLOW_WAIT_S if self.over_limit else self.limits.header_timeout_s
+
     def _arm(self, seconds: float) -> None:
         self.deadline = self.loop.time() + seconds
 
@@ -354,11 +462,14 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline = float("inf")
         if self.current is not None:
             return  # a response is being produced; its own deadline applies
+        if self._lingering is not None:
+            self._close()
+            return
         if self.over_limit:
             self._turn_away()
             return
         if self._url or self._raw_headers or self._body_len:
-            self._fail(408, "request not completed in time (server.headerTimeoutMs)", "header_timeout")
+            self._fail(_Refuse(408, "request not completed in time (server.headerTimeoutMs)", "header_timeout"))
         else:
             self._close()  # idle keep-alive connection
 
@@ -368,18 +479,38 @@ class HttpProtocol(asyncio.Protocol):
         message = f"server is at its limit of {limit} connections (server.maxConnections); retry shortly"
         body = self._error_body(message)
         self.write_response(Response(503, body, headers=[("retry-after", "1")]), keep_alive=False)
-        self._close()
+        self._linger()
 
     def _error_body(self, message: str) -> bytes:
         path = self._url.split(b"?", 1)[0].decode("latin-1")
         return self.error_body(path, message)
 
-    def _fail(self, status: int, message: str, reason: str) -> None:
-        """Answer an unparsable or over-limit request and close: the byte stream can't be trusted."""
-        self.on_refuse(reason)
-        if self.transport is not None and not self.transport.is_closing() and self.current is None:
-            self.write_response(Response(status, self._error_body(message)), keep_alive=False)
-        self._close()
+    def _fail(self, refusal: _Refuse) -> None:
+        """Refuse an unparsable or over-limit request: nothing after it can be trusted, so reading stops, the
+        requests parsed before it are answered in order, then this error, then the connection closes."""
+        self.on_refuse(refusal.reason)
+        self._refusal = Response(refusal.status, self._error_body(refusal.message))
+        self._closing = True
+        self.deadline = float("inf")
+        if self.transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        if self.current is None:
+            self._next()
+
+    def _linger(self) -> None:
+        """Close after an error answer: half-close, then drain what the client still sends (LINGER_S, LINGER_BYTES)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or not transport.can_write_eof():
+            self._close()
+            return
+        self._closing = True
+        self._lingering = LINGER_BYTES
+        transport.write_eof()
+        self._arm(LINGER_S)
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
 
     def _close(self) -> None:
         self._closing = True
@@ -470,10 +601,7 @@ class HttpServer:
             self._server.close()
         for conn in list(self.connections):
             conn.shutdown()
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline_s
-        while any(c.current is not None for c in self.connections) and loop.time() < end:
-            await asyncio.sleep(0.02)
+        await self.wait_idle(deadline_s)
         for conn in list(self.connections):
             if conn.current is not None:
                 conn.current.cancel()

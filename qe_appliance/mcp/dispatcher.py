@@ -65,11 +65,13 @@ class Exchange:
 
     `headers` are lower-cased HTTP headers (None on stdio, which skips the header checks);
     `duplicated` names headers sent more than once; `session` is the stdio connection's session;
-    `send` delivers a notification in-band before the reply (HTTP turns the reply into SSE).
+    `send` delivers a notification in-band before the reply (HTTP turns the reply into SSE);
+    `principal` is who the transport authenticated (None without auth): sessions are bound to it.
     """
 
     headers: Mapping[str, str] | None = None
     duplicated: frozenset[str] = frozenset()
+    principal: str | None = None
     session: Session | None = None
     send: Send | None = None
     # Filled in while handling, for metrics: the method (bounded to known names) and whether it failed.
@@ -384,7 +386,7 @@ class Dispatcher:
         sid = exch.headers.get("mcp-session-id")
         if not sid:
             raise SessionMissing()
-        session = self.sessions.get(sid.strip())
+        session = self.sessions.get(sid.strip(), exch.principal)
         if session is None:
             raise SessionUnknown()
         version = exch.headers.get("mcp-protocol-version")
@@ -408,7 +410,7 @@ class Dispatcher:
             session.protocol_version = version
             session.client_info = params.get("clientInfo")
         else:
-            session = self.sessions.create(version, params.get("clientInfo"))
+            session = self.sessions.create(version, params.get("clientInfo"), exch.principal)
             headers.append(("Mcp-Session-Id", session.id))
         result = {
             "protocolVersion": version,

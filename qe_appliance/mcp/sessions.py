@@ -1,4 +1,5 @@
-"""Handshake-era sessions: bounded in number, expired when idle, cheap to look up.
+"""Handshake-era sessions: bounded in number, expired when idle, cheap to look up, each usable only by the
+principal (bearer token) that created it.
 
 A stdio connection is one Session too (created by the transport, never in the table).
 """
@@ -23,6 +24,7 @@ class Session:
 
     __slots__ = (
         "id",
+        "principal",
         "protocol_version",
         "client_info",
         "initialized",
@@ -32,8 +34,12 @@ class Session:
         "listeners",
     )
 
-    def __init__(self, session_id: str, protocol_version: str, client_info: Any = None) -> None:
+    def __init__(
+        self, session_id: str, protocol_version: str, client_info: Any = None, principal: str | None = None
+    ) -> None:
         self.id = session_id
+        # Who created it (Guard.check's principal; None without auth): nobody else may use or end it.
+        self.principal = principal
         self.protocol_version = protocol_version
         self.client_info = client_info
         self.initialized = False
@@ -70,7 +76,7 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def create(self, protocol_version: str, client_info: Any) -> Session:
+    def create(self, protocol_version: str, client_info: Any, principal: str | None = None) -> Session:
         self.sweep()
         if len(self._sessions) >= self.max_sessions:
             idle = (sid for sid, s in self._sessions.items() if not s.inflight and not s.listeners)
@@ -86,14 +92,16 @@ class SessionTable:
             for sid in victims:
                 self.remove(sid)
             self.evicted += len(victims)
-        session = Session(secrets.token_urlsafe(24), protocol_version, client_info)
+        session = Session(secrets.token_urlsafe(24), protocol_version, client_info, principal)
         self._sessions[session.id] = session
         self.created += 1
         return session
 
-    def get(self, session_id: str) -> Session | None:
+    def get(self, session_id: str, principal: str | None = None) -> Session | None:
+        """The session, for the principal that created it; for anyone else it does not exist (its existence is
+        not revealed, nor is it kept alive)."""
         session = self._sessions.get(session_id)
-        if session is None:
+        if session is None or session.principal != principal:
             return None
         now = time.monotonic()
         if now - session.last_seen > self.idle_timeout_s and not session.inflight and not session.listeners:
