@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
 import threading
@@ -339,9 +338,6 @@ class App:
 def run(config: Config, *, stdio: bool = False, source: Callable[[], Config] | None = None) -> int:
     """Run the appliance until stopped; returns the process exit code."""
     import uvloop
-
-    # Everything the server creates (databases, WAL, reports, sockets) is for the service user alone.
-    os.umask(0o077)
 
     async def main() -> int:
         app = App(config, source=source)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -80,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return client_config.run(args)
     if args.command != "start":
         return run_runtime_command(args)
+    # Everything the server and its agents create (databases, WAL, sockets) is for the service user alone;
+    # set before the forkserver starts, so the agents it forks inherit it too.
+    os.umask(0o077)
     # The agents' forkserver imports the tool modules in its own interpreter: start it before this
     # process imports anything heavy, so the two import in parallel on two cores.
     from qe_appliance.fleet import forkserver

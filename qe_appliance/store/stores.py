@@ -71,19 +71,18 @@ class Stores:
         if now < self._checked_until and not any(database.lost for database in self._databases):
             return self._reported
         self._checked_until = now + CHECK_INTERVAL_S
-        problem = self._directory_problem()
+        cause = self._directory_problem()
         for database in self._databases:
-            if problem is not None:
+            if cause is not None:
                 break
-            problem = database.problem()
-        if problem is not None:
-            problem = f"not storing: {problem} (restart it, then `aqe-v3 state restore`)"
+            cause = database.problem()
+        problem = None if cause is None else f"not storing: {cause} (restart it, then `aqe-v3 state restore`)"
         if problem is not None and problem != self._reported:
             log.error(
-                "%s: writes are refused from now on, since they would go to files nobody can open again. "
+                "%s; writes are refused from now on, since they would go to files nobody can open again. "
                 "To recover, restart the server (it starts with an empty state directory), then restore the "
                 "last backup: aqe-v3 state restore BACKUP_DIR",
-                problem,
+                cause,
             )
         self._reported = problem
         return problem
