@@ -431,8 +431,15 @@ def locking_summary(rows: list[Row]) -> list[str]:
     return lines
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def baseline_rows(
     client: McpClient,
+    client_pid: int,
     args: argparse.Namespace,
     scale: str,
     state_dir: Path,
@@ -466,6 +473,9 @@ def baseline_rows(
         "search: 1 word": lambda i: ("qe_memory_search", {"query": words[i % 200], "namespace": NAMESPACE}),
     }
     samples: dict[tuple[str, str], list[float]] = {}
+    # Server CPU seconds (user + system, from /proc) spent on each operation's calls.
+    cpu: dict[tuple[str, str], float] = {}
+    pids = {"this tree": client_pid, "baseline": server.process.pid}
     per_round = max(args.requests // args.rounds, 10)
     try:
         measure(args.warmup, calls["retrieve"], base)
@@ -475,9 +485,11 @@ def baseline_rows(
             ):
                 for operation, make in calls.items():
                     offset = round_no * per_round
+                    before = cpu_seconds(pids[who])
                     samples.setdefault((operation, who), []).extend(
                         measure(per_round, lambda i, make=make, offset=offset: make(offset + i), peer)
                     )
+                    cpu[operation, who] = cpu.get((operation, who), 0.0) + cpu_seconds(pids[who]) - before
     finally:
         base.close()
     http_bench.stop_server(server)
@@ -488,10 +500,12 @@ def baseline_rows(
     for operation in calls:
         ours = next(r for r in rows if r.operation == f"{operation} (this tree)")
         theirs = next(r for r in rows if r.operation == f"{operation} (baseline)")
+        per_call = {who: cpu[operation, who] / len(samples[operation, who]) * 1e6 for who in pids}
         print(
             f"{scale:>7} {operation:<20} this tree vs baseline over HTTP: p50 "
             f"{(ours.percentile(0.5) - theirs.percentile(0.5)) * 1000:+.1f} us, p95 "
-            f"{ours.percentile(0.95) / theirs.percentile(0.95) - 1:+.1%}",
+            f"{ours.percentile(0.95) / theirs.percentile(0.95) - 1:+.1%}; server CPU per call "
+            f"{per_call['this tree']:.0f} vs {per_call['baseline']:.0f} us",
             flush=True,
         )
     return rows
@@ -514,14 +528,9 @@ def run_scale(
             print(line, flush=True)
         if args.locking_only:
             return locking
-    if args.locking:
-        locking = locking_rows(state_dir, corpus, scale, args.requests, args.rounds)
-        for row in locking:
-            print(row.line(), flush=True)
-        for line in locking_summary(locking):
-            print(line, flush=True)
-        if args.locking_only:
-            return locking
+        # The servers compared below then start from the same file, with no WAL left by these writes.
+        with closing(sqlite3.connect(state_dir / "memory.db")) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     drafts: list[PatternDraft] = []
     ids: list[str] = []
     if patterns:
@@ -543,7 +552,7 @@ def run_scale(
         )
         rows = []
         if args.baseline is not None:
-            rows += baseline_rows(client, args, scale, state_dir, workdir, started)
+            rows += baseline_rows(client, server.process.pid, args, scale, state_dir, workdir, started)
         rows += memory_rows(client, corpus, scale, args.requests)
         if ids:
             rows += learning_rows(client, drafts, ids, corpus.words, args.requests // 2)
