@@ -5,6 +5,9 @@ the way bench/http_bench.py does, and times qe_memory_store, qe_memory_retrieve 
 made one at a time over a keep-alive connection (client-side wall time: request written to response read).
 The first scale also holds 10k learned patterns and times qe_learn_pattern and qe_learn_status.
 Prints the command, then p50/p95/p99 per operation against the issue's targets.
+`--locking` first times the same store calls in this process with SQLite's normal locking (what servers
+sharing a state directory use) against `locking_mode = EXCLUSIVE` (what a server owning its files alone
+used), in interleaved rounds on the seeded database: the price of sharing.
 Run: `python bench/memory_bench.py` (`--help` for the knobs).
 """
 
@@ -17,10 +20,12 @@ import os
 import random
 import shlex
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -358,6 +363,154 @@ def learning_rows(
     ]
 
 
+LOCKING_MODES = ("normal", "exclusive")
+
+
+def locking_rows(state_dir: Path, corpus: Corpus, scale: str, requests: int, rounds: int) -> list[Row]:
+    """Store calls timed in-process under each locking mode, alternating modes round by round."""
+    per_round = max(requests // rounds, 10)
+    samples: dict[tuple[str, str], list[float]] = {}
+    for round_no in range(rounds * len(LOCKING_MODES)):
+        mode = LOCKING_MODES[round_no % len(LOCKING_MODES)]
+        store = MemoryStore(state_dir / "memory.db")
+        try:
+            if mode == "exclusive":
+                store._db.close()
+                store._db = store.database.conn = former_connection(state_dir / "memory.db")
+            store.get(NAMESPACE, "run/0/0")
+            time_calls(store, corpus, mode, round_no * per_round, per_round, samples)
+        finally:
+            store.close()
+    rows = []
+    for (operation, mode), times in samples.items():
+        target = {"retrieve": "retrieve", "store (new key)": "store"}.get(operation, "search")
+        rows.append(Row(scale, f"{operation}, {mode} lock (in-process)", target, times))
+    return rows
+
+
+def former_connection(path: Path) -> sqlite3.Connection:
+    """A connection opened as servers did when each owned its state alone: exclusive locking chosen before
+    the first read (so the WAL index lives in this process's heap, not in the shared -shm file), then WAL
+    mode and synchronous=FULL; the first read takes the lock and the connection keeps it for its life."""
+    db = sqlite3.connect(path, isolation_level=None, cached_statements=64)
+    db.execute("PRAGMA locking_mode = EXCLUSIVE")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    return db
+
+
+def time_calls(
+    store: MemoryStore, corpus: Corpus, mode: str, base: int, count: int, samples: dict[tuple[str, str], list[float]]
+) -> None:
+    """`count` calls of each operation on `store`, their wall times added to `samples[(operation, mode)]`."""
+    calls: dict[str, Callable[[int], object]] = {
+        "retrieve": lambda i: store.get(NAMESPACE, f"run/{i % 500}/{i % corpus.entries}"),
+        "search: 1 word": lambda i: store.search(query=corpus.words[i % 200], namespace=NAMESPACE, limit=10),
+        "store (new key)": lambda i: store.put(NAMESPACE, f"lock/{mode}/{i}", b'{"n": 1}', None),
+    }
+    for operation, fn in calls.items():
+        times = samples.setdefault((operation, mode), [])
+        for i in range(base, base + count):
+            started = time.perf_counter()
+            fn(i)
+            times.append(time.perf_counter() - started)
+
+
+def locking_summary(rows: list[Row]) -> list[str]:
+    """p95 of each operation with normal locking relative to exclusive, from `locking_rows`' rows."""
+    by_name = {row.operation: row for row in rows}
+    lines = []
+    for operation in dict.fromkeys(row.operation.split(", ")[0] for row in rows):
+        normal = by_name[f"{operation}, normal lock (in-process)"]
+        exclusive = by_name[f"{operation}, exclusive lock (in-process)"]
+        p50 = normal.percentile(0.5) - exclusive.percentile(0.5)
+        ratio = normal.percentile(0.95) / exclusive.percentile(0.95) - 1
+        lines.append(
+            f"{rows[0].scale:>7} {operation:<20} normal vs exclusive: p50 {p50 * 1000:+.1f} us, p95 {ratio:+.1%}"
+        )
+    return lines
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def baseline_rows(
+    client: McpClient,
+    client_pid: int,
+    args: argparse.Namespace,
+    scale: str,
+    state_dir: Path,
+    workdir: Path,
+    started: list[http_bench.Server],
+) -> list[Row]:
+    """Retrieve and one-word search over HTTP against this tree's server and a server run from the source
+    tree `args.baseline` (a previous version, extensions built) on a copy of the same memory.db, in
+    interleaved rounds: before and after in one run."""
+    base_dir = workdir / f"baseline-{scale}"
+    base_dir.mkdir()
+    with closing(sqlite3.connect(state_dir / "memory.db")) as src, closing(
+        sqlite3.connect(base_dir / "memory.db")
+    ) as dst:
+        src.backup(dst)
+    port = http_bench.free_port()
+    bootstrap = (
+        f"import sys; sys.path.insert(0, {str(args.baseline.absolute())!r}); "
+        "from qe_appliance.cli import main; sys.exit(main())"
+    )
+    command = [sys.executable, "-c", bootstrap, "mcp", "start"]
+    command += ["--config", str(http_bench.write_config(base_dir, port)), "--port", str(port)]
+    print(f"[{scale}] baseline: {shlex.join(command)}", flush=True)
+    server = http_bench.start_server(f"baseline-{scale}", command, port, workdir)
+    started.append(server)
+    http_bench.wait_ready(server)
+    base = McpClient(port)
+    words = vocabulary(2000, random.Random(5))
+    calls: dict[str, Callable[[int], tuple[str, dict[str, Any]]]] = {
+        "retrieve": lambda i: ("qe_memory_retrieve", {"key": f"run/{i % 500}/{i}", "namespace": NAMESPACE}),
+        "search: 1 word": lambda i: ("qe_memory_search", {"query": words[i % 200], "namespace": NAMESPACE}),
+    }
+    samples: dict[tuple[str, str], list[float]] = {}
+    # Server CPU seconds (user + system, from /proc) spent on each operation's calls.
+    cpu: dict[tuple[str, str], float] = {}
+    pids = {"this tree": client_pid, "baseline": server.process.pid}
+    per_round = max(args.requests // args.rounds, 10)
+    try:
+        measure(args.warmup, calls["retrieve"], base)
+        for round_no in range(args.rounds):
+            for who, peer in (("this tree", client), ("baseline", base)) if round_no % 2 else (
+                ("baseline", base), ("this tree", client)
+            ):
+                for operation, make in calls.items():
+                    offset = round_no * per_round
+                    before = cpu_seconds(pids[who])
+                    samples.setdefault((operation, who), []).extend(
+                        measure(per_round, lambda i, make=make, offset=offset: make(offset + i), peer)
+                    )
+                    cpu[operation, who] = cpu.get((operation, who), 0.0) + cpu_seconds(pids[who]) - before
+    finally:
+        base.close()
+    http_bench.stop_server(server)
+    rows = [
+        Row(scale, f"{operation} ({who})", "retrieve" if operation == "retrieve" else "search", times)
+        for (operation, who), times in samples.items()
+    ]
+    for operation in calls:
+        ours = next(r for r in rows if r.operation == f"{operation} (this tree)")
+        theirs = next(r for r in rows if r.operation == f"{operation} (baseline)")
+        per_call = {who: cpu[operation, who] / len(samples[operation, who]) * 1e6 for who in pids}
+        print(
+            f"{scale:>7} {operation:<20} this tree vs baseline over HTTP: p50 "
+            f"{(ours.percentile(0.5) - theirs.percentile(0.5)) * 1000:+.1f} us, p95 "
+            f"{ours.percentile(0.95) / theirs.percentile(0.95) - 1:+.1%}; server CPU per call "
+            f"{per_call['this tree']:.0f} vs {per_call['baseline']:.0f} us",
+            flush=True,
+        )
+    return rows
+
+
 def run_scale(
     entries: int, patterns: int, args: argparse.Namespace, workdir: Path, started: list[http_bench.Server]
 ) -> list[Row]:
@@ -367,6 +520,17 @@ def run_scale(
     corpus = Corpus(entries, vocabulary(2000, random.Random(5)), random.Random(3))
     print(f"\n[{scale}] seeding {entries} memory entries ...", flush=True)
     print(f"[{scale}] seeded in {seed_memory(state_dir, corpus):.1f} s", flush=True)
+    if args.locking:
+        locking = locking_rows(state_dir, corpus, scale, args.requests, args.rounds)
+        for row in locking:
+            print(row.line(), flush=True)
+        for line in locking_summary(locking):
+            print(line, flush=True)
+        if args.locking_only:
+            return locking
+        # The servers compared below then start from the same file, with no WAL left by these writes.
+        with closing(sqlite3.connect(state_dir / "memory.db")) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     drafts: list[PatternDraft] = []
     ids: list[str] = []
     if patterns:
@@ -386,7 +550,10 @@ def run_scale(
             lambda i: ("qe_memory_retrieve", {"key": f"run/{i % 500}/{i}", "namespace": NAMESPACE}),
             client,
         )
-        rows = memory_rows(client, corpus, scale, args.requests)
+        rows = []
+        if args.baseline is not None:
+            rows += baseline_rows(client, server.process.pid, args, scale, state_dir, workdir, started)
+        rows += memory_rows(client, corpus, scale, args.requests)
         if ids:
             rows += learning_rows(client, drafts, ids, corpus.words, args.requests // 2)
     finally:
@@ -424,8 +591,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup", type=int, default=200, help="unreported retrieve calls first (default 200)"
     )
+    parser.add_argument(
+        "--locking", action="store_true", help="also time store calls under normal vs exclusive SQLite locking"
+    )
+    parser.add_argument("--locking-only", action="store_true", help="only the --locking comparison (no server)")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds per locking mode (default 10)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a source tree of a previous version (extensions built): time its server against this one",
+    )
     parser.add_argument("--keep-state", action="store_true", help="keep the temporary state dirs and logs")
     args = parser.parse_args(argv)
+    args.locking = args.locking or args.locking_only
     if (
         not args.entries
         or min(args.entries) < 1

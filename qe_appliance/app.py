@@ -30,10 +30,8 @@ from qe_appliance.proctitle import set_title
 from qe_appliance.registry import ToolRegistry
 from qe_appliance.reload import apply as apply_reload
 from qe_appliance.reload import configure_http
-from qe_appliance.store.memory import MemoryStore, purge_periodically
-from qe_appliance.store.patterns import PatternStore
-from qe_appliance.store.reports import ReportStore
-from qe_appliance.store.tasks import TaskStore
+from qe_appliance.store.memory import purge_periodically
+from qe_appliance.store.stores import Stores
 from qe_appliance.systemd import Notifier
 from qe_appliance.tools import ALL_TOOLS
 from qe_appliance.tools.base import ToolError, ToolSpec
@@ -49,17 +47,12 @@ class Services:
     """Shared state the tools reach through `ctx.services`."""
 
     def __init__(self, config: Config) -> None:
-        directory = state_dir(config)
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.config = config
-        self.memory = MemoryStore(directory / "memory.db")
-        try:
-            self.patterns = PatternStore(directory / "patterns.db")
-            self.tasks = TaskStore(directory / "tasks.db")
-            self.reports = ReportStore(directory / "reports.db")
-        except BaseException:
-            self.memory.close()
-            raise
+        self.stores = Stores(state_dir(config))
+        self.memory = self.stores.memory
+        self.patterns = self.stores.patterns
+        self.tasks = self.stores.tasks
+        self.reports = self.stores.reports
         # Files the coverage and quality tools may read; relative roots start from the start directory.
         server = config.server
         self.workspace = Workspace.from_config(server.workspace_roots, server.max_input_file_bytes)
@@ -85,10 +78,7 @@ class Services:
     def close(self) -> None:
         if self.orchestrator is not None:
             self.orchestrator.cancel_all()
-        self.tasks.close()
-        self.patterns.close()
-        self.reports.close()
-        self.memory.close()
+        self.stores.close()
 
 
 def build_registry(config: Config, catalog: Sequence[ToolSpec] = ALL_TOOLS) -> ToolRegistry:
@@ -145,6 +135,8 @@ class App:
         self.notifier = Notifier()
 
     def readiness(self) -> str | None:
+        if self.state is None and self.services is not None:
+            return self.services.stores.problem()
         return self.state
 
     async def run_http(self) -> int:
@@ -226,8 +218,10 @@ class App:
     async def _start_control(self) -> None:
         # The default socket sits in our own state or runtime directory; a configured one may be anywhere.
         own_directory = not self.config.server.control_socket
-        self.control = ControlServer(self, control_socket(self.config), own_directory=own_directory)
-        await self.control.start()
+        # Stdio servers come one per client session, several on one stateDir: no admin socket unless asked.
+        if self.http is not None or self.config.server.stdio_control_socket:
+            self.control = ControlServer(self, control_socket(self.config), own_directory=own_directory)
+            await self.control.start()
         if self.monitor is not None:
             if self.services is not None and self.services.fleet is not None:
                 self.monitor.attach(fleet=self.services.fleet)

@@ -1,4 +1,4 @@
-"""`aqe-v3`: start the appliance, check its configuration, install it as a systemd service.
+"""`aqe-v3`: start the appliance, check its configuration, back up its state, install it as a systemd service.
 
 Exit codes: 0 ok, 1 failed, 2 usage or configuration error.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -14,6 +15,7 @@ from qe_appliance import __version__
 from qe_appliance.control import client_config
 from qe_appliance.control.commands import add_parsers as add_runtime_commands
 from qe_appliance.control.commands import run as run_runtime_command
+from qe_appliance.store.backup import add_parsers as add_state_commands
 
 STRATEGIES = ("least-connections", "response-time", "round-robin")
 
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = config_cmds.add_parser("validate", help="check a configuration file; prints OK or the errors")
     validate.add_argument("path", nargs="?", default="config/qe-mcp.yaml")
 
+    add_state_commands(top)
+
     systemd = top.add_parser("systemd", help="run the server as a systemd service")
     systemd_cmds = systemd.add_subparsers(dest="command", required=True, parser_class=_Parser)
     install = systemd_cmds.add_parser("install", help="put the unit and the default configuration in place")
@@ -67,12 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.group == "systemd":
         return _install_systemd(args)
+    if args.group == "state":
+        from qe_appliance.store.backup import run as run_state_command
+
+        return run_state_command(args)
     if args.command == "config":
         return _validate(args.path)
     if args.command == "client-config":
         return client_config.run(args)
     if args.command != "start":
         return run_runtime_command(args)
+    # Everything the server and its agents create (databases, WAL, sockets) is for the service user alone;
+    # set before the forkserver starts, so the agents it forks inherit it too.
+    os.umask(0o077)
     # The agents' forkserver imports the tool modules in its own interpreter: start it before this
     # process imports anything heavy, so the two import in parallel on two cores.
     from qe_appliance.fleet import forkserver
@@ -107,7 +118,7 @@ def _install_systemd(args: argparse.Namespace) -> int:
 
 def _start(args: argparse.Namespace) -> int:
     from qe_appliance.config import Config, ConfigError, apply_overrides, load_config
-    from qe_appliance.store.memory import StoreError
+    from qe_appliance.store.database import StoreError
 
     def read() -> Config:
         # Start-up, and every reload: the same file with the same start flags on top.

@@ -81,6 +81,7 @@ class ServerConfig(_Section, frozen=True):
     session_idle_timeout_ms: Millis = 1_800_000
     state_dir: str = ""
     control_socket: str = ""
+    stdio_control_socket: bool = False
     log_level: LogLevel = "info"
     workspace_roots: tuple[str, ...] = ()
     allow_code_execution: bool = True

@@ -62,7 +62,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 1 and "cannot start" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_a_second_server_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+def test_a_second_http_server_on_the_same_state_dir_needs_its_own_admin_socket(tmp_path: Path) -> None:
     from tests.conftest import start_server
 
     (tmp_path / "a").mkdir()
@@ -71,7 +71,9 @@ def test_a_second_server_on_the_same_state_dir_is_refused(tmp_path: Path) -> Non
         cfg = tmp_path / "b.yaml"
         cfg.write_text(f"server: {{port: 0, stateDir: '{first.state}'}}\n")
         done = run_cli("mcp", "start", "--config", str(cfg))
-        assert done.returncode == 1 and "in use by another process" in done.stderr
-        assert "Traceback" not in done.stderr
+        assert done.returncode == 1 and "belongs to another running aqe-mcp" in done.stderr
+        assert "server.controlSocket" in done.stderr and "Traceback" not in done.stderr
+        # The refused server left the first one's admin socket alone.
+        assert run_cli("mcp", "status", "--socket", str(first.state / "control.sock")).returncode == 0
     finally:
         first.stop()

@@ -17,12 +17,11 @@ from collections.abc import Iterator
 import pytest
 
 from qe_appliance.store import memory as memory_module
+from qe_appliance.store.database import StoreError, open_database
 from qe_appliance.store.memory import (
     MemoryStore,
     SearchQueryError,
-    StoreError,
     fts_query,
-    open_database,
     purge_periodically,
 )
 
@@ -155,7 +154,7 @@ def test_purge_removes_expired_rows_with_their_index_and_tag_rows(
     assert store.purge_expired() == 3
     assert store.purge_expired() == 0
     assert keys(store) == ([("default", "keep")], 1)
-    db = store._db  # the store holds its file exclusively: look through its own connection
+    db = store._db
     assert db.execute("SELECT count(*) FROM memory_tags").fetchone() == (1,)
     assert db.execute("SELECT count(*) FROM memory_fts WHERE memory_fts MATCH 'temporary'").fetchone() == (0,)
     assert index_is_consistent(store)
@@ -300,7 +299,7 @@ def test_entries_persist_across_close_and_reopen(db_path: pathlib.Path) -> None:
 
 def test_a_database_from_the_previous_schema_is_upgraded_and_indexed(db_path: pathlib.Path) -> None:
     old = open_database(db_path, memory_module._MIGRATIONS[:1], "memory database")
-    old.execute(
+    old.conn.execute(
         "INSERT INTO memory_entries (namespace, key, value, version, created_at, updated_at) "
         "VALUES ('default', 'legacy/run', '{\"note\": \"written before tags existed\"}', 4, 1.0, 2.0)"
     )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from qe_appliance import __version__
+from qe_appliance.instances import claim, release
 from qe_appliance.registry import UnknownToolError
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class ControlServer:
         self.own_directory = own_directory
         self.overrides: dict[str, Any] = {}
         self._server: asyncio.AbstractServer | None = None
+        # Held while this process owns the socket's name: others on the same state directory keep off it.
+        self._claim: int | None = None
         self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "status": self._status,
             "pool.status": self._pool_status,
@@ -68,8 +71,7 @@ class ControlServer:
                 f"make it private (chmod 700 {self.path.parent}) or set server.controlSocket to a path in a "
                 "directory only the service user can enter"
             )
-        if self.path.exists() or self.path.is_symlink():
-            self.path.unlink()
+        self._claim = claim(self.path)
         old_umask = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_COMMAND_BYTES)
@@ -80,10 +82,9 @@ class ControlServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        if self._claim is not None:
+            release(self.path, self._claim)
+            self._claim = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

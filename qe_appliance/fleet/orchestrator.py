@@ -12,6 +12,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import msgspec
 
 from qe_appliance.fleet.pipelines import Step
+from qe_appliance.store.database import StoreError, retrying
 from qe_appliance.store.tasks import TaskStore
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec, invalid_arguments, no_log, no_progress
 
@@ -65,7 +67,7 @@ class Orchestrator:
         self._running = 0
         self._active: set[asyncio.Task[None]] = set()
 
-    def submit(
+    async def submit(
         self,
         kind: str,
         steps: Sequence[Step],
@@ -90,7 +92,7 @@ class Orchestrator:
             limit = max(1, self._capacity(category))
         if max_agents is not None:
             limit = min(limit, max_agents)
-        task_id = self.store.create(kind, strategy, priority, inputs)
+        task_id = await retrying(self.store.create, kind, strategy, priority, inputs)
         task = _Task(task_id, category, steps, inputs, PRIORITIES[priority], limit, progress)
         self._fill(task)
         self._dispatch()
@@ -116,10 +118,10 @@ class Orchestrator:
             job.add_done_callback(self._active.discard)
 
     async def _run(self, task: _Task, index: int) -> None:
-        self.store.started(task.id, index)
         result: bytes | None = None
         error: str | None = None
         try:
+            await retrying(self.store.started, task.id, index)
             result = await self._pipeline(task.steps, task.inputs[index])
         except ToolError as exc:
             error = str(exc)
@@ -130,7 +132,10 @@ class Orchestrator:
             log.exception("subtask %s/%d failed", task.id, index)
             error = f"{type(exc).__name__}: {exc}"
         finally:
-            self.store.finished(task.id, index, result, error)
+            try:
+                await retrying(self.store.finished, task.id, index, result, error)
+            except (StoreError, sqlite3.Error) as exc:
+                log.error("subtask %s/%d: its outcome could not be recorded: %s", task.id, index, exc)
             self._running -= 1
             task.queued -= 1
             task.finished += 1

@@ -25,6 +25,7 @@ from qe_appliance.config import CATEGORIES, Config, runtime_dir
 from qe_appliance.fleet import agent as agent_main
 from qe_appliance.fleet import forkserver
 from qe_appliance.fleet.pool import AgentConnection, AgentGone, AgentUnreachable, ConnectionPool, PoolTimeout
+from qe_appliance.instances import agent_socket, remove_stale_agent_sockets
 from qe_appliance.tools.base import ToolError
 
 log = logging.getLogger("aqe_mcp.fleet")
@@ -108,9 +109,8 @@ class Fleet:
     async def start(self) -> None:
         """Start the configured agents and pre-warm the pool; returns when they answer."""
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for stale in self.runtime_dir.glob("agent-*.sock"):
-            # Left by a server that was killed; its agents exit on their own once they notice.
-            stale.unlink(missing_ok=True)
+        # Left by a server that was killed; its agents exit on their own once they notice.
+        remove_stale_agent_sockets(self.runtime_dir)
         wanted = [t for t, n in self.config.fleet.agents.items() for _ in range(n)]
         await asyncio.gather(*(self.spawn(t) for t in wanted))
         await self.pool.prewarm([a.id for a in self.agents.values() if a.status == "available"])
@@ -130,7 +130,7 @@ class Fleet:
         self._seq += 1
         agent_id = f"agent-{self._seq}"
         agent = Agent(
-            agent_id, agent_type, capacity or self.config.fleet.capacity, self.runtime_dir / f"{agent_id}.sock"
+            agent_id, agent_type, capacity or self.config.fleet.capacity, agent_socket(self.runtime_dir, self._seq)
         )
         self.agents[agent_id] = agent
         try:
@@ -269,6 +269,8 @@ class Fleet:
                 await asyncio.to_thread(agent.process.join, 2)
                 if agent.process.exitcode is None:
                     agent.process.kill()
+            # Other processes on the same state directory leave our sockets alone; so we remove them.
+            agent.socket_path.unlink(missing_ok=True)
 
     async def _maintain(self) -> None:
         """Expire idle connections and ping the idle ones, replacing those that do not answer."""

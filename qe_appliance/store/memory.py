@@ -1,5 +1,5 @@
 """Durable, searchable key/value memory for QE agents: SQLite in WAL mode with namespaces, versions, TTL,
-tags and an FTS5 index (BM25) over key, value text and tags. Also the SQLite plumbing the other stores share.
+tags and an FTS5 index (BM25) over key, value text and tags.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import msgspec
+
+from qe_appliance.store.database import Database, StoreError, open_database, retrying, transaction
 
 log = logging.getLogger("aqe_mcp.store")
 
@@ -126,10 +128,6 @@ _SNIPPETS = (
 _TAGS = msgspec.json.Decoder(list[str])
 
 
-class StoreError(RuntimeError):
-    """A database cannot be opened or used; the message says which file and what to do."""
-
-
 class SearchQueryError(ValueError):
     """A full-text query with nothing to search for; the message says what to send instead."""
 
@@ -164,90 +162,6 @@ class PutResult(msgspec.Struct, frozen=True, gc=False):
     created_at: float
     updated_at: float
     expires_at: float | None
-
-
-def open_database(path: pathlib.Path, migrations: Sequence[Sequence[str]], what: str) -> sqlite3.Connection:
-    """An autocommit connection in WAL mode with `synchronous=FULL`, its schema brought up to date.
-
-    `what` names the database in errors ("memory database"). Raises StoreError with the fix.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Autocommit: each statement is its own transaction, committed (and fsynced) before return.
-        db = sqlite3.connect(path, isolation_level=None, cached_statements=64)
-    except (OSError, sqlite3.Error) as exc:
-        raise StoreError(
-            f"cannot open the {what} {path}: {exc}; check that the state directory exists and is writable "
-            "by the server's user"
-        ) from exc
-    try:
-        # One server owns its state: with the lock held for the connection's life, reads skip the
-        # per-transaction file locking (3 syscalls a read), and a second server on the same stateDir
-        # is refused instead of sharing the files.
-        db.execute("PRAGMA locking_mode = EXCLUSIVE")
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            raise StoreError(
-                f"the {what} {path} cannot use WAL mode (got {mode!r}); put the state directory on a "
-                "local filesystem"
-            )
-        # FULL fsyncs the WAL on every commit: an acknowledged write survives kill -9 and power loss.
-        db.execute("PRAGMA synchronous = FULL")
-        db.execute("PRAGMA busy_timeout = 1000")
-        _migrate(db, path, migrations, what)
-        with transaction(db):  # takes the write lock now, so a second server fails here
-            pass
-    except sqlite3.OperationalError as exc:
-        db.close()
-        if "locked" in str(exc):
-            raise StoreError(
-                f"the {what} {path} is in use by another process (another aqe-mcp on the same stateDir?); "
-                "stop it or give this server its own server.stateDir"
-            ) from exc
-        raise StoreError(
-            f"the {what} {path} is unusable: {exc}; move it aside to start empty, or restore it from a backup"
-        ) from exc
-    except sqlite3.Error as exc:
-        db.close()
-        raise StoreError(
-            f"the {what} {path} is unusable: {exc}; move it aside to start empty, or restore it from a backup"
-        ) from exc
-    except StoreError:
-        db.close()
-        raise
-    return db
-
-
-def _migrate(
-    db: sqlite3.Connection, path: pathlib.Path, migrations: Sequence[Sequence[str]], what: str
-) -> None:
-    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    current = db.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
-    if current > len(migrations):
-        raise StoreError(
-            f"the {what} {path} has schema version {current}, newer than this build understands "
-            f"({len(migrations)}); upgrade aqe-mcp or point stateDir elsewhere"
-        )
-    for version, statements in enumerate(migrations[current:], start=current + 1):
-        # One transaction per step, so a crash mid-migration leaves the previous version intact.
-        with transaction(db):
-            for statement in statements:
-                db.execute(statement)
-            db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-
-
-@contextmanager
-def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT on an autocommit connection; ROLLBACK when the block raises."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        # SQLite has already rolled back by itself after some errors (disk full, I/O).
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def fts_query(text: str) -> str:
@@ -302,7 +216,8 @@ class MemoryStore:
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
-        self._db = open_database(path, _MIGRATIONS, "memory database")
+        self.database: Database = open_database(path, _MIGRATIONS, "memory database")
+        self._db = self.database.conn
 
     def put(
         self,
@@ -327,7 +242,8 @@ class MemoryStore:
             "expires_at": expires_at,
         }
         # fetchall steps the statement to completion, which is what commits the autocommit transaction.
-        ((version, created_at),) = self._db.execute(_UPSERT, params).fetchall()
+        with self.database.durable():
+            ((version, created_at),) = self._db.execute(_UPSERT, params).fetchall()
         return PutResult(
             version=version,
             replaced=version > 1,
@@ -342,7 +258,7 @@ class MemoryStore:
 
         Nothing in it is durable until the block ends; an exception rolls all of it back.
         """
-        with transaction(self._db):
+        with self.database.durable(), transaction(self._db):
             yield
 
     def get(self, namespace: str, key: str) -> MemoryEntry | None:
@@ -440,24 +356,26 @@ class MemoryStore:
 
     def close(self) -> None:
         """Close the database; later calls raise sqlite3.ProgrammingError."""
-        self._db.close()
+        self.database.close()
 
 
 async def purge_periodically(store: MemoryStore, interval_s: float) -> None:
     """Delete expired entries now and every `interval_s`, a batch at a time so requests run in between.
 
-    Runs until cancelled; a database error is logged and retried at the next interval.
+    Runs until cancelled; a database error is logged and retried at the next interval. Several processes
+    on one state directory may all purge: each batch is its own transaction, and deleting what another
+    process already deleted deletes nothing.
     """
     while True:
         removed = 0
         try:
             for _ in range(PURGE_MAX_BATCHES):
-                count = store.purge_expired()
+                count = await retrying(store.purge_expired)
                 removed += count
                 if count < PURGE_BATCH:
                     break
                 await asyncio.sleep(0)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreError) as exc:
             log.warning("purging expired memory entries from %s failed: %s; retrying later", store.path, exc)
         if removed:
             log.debug("purged %d expired memory entries", removed)

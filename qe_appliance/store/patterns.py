@@ -15,7 +15,7 @@ import msgspec
 from rapidfuzz import fuzz, process
 
 from qe_appliance.config import LearningConfig
-from qe_appliance.store.memory import open_database, transaction
+from qe_appliance.store.database import Database, open_database, transaction
 
 PatternType = Literal["test-template", "assertion", "mock", "edge-case", "flaky-fix", "anti-pattern"]
 PATTERN_TYPES: tuple[str, ...] = get_args(PatternType)
@@ -216,7 +216,8 @@ class PatternStore:
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
-        self._db = open_database(path, _MIGRATIONS, "pattern database")
+        self.database: Database = open_database(path, _MIGRATIONS, "pattern database")
+        self._db = self.database.conn
 
     def get(self, pattern_id: str) -> Pattern | None:
         """The pattern with this id, or None."""
@@ -242,7 +243,9 @@ class PatternStore:
             "language": normalise(draft.language),
             "framework": None if draft.framework is None else normalise(draft.framework),
         }
-        with transaction(self._db) as db:
+        # One IMMEDIATE transaction: the near-duplicate search and promotion see no other process's
+        # half-done step, so two processes teaching the same pattern merge instead of both creating it.
+        with self.database.durable(), transaction(self._db) as db:
             if outcome is not None and self.get(outcome[0]) is None:
                 raise UnknownPatternError(
                     f"no pattern has id {outcome[0]!r}; use an id returned by qe_learn_pattern or listed by "
@@ -463,7 +466,7 @@ class PatternStore:
 
     def close(self) -> None:
         """Close the database; later calls raise sqlite3.ProgrammingError."""
-        self._db.close()
+        self.database.close()
 
 
 def _preview(text: str) -> str:

@@ -1,32 +1,37 @@
 """Parsed coverage reports by reportId, in SQLite (WAL) in the state directory, so qe_coverage_gaps,
 qe_quality_gate and qe_quality_metrics reuse a report without parsing it again.
 
-Calls run on the event loop thread over one connection; the report body arrives already encoded
-(msgpack, done off the loop), so a store is one INSERT.
+Calls run on the event loop thread over one connection (through `database.retrying`); the report body
+arrives already encoded (msgpack, done off the loop), so a store is one INSERT. A reportId is a hash of the
+report, so processes sharing the state directory agree on it and storing the same report twice refreshes it.
 """
 
 from __future__ import annotations
 
 import pathlib
-import sqlite3
 from typing import Final
 
 import msgspec
 
+from qe_appliance.store.database import Database, open_database, transaction
+
 # The newest reports kept; older ones are dropped as new ones arrive, so the database stays bounded.
 MAX_REPORTS: Final = 200
 
-_SCHEMA: Final = (
-    """CREATE TABLE IF NOT EXISTS reports (
-        id TEXT PRIMARY KEY,
-        format TEXT NOT NULL,
-        root TEXT NOT NULL,
-        origin TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        body BLOB NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS reports_root ON reports (root, created_at)",
-    "CREATE INDEX IF NOT EXISTS reports_created ON reports (created_at)",
+_MIGRATIONS: Final = (
+    (
+        # IF NOT EXISTS: databases made before reports had versioned migrations already hold these.
+        """CREATE TABLE IF NOT EXISTS reports (
+            id TEXT PRIMARY KEY,
+            format TEXT NOT NULL,
+            root TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            body BLOB NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS reports_root ON reports (root, created_at)",
+        "CREATE INDEX IF NOT EXISTS reports_created ON reports (created_at)",
+    ),
 )
 
 # A report covers `path` when its root is the path itself, one of its parents, or inside it.
@@ -37,10 +42,6 @@ WHERE root = :path
    OR substr(root, 1, length(:path) + 1) = :path || '/'
 ORDER BY created_at DESC LIMIT 1
 """
-
-
-class ReportStoreError(RuntimeError):
-    """The reports database cannot be opened or used; the message says which file and what to do."""
 
 
 class StoredReport(msgspec.Struct, frozen=True):
@@ -55,24 +56,12 @@ class ReportStore:
     def __init__(self, path: pathlib.Path, max_reports: int = MAX_REPORTS) -> None:
         self.path = path
         self.max_reports = max_reports
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.execute("PRAGMA busy_timeout = 1000")
-            for statement in _SCHEMA:
-                self._db.execute(statement)
-        except (OSError, sqlite3.Error) as exc:
-            raise ReportStoreError(
-                f"cannot open the reports database {path}: {exc}; check that the state directory is "
-                "writable by the server's user, or move the file aside to start empty"
-            ) from exc
+        self.database: Database = open_database(path, _MIGRATIONS, "reports database")
+        self._db = self.database.conn
 
     def put(self, meta: StoredReport, body: bytes) -> None:
         """Store (or refresh, for the same id) a report; the oldest beyond `max_reports` are dropped."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.database.durable(), transaction(self._db):
             self._db.execute(
                 "INSERT INTO reports (id, format, root, origin, created_at, body) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, origin = excluded.origin",
@@ -83,10 +72,6 @@ class ReportStore:
                 "(SELECT id FROM reports ORDER BY created_at DESC LIMIT ?)",
                 (self.max_reports,),
             )
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def get(self, report_id: str) -> tuple[StoredReport, bytes] | None:
         row = self._db.execute(
@@ -105,4 +90,4 @@ class ReportStore:
         return int(self._db.execute("SELECT count(*) FROM reports").fetchone()[0])
 
     def close(self) -> None:
-        self._db.close()
+        self.database.close()

@@ -1,7 +1,12 @@
-"""Orchestrated tasks and their subtasks, kept in SQLite so results outlive the request (and restarts)."""
+"""Orchestrated tasks and their subtasks, kept in SQLite so results outlive the request (and restarts).
+
+Each task records the pid of the process running it: with several processes on one state directory, a
+process starting up marks as interrupted only the tasks of processes that are gone, not its neighbours'.
+"""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import secrets
 import time
@@ -9,7 +14,8 @@ from typing import Any
 
 import msgspec
 
-from qe_appliance.store.memory import open_database, transaction
+from qe_appliance.instances import pid_alive
+from qe_appliance.store.database import Database, open_database, retry_sync, transaction
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -38,6 +44,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (task_id, idx)
         )""",
     ),
+    ("ALTER TABLE task ADD COLUMN owner INTEGER",),  # the running process's pid; NULL before version 2
 )
 
 _json = msgspec.json.Encoder()
@@ -46,24 +53,36 @@ _plain = msgspec.json.Decoder()
 
 class TaskStore:
     def __init__(self, path: pathlib.Path) -> None:
-        self._db = open_database(path, MIGRATIONS, "task database")
-        # Tasks that were running when the server stopped cannot resume: say so instead of "running" forever.
+        self.database: Database = open_database(path, MIGRATIONS, "task database")
+        self._db = self.database.conn
+        self._pid = os.getpid()
+        retry_sync(self._interrupt_orphans)
+
+    def _interrupt_orphans(self) -> None:
+        """Tasks whose process stopped cannot resume: say so instead of "running" forever."""
         with transaction(self._db):
-            self._db.execute(
-                "UPDATE task SET status = 'interrupted', finished_at = ? WHERE status = 'running'", (time.time(),)
-            )
-            self._db.execute(
-                "UPDATE subtask SET status = 'interrupted' WHERE status IN ('pending', 'running')"
-            )
+            owners = [row[0] for row in self._db.execute("SELECT DISTINCT owner FROM task WHERE status = 'running'")]
+            gone = [owner for owner in owners if owner is None or owner == self._pid or not pid_alive(owner)]
+            for owner in gone:
+                ids = [row[0] for row in self._db.execute(
+                    "UPDATE task SET status = 'interrupted', finished_at = ? WHERE status = 'running' AND owner IS ? "
+                    "RETURNING id",
+                    (time.time(), owner),
+                )]
+                self._db.executemany(
+                    "UPDATE subtask SET status = 'interrupted' WHERE task_id = ? AND status IN ('pending', 'running')",
+                    [(task_id,) for task_id in ids],
+                )
 
     def create(self, kind: str, strategy: str, priority: str, inputs: list[Any]) -> str:
+        # 48 random bits: processes sharing the database draw ids independently without colliding.
         task_id = "task-" + secrets.token_hex(6)
         now = time.time()
-        with transaction(self._db):
+        with self.database.durable(), transaction(self._db):
             self._db.execute(
-                "INSERT INTO task (id, kind, strategy, priority, status, total, created_at) "
-                "VALUES (?, ?, ?, ?, 'running', ?, ?)",
-                (task_id, kind, strategy, priority, len(inputs), now),
+                "INSERT INTO task (id, kind, strategy, priority, status, total, created_at, owner) "
+                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                (task_id, kind, strategy, priority, len(inputs), now, self._pid),
             )
             self._db.executemany(
                 "INSERT INTO subtask (task_id, idx, input, status) VALUES (?, ?, ?, 'pending')",
@@ -80,7 +99,7 @@ class TaskStore:
     def finished(self, task_id: str, idx: int, result: bytes | None, error: str | None) -> None:
         """Record one subtask's outcome (result is JSON) and close the task when it was the last."""
         now = time.time()
-        with transaction(self._db):
+        with self.database.durable(), transaction(self._db):
             self._db.execute(
                 "UPDATE subtask SET status = ?, result = ?, error = ?, finished_at = ? WHERE task_id = ? AND idx = ?",
                 ("failed" if error else "completed", result, error, now, task_id, idx),
@@ -129,7 +148,7 @@ class TaskStore:
         return [_task(row) for row in rows]
 
     def close(self) -> None:
-        self._db.close()
+        self.database.close()
 
 
 def _task(row: Any) -> dict[str, Any]:

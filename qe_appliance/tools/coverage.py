@@ -31,8 +31,10 @@ from qe_appliance.coverage.model import (
     report_totals,
 )
 from qe_appliance.fleet.compute import compute
+from qe_appliance.store.database import retrying
 from qe_appliance.store.reports import StoredReport
 from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec
+from qe_appliance.tools.memory import store_failures
 from qe_appliance.workspace import InputError, Workspace, WorkspaceSpec
 
 CATEGORY = "coverage-analysis"
@@ -285,14 +287,18 @@ async def coverage_analyze(ctx: ToolContext, args: CoverageAnalyzeInput) -> Cove
     outcome = await offload(
         ctx, analyze_job, _AnalyzeJob(ctx.services.workspace.spec(), args), _AnalyzeOutcome
     )
-    ctx.services.reports.put(outcome.meta, outcome.body)
+    reports = ctx.services.reports
+    with store_failures(reports.path):
+        await retrying(reports.put, outcome.meta, outcome.body)
     return outcome.result
 
 
-def stored_report(ctx: ToolContext, rid: str) -> bytes | None:
+async def stored_report(ctx: ToolContext, rid: str) -> bytes | None:
     """The encoded report stored under `rid` (read on the loop thread). None when `rid` is not shaped
     like a reportId; ToolError when it is but no such report is kept."""
-    found = ctx.services.reports.get(rid)
+    reports = ctx.services.reports
+    with store_failures(reports.path):
+        found = await retrying(reports.get, rid)
     if found is not None:
         return found[1]
     if _REPORT_ID.fullmatch(rid):
@@ -340,7 +346,7 @@ async def coverage_gaps(ctx: ToolContext, args: CoverageGapsInput) -> CoverageGa
     one_source(reportId=args.report_id, path=args.path, content=args.content)
     body = None
     if args.report_id is not None:
-        body = stored_report(ctx, args.report_id)
+        body = await stored_report(ctx, args.report_id)
         if body is None:
             raise ToolError(f"{args.report_id!r} is not a reportId (they look like cov-0123456789abcdef)")
     return await offload(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 import msgspec
 
 from qe_appliance.fleet.pipelines import PIPELINES, pass_input
+from qe_appliance.store.database import retrying
 from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec, no_progress
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ async def fleet_init(ctx: ToolContext, args: FleetInitInput) -> dict[str, Any]:
 async def fleet_status(ctx: ToolContext, args: FleetStatusInput) -> dict[str, Any]:
     store: TaskStore = ctx.services.tasks
     if args.task_id is not None:
-        task = store.get(args.task_id)
+        task = await retrying(store.get, args.task_id)
         if task is None:
             raise ToolError(f"no task {args.task_id!r}; taskIds come from qe_task_orchestrate")
         return {"task": task}
@@ -151,7 +152,7 @@ async def fleet_status(ctx: ToolContext, args: FleetStatusInput) -> dict[str, An
     if not args.verbose:
         keep = ("id", "type", "status", "capacity", "inFlight", "ewmaMs", "completed", "failed")
         status["agents"] = [{k: a.get(k) for k in keep} for a in status["agents"]]
-    status["tasks"] = store.recent(20 if args.verbose else 5)
+    status["tasks"] = await retrying(store.recent, 20 if args.verbose else 5)
     return status
 
 
@@ -174,7 +175,7 @@ async def task_orchestrate(ctx: ToolContext, args: TaskOrchestrateInput) -> dict
             raise ToolError("a task cannot orchestrate qe_task_orchestrate itself")
         kind, steps = spec.tool, [(spec.tool, pass_input)]
     orchestrator: Orchestrator = ctx.services.orchestrator
-    task_id, done = orchestrator.submit(
+    task_id, done = await orchestrator.submit(
         kind,
         steps,
         spec.inputs,
@@ -185,7 +186,7 @@ async def task_orchestrate(ctx: ToolContext, args: TaskOrchestrateInput) -> dict
     )
     if args.wait:
         await done
-        return {"taskId": task_id, "task": ctx.services.tasks.get(task_id)}
+        return {"taskId": task_id, "task": await retrying(ctx.services.tasks.get, task_id)}
     await ctx.progress(0, len(spec.inputs), f"accepted {len(spec.inputs)} subtasks")
     return {"taskId": task_id, "status": "running", "subtasks": len(spec.inputs)}
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import msgspec
 
 from qe_appliance.config import LearningConfig
+from qe_appliance.store.database import retrying
 from qe_appliance.store.patterns import (
     LearningStatus,
     LearnResult,
@@ -99,7 +100,7 @@ async def learn_pattern(ctx: ToolContext, args: LearnPatternInput) -> LearnResul
     outcome = None if args.outcome is None else (args.outcome.pattern_id, args.outcome.success)
     try:
         with store_failures(store.path):
-            return store.learn(draft, rules, outcome)
+            return await retrying(store.learn, draft, rules, outcome)
     except UnknownPatternError as exc:
         raise ToolError(str(exc)) from None
 
@@ -107,7 +108,8 @@ async def learn_pattern(ctx: ToolContext, args: LearnPatternInput) -> LearnResul
 async def learn_status(ctx: ToolContext, args: LearnStatusInput) -> LearningStatus:
     store: PatternStore = ctx.services.patterns
     with store_failures(store.path):
-        return store.status(
+        return await retrying(
+            store.status,
             domain=args.domain, language=args.language, top=TOP_PATTERNS, recent=RECENT_EVENTS
         )
 

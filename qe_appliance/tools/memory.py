@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import msgspec
 
 from qe_appliance.config import DEFAULT_NAMESPACE, MemoryConfig
+from qe_appliance.store.database import StoreError, retrying
 from qe_appliance.store.memory import MemoryHit, MemoryStore, SearchQueryError
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
 
@@ -242,6 +243,8 @@ def store_failures(path: Path) -> Iterator[None]:
     """Turn a database failure into a result the caller can read instead of an internal error."""
     try:
         yield
+    except StoreError as exc:  # another process holds the lock too long, or the state directory vanished
+        raise ToolError(str(exc)) from exc
     except sqlite3.Error as exc:
         raise ToolError(
             f"the database {path} failed: {exc}. Retry; if it persists, check free disk space and the "
@@ -265,7 +268,8 @@ async def memory_store(ctx: ToolContext, args: MemoryStoreInput) -> MemoryStoreR
         _check_size("metadata", metadata_json, limits)
     store: MemoryStore = ctx.services.memory
     with store_failures(store.path):
-        put = store.put(
+        put = await retrying(
+            store.put,
             args.namespace,
             args.key,
             value_json,
@@ -293,7 +297,7 @@ async def memory_retrieve(ctx: ToolContext, args: MemoryRetrieveInput) -> Memory
     _check_namespace(args.namespace, limits)
     store: MemoryStore = ctx.services.memory
     with store_failures(store.path):
-        entry = store.get(args.namespace, args.key)
+        entry = await retrying(store.get, args.namespace, args.key)
     if entry is None:
         return MemoryRetrieveResult(found=False, key=args.key, namespace=args.namespace)
     return MemoryRetrieveResult(
@@ -335,7 +339,8 @@ async def memory_search(ctx: ToolContext, args: MemorySearchInput) -> MemorySear
     store: MemoryStore = ctx.services.memory
     try:
         with store_failures(store.path):
-            hits, total = store.search(
+            hits, total = await retrying(
+                store.search,
                 query=args.query,
                 namespace=namespace,
                 pattern=args.pattern,

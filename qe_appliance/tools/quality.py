@@ -24,8 +24,10 @@ from qe_appliance.quality.metrics import (
     join_coverage,
     measure,
 )
+from qe_appliance.store.database import retrying
 from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec
 from qe_appliance.tools.coverage import decode_report, job, offload, read_report, stored_report, user_errors
+from qe_appliance.tools.memory import store_failures
 from qe_appliance.workspace import Workspace, WorkspaceSpec
 
 CATEGORY = "quality-assessment"
@@ -187,8 +189,10 @@ async def quality_metrics(ctx: ToolContext, args: QualityMetricsInput) -> Qualit
     services = ctx.services
     with user_errors():
         target = services.workspace.resolve(args.path)
-    latest = services.reports.latest_for(str(target))
-    stored = services.reports.get(latest.id) if latest is not None else None
+    reports = services.reports
+    with store_failures(reports.path):
+        latest = await retrying(reports.latest_for, str(target))
+        stored = await retrying(reports.get, latest.id) if latest is not None else None
     work = _MetricsJob(
         services.workspace.spec(), args, stored[0].id if stored else None, stored[1] if stored else None
     )
@@ -259,7 +263,7 @@ async def quality_gate(ctx: ToolContext, args: QualityGateInput) -> GateResult:
     metrics = GateMetrics()
     if args.inputs is not None:
         given = args.inputs.coverage_report
-        body = stored_report(ctx, given) if given is not None else None
+        body = await stored_report(ctx, given) if given is not None else None
         work = _GateJob(ctx.services.workspace.spec(), policy, args.inputs, body)
         metrics = await offload(ctx, gate_job, work, GateMetrics)
     if args.metrics is not None:

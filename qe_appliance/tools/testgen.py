@@ -16,6 +16,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 from qe_appliance.config import LearningConfig
+from qe_appliance.store.database import StoreError, retrying
 from qe_appliance.store.patterns import Pattern, PatternDraft, PatternStore, UnknownPatternError, normalise
 from qe_appliance.testgen.generate import Style, target_tests
 from qe_appliance.testgen.learned import LearnedPattern
@@ -372,7 +373,7 @@ async def generate_tests(ctx: ToolContext, args: GenerateTestsInput) -> Generate
     notes += [f"{entry}: left out (it did not parse; please report this)" for entry in finished.dropped]
     outcomes = _pattern_outcomes(finished)
     if finished.run is not None:
-        notes += _record_outcomes(store, ctx, outcomes, known)
+        notes += await _record_outcomes(store, ctx, outcomes, known)
         counts = _counts(finished.run)
         await ctx.progress(
             total, total, f"{counts['passed']} passed, {counts['failed'] + counts['errors']} failed"
@@ -446,7 +447,7 @@ def _pattern_outcomes(finished: _Finished) -> dict[str, tuple[int, bool | None]]
     return outcomes
 
 
-def _record_outcomes(
+async def _record_outcomes(
     store: PatternStore | None,
     ctx: ToolContext,
     outcomes: dict[str, tuple[int, bool | None]],
@@ -472,10 +473,10 @@ def _record_outcomes(
             example=pattern.example,
         )
         try:
-            store.learn(draft, rules, (pattern_id, success))
+            await retrying(store.learn, draft, rules, (pattern_id, success))
         except UnknownPatternError:
             continue  # deleted meanwhile
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreError) as exc:
             return [f"the outcomes of learned patterns were not recorded: {exc}"]
     return []
 
