@@ -221,8 +221,8 @@ class StdioClient:
         self.send(hb.call_message(request_id, key, protocol))
         self.expect(self.receive(), key)
 
-    def expect(self, answer: dict[str, object], key: str | None) -> None:
-        if key is not None and not hb.found_entry(answer.get("result"), key):
+    def expect(self, answer: dict[str, object], key: str) -> None:
+        if not hb.found_entry(answer.get("result"), key):
             raise hb.BenchError(
                 f"{self.name} over stdio answered {str(answer)[:500]} (expected a found entry for {key!r})"
             )
@@ -273,30 +273,38 @@ def stdio_round(target: Target, args: argparse.Namespace, state_dir: Path, workd
         first = time.monotonic() - started
         for i in range(args.stdio_warmup):
             client.call(2 + i, f"{hb.KEY_PREFIX}{i % args.entries}", target.protocol)
+        # Each phase stops at its call count or after --stdio-seconds, whichever comes first: the slowest
+        # peers answer ~100 calls/s here.
         times: list[float] = []
+        deadline = time.perf_counter() + args.stdio_seconds
         for i in range(args.stdio_calls):
             begin = time.perf_counter()
             client.call(10_000 + i, f"{hb.KEY_PREFIX}{i % args.entries}", target.protocol)
             times.append(time.perf_counter() - begin)
-        # 32 in flight: each answer sends the next call; bodies are prepared beforehand so the client does
-        # little between reads. Every answer is still checked.
-        total = args.stdio_calls * 4
+            if begin > deadline:
+                break
+        # 32 in flight: each answer sends the next call. One body per key, prepared beforehand so the client
+        # does little between reads; its id names the key, and ids in flight differ as --entries > 32.
+        # Every answer is still checked.
         bodies = [
-            json.dumps(hb.call_message(100_000 + i, f"{hb.KEY_PREFIX}{i % args.entries}", target.protocol)).encode()
-            + b"\n"
-            for i in range(total)
+            json.dumps(hb.call_message(100_000 + i, f"{hb.KEY_PREFIX}{i}", target.protocol)).encode() + b"\n"
+            for i in range(args.entries)
         ]
-        keys = {100_000 + i: f"{hb.KEY_PREFIX}{i % args.entries}" for i in range(total)}
         cpu_before = tree_cpu_s(process.pid)
         begin = time.perf_counter()
+        deadline = begin + args.stdio_seconds
         client.send_raw(b"".join(bodies[:IN_FLIGHT]))
-        sent = min(IN_FLIGHT, total)
-        for _ in range(total):
+        sent = outstanding = IN_FLIGHT
+        total = 0
+        while outstanding:
             answer = client.receive()
-            client.expect(answer, keys.pop(int(str(answer["id"]))))
-            if sent < total:
-                client.send_raw(bodies[sent])
+            client.expect(answer, f"{hb.KEY_PREFIX}{int(str(answer['id'])) - 100_000}")
+            total += 1
+            outstanding -= 1
+            if total + outstanding < args.stdio_calls * 4 and time.perf_counter() < deadline:
+                client.send_raw(bodies[sent % args.entries])
                 sent += 1
+                outstanding += 1
         elapsed = time.perf_counter() - begin
         cpu = tree_cpu_s(process.pid) - cpu_before
         times.sort()
@@ -373,8 +381,8 @@ def print_report(targets: list[Target], args: argparse.Namespace, results: Resul
     if not results.stdio:
         return
     print(
-        f"\nstdio, medians of {args.rounds} rounds ({args.stdio_calls} sequential calls, "
-        f"{args.stdio_calls * 4} with {IN_FLIGHT} in flight)"
+        f"\nstdio, medians of {args.rounds} rounds (up to {args.stdio_calls} sequential calls, then up to "
+        f"{args.stdio_calls * 4} with {IN_FLIGHT} in flight, each phase at most {args.stdio_seconds:g} s)"
     )
     print(
         f"| server | first answer ms | p50 µs | p99 µs | calls/s ({IN_FLIGHT} in flight) | CPU µs/call "
@@ -409,8 +417,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--warmup", type=int, help="unreported wrk seconds per start, whole (default 1; 0: none)")
     parser.add_argument("--entries", type=int, default=1000, help="memory entries seeded and cycled (default 1000)")
-    parser.add_argument("--stdio-calls", type=int, help="sequential stdio calls per round (default 2000; --quick 500)")
-    parser.add_argument("--stdio-warmup", type=int, default=200, help="unmeasured stdio calls per start")
+    parser.add_argument(
+        "--stdio-calls", type=int, help="sequential stdio calls per round, 4x in flight (default 2000; --quick 500)"
+    )
+    parser.add_argument("--stdio-seconds", type=float, help="at most this per stdio phase (default 2; --quick 1)")
+    parser.add_argument("--stdio-warmup", type=int, default=50, help="unmeasured stdio calls per start (default 50)")
     parser.add_argument("--skip", default="", help="comma-separated peers to leave out: sdk,fastmcp,ts,ceiling")
     parser.add_argument("--no-stdio", action="store_true", help="HTTP only")
     parser.add_argument("--keep-state", action="store_true", help="keep the temporary state dir and logs")
@@ -421,12 +432,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.connections = args.connections or ([16] if quick else [1, 16])
     args.warmup = 1 if args.warmup is None else args.warmup
     args.stdio_calls = args.stdio_calls or (500 if quick else 2000)
+    args.stdio_seconds = args.stdio_seconds or (1.0 if quick else 2.0)
     args.skip = {name for name in args.skip.split(",") if name}
     unknown = args.skip - {"sdk", "fastmcp", "ts", "ceiling"}
     if unknown:
         parser.error(f"--skip takes sdk, fastmcp, ts or ceiling, not {', '.join(sorted(unknown))}")
-    if args.rounds < 1 or args.duration < 1 or args.threads < 1 or args.entries < 1 or args.stdio_calls < 10:
-        parser.error("--rounds, --duration, --threads and --entries must be positive, --stdio-calls at least 10")
+    if args.rounds < 1 or args.duration < 1 or args.threads < 1 or args.stdio_calls < 10 or args.stdio_seconds <= 0:
+        parser.error("--rounds, --duration, --threads and --stdio-seconds must be positive, --stdio-calls at least 10")
+    if args.entries <= IN_FLIGHT:
+        parser.error(f"--entries must be more than {IN_FLIGHT}: the calls in flight each read a key of their own")
     return args
 
 
