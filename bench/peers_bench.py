@@ -48,8 +48,8 @@ IN_FLIGHT = 32
 class Target:
     name: str
     protocol: str
-    http: Callable[[Path, Path, int], list[str]] | None  # (state dir, workdir, port) -> command
-    stdio: Callable[[Path, Path], list[str]] | None  # (state dir, workdir) -> command
+    http: Callable[[Path, int], list[str]] | None  # (state dir, port) -> command
+    stdio: Callable[[Path], list[str]] | None  # (state dir) -> command
     env: dict[str, str] | None = None
 
 
@@ -93,12 +93,12 @@ def tree_cpu_s(session: int) -> float:
 
 
 def ours_targets() -> list[Target]:
-    def http(state_dir: Path, workdir: Path, port: int) -> list[str]:
+    def http(state_dir: Path, port: int) -> list[str]:
         # One wrk client far exceeds the default per-client rate limit, and no peer has one;
         # bench/security_bench.py measures what the limit costs.
         return hb.ours_command(hb.write_config(state_dir, port, {"rateLimit": {"requestsPerSecond": 0}}), port)
 
-    def stdio(state_dir: Path, workdir: Path) -> list[str]:
+    def stdio(state_dir: Path) -> list[str]:
         return hb.ours_command(hb.write_config(state_dir, hb.free_port()), None)
 
     return [
@@ -109,52 +109,37 @@ def ours_targets() -> list[Target]:
     ]
 
 
+def peer(name: str, protocol: str, head: list[str], env: dict[str, str] | None = None) -> Target:
+    """A peer script taking `--port N --state-dir DIR` for HTTP and `--stdio --state-dir DIR` for stdio."""
+    return Target(
+        name,
+        protocol,
+        lambda state_dir, port: [*head, "--port", str(port), "--state-dir", str(state_dir)],
+        lambda state_dir: [*head, "--stdio", "--state-dir", str(state_dir)],
+        env,
+    )
+
+
 def peer_targets(skip: set[str]) -> list[Target]:
+    """The peers not in `skip`, installing Node 22 + the TypeScript SDK and the fastmcp venv when missing."""
     targets: list[Target] = []
-    state_args = ["--state-dir"]
     if "sdk" not in skip:
-        sdk = [sys.executable, str(hb.BENCH / "sdk_peer.py")]
-        targets.append(
-            Target(
-                "sdk",
-                hb.PROTOCOL,
-                lambda s, w, p: [*sdk, "--port", str(p), *state_args, str(s)],
-                lambda s, w: [*sdk, "--stdio", *state_args, str(s)],
-            )
-        )
+        targets.append(peer("sdk", hb.PROTOCOL, [sys.executable, str(hb.BENCH / "sdk_peer.py")]))
     if "fastmcp" not in skip:
-        python = fastmcp_peer.python()
-        fast = [str(python), str(hb.BENCH / "fastmcp_peer.py")]
-        targets.append(
-            Target(
-                "fastmcp",
-                hb.PROTOCOL,
-                lambda s, w, p: [*fast, "--port", str(p), *state_args, str(s)],
-                lambda s, w: [*fast, "--stdio", *state_args, str(s)],
-            )
-        )
+        targets.append(peer("fastmcp", hb.PROTOCOL, [str(fastmcp_peer.python()), str(hb.BENCH / "fastmcp_peer.py")]))
     if "ts" not in skip:
         runtime = node_peer.ensure()
-        script = hb.BENCH / "ts_peer.cjs"
-        targets.append(
-            Target(
-                "ts",
-                hb.HANDSHAKE_PROTOCOL,
-                lambda s, w, p: runtime.command(script, "--port", str(p), *state_args, str(s)),
-                lambda s, w: runtime.command(script, "--stdio", *state_args, str(s)),
-                runtime.env(),
-            )
-        )
+        targets.append(peer("ts", hb.HANDSHAKE_PROTOCOL, runtime.command(hb.BENCH / "ts_peer.cjs"), runtime.env()))
     if "ceiling" not in skip:
         ceiling = [sys.executable, str(hb.BENCH / "ceiling_peer.py")]
-        targets.append(Target("ceiling", hb.PROTOCOL, lambda s, w, p: [*ceiling, "--port", str(p)], None))
+        targets.append(Target("ceiling", hb.PROTOCOL, lambda state_dir, port: [*ceiling, "--port", str(port)], None))
     return targets
 
 
 def http_round(target: Target, args: argparse.Namespace, state_dir: Path, workdir: Path, results: Results) -> None:
     assert target.http is not None
     port = hb.free_port()
-    command = target.http(state_dir, workdir, port)
+    command = target.http(state_dir, port)
     server = hb.start_server(target.name, command, port, workdir, target.env)
     try:
         ready = hb.wait_ready(server)
@@ -249,7 +234,7 @@ def handshake(client: StdioClient) -> None:
 
 def stdio_round(target: Target, args: argparse.Namespace, state_dir: Path, workdir: Path, results: Results) -> None:
     assert target.stdio is not None
-    command = target.stdio(state_dir, workdir)
+    command = target.stdio(state_dir)
     log = workdir / f"{target.name}-stdio.log"
     env = dict(os.environ if target.env is None else target.env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hb.REPO), env.get("PYTHONPATH", "")) if p)
