@@ -32,6 +32,8 @@ REPO = BENCH.parent
 LUA = BENCH / "wrk_tools_call.lua"
 HOST = "127.0.0.1"
 PROTOCOL = "2026-07-28"
+# The newest revision of the handshake era: what peers built on SDKs without 2026-07-28 speak.
+HANDSHAKE_PROTOCOL = "2025-11-25"
 NAMESPACE = "bench"
 KEY_PREFIX = "key-"
 READY_TIMEOUT_S = 60.0
@@ -86,11 +88,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def ours_command(config: Path, port: int) -> list[str]:
-    """The installed console script when present (what operators run), else the module from this tree."""
+def ours_command(config: Path, port: int | None) -> list[str]:
+    """The installed console script when present (what operators run), else the module from this tree.
+    Port None: serve stdio."""
     script = Path(sys.executable).parent / "aqe-v3"
     head = [str(script)] if script.exists() else [sys.executable, "-m", "qe_appliance.cli"]
-    return [*head, "mcp", "start", "--config", str(config), "--port", str(port)]
+    transport = ["--stdio"] if port is None else ["--port", str(port)]
+    return [*head, "mcp", "start", "--config", str(config), *transport]
 
 
 def peer_command(state_dir: Path, port: int) -> list[str]:
@@ -115,10 +119,10 @@ def write_config(state_dir: Path, port: int, server: dict[str, Any] | None = Non
 
 
 def seed_store(state_dir: Path, count: int) -> None:
-    # Imported here: sdk_peer puts the repository root on sys.path for the appliance's MemoryStore.
-    import sdk_peer
+    # Imported here: peer_data puts the repository root on sys.path for the appliance's MemoryStore.
+    import peer_data
 
-    sdk_peer.seed(state_dir, count, NAMESPACE, KEY_PREFIX)
+    peer_data.seed(state_dir, count, NAMESPACE, KEY_PREFIX)
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
@@ -129,9 +133,11 @@ def log_tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text[-lines:]) or "(empty log)"
 
 
-def start_server(name: str, command: list[str], port: int, workdir: Path) -> Server:
+def start_server(
+    name: str, command: list[str], port: int, workdir: Path, base_env: dict[str, str] | None = None
+) -> Server:
     log = workdir / f"{name}.log"
-    env = dict(os.environ)
+    env = dict(os.environ if base_env is None else base_env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     started = time.monotonic()
     with log.open("wb") as out:
@@ -208,40 +214,57 @@ def rss_kib(pid: int) -> int:
     return int(match.group(1)) if match else 0
 
 
-def request_body(request_id: int, key: str) -> bytes:
-    return json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": request_id,
-            "method": "tools/call",
-            "params": {
-                "name": "qe_memory_retrieve",
-                "arguments": {"key": key, "namespace": NAMESPACE},
-                "_meta": {
-                    "io.modelcontextprotocol/protocolVersion": PROTOCOL,
-                    "io.modelcontextprotocol/clientCapabilities": {},
-                    "io.modelcontextprotocol/clientInfo": {"name": "wrk-bench", "version": "1.0"},
-                },
-            },
+def call_message(request_id: int, key: str, protocol: str = PROTOCOL) -> dict[str, Any]:
+    """The tools/call wrk sends: with the 2026-07-28 `_meta` envelope, or bare for a handshake-era `protocol`."""
+    params: dict[str, Any] = {"name": "qe_memory_retrieve", "arguments": {"key": key, "namespace": NAMESPACE}}
+    if protocol == PROTOCOL:
+        params["_meta"] = {
+            "io.modelcontextprotocol/protocolVersion": PROTOCOL,
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "wrk-bench", "version": "1.0"},
         }
-    ).encode()
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
 
 
-REQUEST_HEADERS = {
-    "Content-Type": "application/json",
-    "Accept": "application/json, text/event-stream",
-    "MCP-Protocol-Version": PROTOCOL,
-    "Mcp-Method": "tools/call",
-    "Mcp-Name": "qe_memory_retrieve",
-    "Mcp-Param-Namespace": NAMESPACE,
-}
+def request_body(request_id: int, key: str, protocol: str = PROTOCOL) -> bytes:
+    return json.dumps(call_message(request_id, key, protocol)).encode()
 
 
-def check_answer(server: Server, key: str, token: str | None = None) -> None:
+def request_headers(protocol: str = PROTOCOL) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": protocol,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "qe_memory_retrieve",
+        "Mcp-Param-Namespace": NAMESPACE,
+    }
+
+
+REQUEST_HEADERS = request_headers()
+
+
+def found_entry(result: Any, key: str) -> bool:
+    """Whether a tools/call result is the found entry for `key` (structured, or as JSON text)."""
+    try:
+        content = result.get("structuredContent") or json.loads(result["content"][0]["text"])
+    except (AttributeError, ValueError, KeyError, IndexError, TypeError):
+        return False
+    return (
+        isinstance(content, dict)
+        and content.get("found") is True
+        and content.get("key") == key
+        and not result.get("isError")
+    )
+
+
+def check_answer(server: Server, key: str, token: str | None = None, protocol: str = PROTOCOL) -> None:
     """One request shaped like wrk's (with `token` as its bearer token); the result must be a found entry."""
-    headers = dict(REQUEST_HEADERS, Authorization=f"Bearer {token}") if token else REQUEST_HEADERS
+    headers = request_headers(protocol)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
-        f"http://{HOST}:{server.port}/mcp", data=request_body(1, key), headers=headers, method="POST"
+        f"http://{HOST}:{server.port}/mcp", data=request_body(1, key, protocol), headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=10.0) as response:
@@ -252,16 +275,9 @@ def check_answer(server: Server, key: str, token: str | None = None) -> None:
         raise BenchError(f"{server.name} did not answer the tools/call check: {exc}") from exc
     try:
         result = json.loads(raw)["result"]
-        content = result.get("structuredContent") or json.loads(result["content"][0]["text"])
-    except (ValueError, KeyError, IndexError, TypeError):
-        content = None
-    if (
-        status != 200
-        or not isinstance(content, dict)
-        or content.get("found") is not True
-        or content.get("key") != key
-        or result.get("isError")
-    ):
+    except (ValueError, KeyError, TypeError):
+        result = None
+    if status != 200 or not found_entry(result, key):
         raise BenchError(
             f"{server.name} answered the tools/call check with HTTP {status}: "
             f"{raw[:500].decode(errors='replace')}\n(expected a found result for key {key!r}; "
@@ -270,7 +286,13 @@ def check_answer(server: Server, key: str, token: str | None = None) -> None:
 
 
 def wrk_command(
-    url: str, connections: int, threads: int, duration: float, keys: int, token: str | None = None
+    url: str,
+    connections: int,
+    threads: int,
+    duration: float,
+    keys: int,
+    token: str | None = None,
+    protocol: str = PROTOCOL,
 ) -> list[str]:
     command = [
         "wrk",
@@ -286,13 +308,21 @@ def wrk_command(
         KEY_PREFIX,
         str(keys),
     ]
+    if protocol != PROTOCOL:
+        return [*command, token or "-", protocol]
     return [*command, token] if token else command
 
 
 def run_wrk(
-    url: str, connections: int, threads: int, duration: float, keys: int, token: str | None = None
+    url: str,
+    connections: int,
+    threads: int,
+    duration: float,
+    keys: int,
+    token: str | None = None,
+    protocol: str = PROTOCOL,
 ) -> WrkRun:
-    command = wrk_command(url, connections, threads, duration, keys, token)
+    command = wrk_command(url, connections, threads, duration, keys, token, protocol)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
     except subprocess.TimeoutExpired as exc:
