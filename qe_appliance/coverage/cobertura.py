@@ -25,8 +25,9 @@ from qe_appliance.coverage.model import (
 FORMAT: Final = "cobertura"
 _CLASS: Final = re.compile(rb"<class(?=[\s/>])")
 _METHOD: Final = re.compile(rb"<method(?=[\s/>])")
-_SOURCE: Final = re.compile(rb"<source>\s*([^<]*?)\s*</source>")
-_CONDITIONS: Final = re.compile(rb"<conditions[\s>].*?</conditions>", re.S)
+# `[^<]*` then a literal: one forward scan (the text is stripped after; a lazy group between two `\s*`
+# made `<source>` + spaces + `<b/>` cubic).
+_SOURCE: Final = re.compile(rb"<source>([^<]*)</source>")
 _BRANCH_LINE: Final = re.compile(rb"""<line\s[^>]*branch\s*=\s*["']true["'][^>]*>""")
 _CONDITION: Final = re.compile(rb"\(\s*(\d+)\s*/\s*(\d+)\s*\)")
 _TAKEN: Final = re.compile(rb"\(\s*(\d+)\s*/")
@@ -53,7 +54,9 @@ def parse(data: bytes) -> Parsed:
     pieces = _CLASS.split(text)
     head = pieces[0]
     top, _ = xmlscan.start_tag(head, head.find(b"<coverage") + len(b"<coverage"))
-    sources = [html.unescape(source.decode("utf-8", errors="replace")) for source in _SOURCE.findall(head)]
+    sources = [
+        html.unescape(source.strip().decode("utf-8", errors="replace")) for source in _SOURCE.findall(head)
+    ]
     has_branches = (b"branch" in text and _BRANCH_LINE.search(text) is not None) or _positive(
         top.get("branches-valid")
     )
@@ -111,7 +114,7 @@ def _split_methods(body: bytes) -> tuple[bytes, bytes]:
 def _line_columns(lines_text: bytes, where: str) -> tuple[list[int], list[int] | list[float]]:
     """Line numbers and hit counts of every <line> element, in document order."""
     if b"<condition" in lines_text:
-        lines_text = _CONDITIONS.sub(b"", lines_text)
+        lines_text = xmlscan.without(lines_text, xmlscan.elements(lines_text, "conditions"))
     count = lines_text.count(b"<line") - lines_text.count(b"<lines")
     raw_numbers = _NUMBER.findall(lines_text)
     raw_hits = _HITS.findall(lines_text)

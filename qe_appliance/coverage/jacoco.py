@@ -26,7 +26,6 @@ FORMAT: Final = "jacoco"
 _PACKAGE: Final = re.compile(rb"<package(?=[\s/>])")
 _CLASS: Final = re.compile(rb"<class(?=[\s/>])")
 _SOURCEFILE: Final = re.compile(rb"<sourcefile(?=[\s/>])")
-_METHOD: Final = re.compile(rb"<method\s((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>(.*?)</method>", re.S)
 _METHOD_COUNTER: Final = re.compile(rb"""<counter\s[^>]*type\s*=\s*["']METHOD["'][^>]*>""")
 _COMPLEXITY_COUNTER: Final = re.compile(rb"""<counter\s[^>]*type\s*=\s*["']COMPLEXITY["'][^>]*>""")
 _COLUMNS: Final = {name: xmlscan.attribute_pattern(name) for name in ("nr", "mi", "ci", "mb", "cb")}
@@ -73,8 +72,9 @@ def _package(where: str, piece: bytes, budget: BranchBudget) -> list[FileCoverag
 
 def _methods(simple_class: str, class_body: bytes, where: str) -> list[Function]:
     functions = []
-    for tag_text, inner in _METHOD.findall(class_body):
-        attrs = xmlscan.attributes(tag_text)
+    for method in xmlscan.elements(class_body, "method"):
+        attrs = xmlscan.attributes(method.attrs)
+        inner = class_body[slice(*method.inner)]
         counter = _METHOD_COUNTER.search(inner)
         if counter is None:
             raise ReportError(FORMAT, where, f"method {attrs.get('name')} has no METHOD counter")
