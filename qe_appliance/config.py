@@ -191,7 +191,8 @@ TOOL_DEFAULTS: Final[dict[str, ToolConfig]] = {
         category="coverage-analysis", target_latency_ms=200.0, execution="fleet"
     ),
     "qe_coverage_gaps": ToolConfig(category="coverage-analysis", target_latency_ms=100.0, execution="fleet"),
-    "qe_quality_gate": ToolConfig(category="quality-assessment", target_latency_ms=100.0),
+    # The gate parses the reports it is given (caller files): that runs on an agent, never on the loop.
+    "qe_quality_gate": ToolConfig(category="quality-assessment", target_latency_ms=100.0, execution="fleet"),
     "qe_quality_metrics": ToolConfig(
         category="quality-assessment", target_latency_ms=50.0, execution="fleet"
     ),
