@@ -84,6 +84,7 @@ class ServerConfig(_Section, frozen=True):
     log_level: LogLevel = "info"
     workspace_roots: tuple[str, ...] = ()
     allow_code_execution: bool = True
+    allow_unauthenticated_code_execution: bool = False
     max_input_file_bytes: AtLeastOne = 67_108_864
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from qe_appliance import sandbox
 from qe_appliance._core.balancer import Balancer
 from qe_appliance.config import CATEGORIES, Config, runtime_dir
 from qe_appliance.fleet import agent as agent_main
@@ -111,6 +112,7 @@ class Fleet:
         for stale in self.runtime_dir.glob("agent-*.sock"):
             # Left by a server that was killed; its agents exit on their own once they notice.
             stale.unlink(missing_ok=True)
+            sandbox.kill_recorded_groups(sandbox.groups_file(stale))
         wanted = [t for t, n in self.config.fleet.agents.items() for _ in range(n)]
         await asyncio.gather(*(self.spawn(t) for t in wanted))
         await self.pool.prewarm([a.id for a in self.agents.values() if a.status == "available"])
@@ -196,6 +198,8 @@ class Fleet:
             return
         self.balancer.remove(agent_id)
         self.pool.forget_agent(agent_id)
+        # What the agent's calls started (a verification's pytest and its children) dies with it.
+        sandbox.kill_recorded_groups(sandbox.groups_file(agent.socket_path))
         if agent.status == "draining" or self.stopping:
             self.agents.pop(agent_id, None)
             return
