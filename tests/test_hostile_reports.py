@@ -58,7 +58,7 @@ def test_parsing_time_grows_linearly_with_hostile_input(name: str) -> None:
     assert large < 1.0, f"{name}: {large:.2f} s for {SMALL * GROWTH // 1024} KiB"
 
 
-class _HealthProbe:
+class HealthProbe:
     """Polls /healthz from a thread and keeps the slowest answer."""
 
     def __init__(self, server: ServerProcess) -> None:
@@ -68,7 +68,7 @@ class _HealthProbe:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> _HealthProbe:
+    def __enter__(self) -> HealthProbe:
         self._thread.start()
         return self
 
@@ -112,7 +112,7 @@ async def test_healthz_answers_while_the_gate_parses_a_callers_reports(
 ) -> None:
     server, _ = report_server
     async with Client(server.url) as client:
-        with _HealthProbe(server) as probe:
+        with HealthProbe(server) as probe:
             started = time.perf_counter()
             hostile = await client.call_tool("qe_quality_gate", _gate({"coverageReport": "source-spaces.xml"}))
             hostile_s = time.perf_counter() - started

@@ -22,7 +22,7 @@ _RERUN_TAGS: Final = ("rerunFailure", "rerunError", "flakyFailure", "flakyError"
 Outcome = Literal["passed", "failed", "error", "skipped"]
 
 
-class FailedTest(msgspec.Struct, rename="camel", frozen=True):
+class FailedTest(msgspec.Struct, rename="camel", frozen=True, gc=False):
     name: str
     classname: str | None
     outcome: Literal["failed", "error"]
@@ -49,6 +49,9 @@ class TestResults(msgspec.Struct, rename="camel", frozen=True):
 
 
 MAX_TESTS: Final = 1_000_000
+# Failures whose details are kept while reading: the listed ones are among the first of them, unless
+# nearly all of those pass on a later rerun; keeps memory flat when most of a huge report fails.
+MAX_KEPT_FAILURES: Final = 1_000
 # Text kept of a failure without a message attribute: enough for its first line.
 _TEXT_CHARS: Final = 4096
 _OUTCOMES: Final[tuple[Outcome, ...]] = ("passed", "failed", "error", "skipped")
@@ -181,12 +184,14 @@ class _Reader:
                 FORMAT, "", f"more than {MAX_TESTS:,} distinct test cases; split the report or give fewer suites"
             )
         self.outcomes[case.key] = case.outcome | (4 if case.reruns else 0)
-        if case.outcome in (_FAILED, _ERROR):
+        if case.outcome in (_FAILED, _ERROR) and (
+            case.key in self.failures or len(self.failures) < MAX_KEPT_FAILURES
+        ):
             message = case.message or "".join(case.text or ())
             self.failures[case.key] = FailedTest(
                 case.name, case.classname, _OUTCOMES[case.outcome], _first_line(message)  # type: ignore[arg-type]
             )
-        else:
+        elif case.outcome not in (_FAILED, _ERROR):
             self.failures.pop(case.key, None)
 
 
