@@ -67,7 +67,7 @@ def _in_flight(server: ServerProcess) -> tuple[int, int]:
     status, _, raw = request(server, "POST", body=body, headers=headers)
     assert status == 200, raw
     fleet = json.loads(raw)["result"]["structuredContent"]
-    return sum(agent.get("inFlight", 0) for agent in fleet["agents"]), fleet["pool"]["inUse"]
+    return sum(agent.get("inFlight") or 0 for agent in fleet["agents"]), fleet["pool"]["inUse"]
 
 
 def _assert_stopped(server: ServerProcess, subject: str) -> None:
