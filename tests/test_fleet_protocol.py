@@ -6,14 +6,12 @@ compute function that rewrites their next reply."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from qe_appliance.fleet.runtime import Fleet, FleetError
 from tests import agent_functions as fns
-from tests.test_fleet import make_config, run
+from tests.test_fleet import fleet, run  # noqa: F401 (fixture: real agents, tests.agent_functions preloaded)
 
 pytestmark = pytest.mark.anyio
 
@@ -23,19 +21,15 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    f = Fleet(make_config(tmp_path))
-    await f.start()
-    yield f
-    await f.stop(5)
-
-
 @pytest.mark.parametrize(
     ("kind", "problem"),
     [("size", "over the 268435456-byte limit"), ("id", "sent a reply for call")],
 )
-async def test_a_reply_that_breaks_the_protocol_fails_its_call_at_once(fleet: Fleet, kind: str, problem: str) -> None:
+async def test_a_reply_that_breaks_the_protocol_fails_its_call_at_once(
+    fleet: Fleet,  # noqa: F811 (the fixture imported above)
+    kind: str,
+    problem: str,
+) -> None:
     started = time.monotonic()
     with pytest.raises(FleetError, match=problem):
         await run(fleet, fns.misframe, kind, timeout=20)

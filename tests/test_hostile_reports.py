@@ -34,12 +34,12 @@ make, kind = ADVERSARIAL[sys.argv[1]]
 for size in map(int, sys.argv[2:]):
     data, best = make(size), float("inf")
     for _ in range(3):
-        started = time.perf_counter()
+        started = time.process_time()  # CPU time: other work on the machine does not count
         try:
             junit.parse(data) if kind == "junit" else parse_report(data, "auto", "/")
         except ReportError:
             pass  # a refusal is a fine answer; how long it took is what is measured
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.process_time() - started)
     print(best, flush=True)
 """
 

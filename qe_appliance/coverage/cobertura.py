@@ -23,8 +23,8 @@ from qe_appliance.coverage.model import (
 )
 
 FORMAT: Final = "cobertura"
-_CLASS: Final = re.compile(rb"<class(?=[\s/>])")
-_METHOD: Final = re.compile(rb"<method(?=[\s/>])")
+_CLASS: Final = xmlscan.start_of("class")
+_METHOD: Final = xmlscan.start_of("method")
 # `[^<]*` then a literal: one forward scan (the text is stripped after; a lazy group between two `\s*`
 # made `<source>` + spaces + `<b/>` cubic).
 _SOURCE: Final = re.compile(rb"<source>([^<]*)</source>")
@@ -47,12 +47,8 @@ class Parsed(NamedTuple):
 
 
 def parse(data: bytes) -> Parsed:
-    text = xmlscan.check(data, FORMAT)
-    root = xmlscan.root_name(text)
-    if root != "coverage":
-        raise ReportError(FORMAT, "line 1", f"the document element is <{root}>, not <coverage>")
-    pieces = _CLASS.split(text)
-    head = pieces[0]
+    text = xmlscan.document(data, FORMAT, "coverage")
+    head, pieces = xmlscan.split(text, _CLASS)
     top, _ = xmlscan.start_tag(head, head.find(b"<coverage") + len(b"<coverage"))
     sources = [
         html.unescape(source.strip().decode("utf-8", errors="replace")) for source in _SOURCE.findall(head)
@@ -61,12 +57,8 @@ def parse(data: bytes) -> Parsed:
         top.get("branches-valid")
     )
     has_functions = _ANY_METHOD.search(text) is not None
-    files: list[FileCoverage] = []
-    line = head.count(b"\n") + 1
     budget = BranchBudget(FORMAT, len(data))
-    for piece in pieces[1:]:
-        files.append(_class(f"line {line}", piece, has_branches, has_functions, budget))
-        line += piece.count(b"\n")
+    files = [_class(where, piece, has_branches, has_functions, budget) for where, piece in pieces]
     return Parsed(merge_files(files), sources)
 
 

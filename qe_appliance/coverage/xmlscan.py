@@ -80,6 +80,34 @@ def check(data: bytes, fmt: str) -> bytes:
     return data
 
 
+def document(data: bytes, fmt: str, root: str) -> bytes:
+    """`check`, and ReportError unless the document element is `<root>`."""
+    text = check(data, fmt)
+    found = root_name(text)
+    if found != root:
+        raise ReportError(fmt, "line 1", f"the document element is <{found}>, not <{root}>")
+    return text
+
+
+def start_of(name: str) -> re.Pattern[bytes]:
+    """Finds `<name` as a whole start tag name (not `<names`)."""
+    return re.compile(b"<" + re.escape(name.encode()) + rb"(?=[\s/>])")
+
+
+def split(text: bytes, start: re.Pattern[bytes]) -> tuple[bytes, Iterator[tuple[str, bytes]]]:
+    """The text before the first match of `start`, and each piece from one match to the next with
+    `line N`, the line it starts on (for errors)."""
+    head, *pieces = start.split(text)
+
+    def numbered() -> Iterator[tuple[str, bytes]]:
+        line = head.count(b"\n") + 1
+        for piece in pieces:
+            yield f"line {line}", piece
+            line += piece.count(b"\n")
+
+    return head, numbered()
+
+
 def root_name(data: bytes) -> str | None:
     """The document element's name, read from the prolog without parsing the document."""
     position = 0
@@ -130,7 +158,7 @@ def elements(text: bytes, name: str) -> Iterator[Span]:
     An element of the same name nested inside another is part of the outer one's content. Each search
     starts where the previous element ended, so no byte is scanned twice, whatever the document holds.
     """
-    opening = re.compile(b"<" + re.escape(name.encode()) + rb"(?=[\s/>])")
+    opening = start_of(name)
     closing = b"</" + name.encode()
     position = 0
     while (found := opening.search(text, position)) is not None:
