@@ -61,11 +61,13 @@ class ServerPolicy(Protocol):
 class Caller:
     """Who asked: over which transport, and whether the server authenticated them (a bearer token)."""
 
-    transport: str  # "stdio", "http" or "internal" (a call the server makes for itself)
+    transport: str  # "stdio", "http" or "in-process"
     authenticated: bool = False
 
 
 STDIO: Final = Caller("stdio", True)
+# The server's own user calling a tool in its process (the CLI, tests): as trusted as stdio.
+IN_PROCESS: Final = Caller("in-process", True)
 UNAUTHENTICATED_HTTP: Final = Caller("http", False)
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from qe_appliance.sandbox import UNAUTHENTICATED_HTTP, Caller
+from qe_appliance.sandbox import IN_PROCESS, UNAUTHENTICATED_HTTP, Caller
 
 # Names the server made (reportId, taskId) or keeps in its configuration: short, so errors can quote them.
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -67,7 +67,7 @@ async def no_log(level: str, text: str) -> None:
 
 def bare_context(services: Any, tool_name: str = "") -> ToolContext:
     """A context with no progress or log channel (stdio tests, CLI, unit tests)."""
-    return ToolContext(services=services, progress=no_progress, log=no_log, tool_name=tool_name)
+    return ToolContext(services=services, progress=no_progress, log=no_log, tool_name=tool_name, caller=IN_PROCESS)
 
 
 Handler = Callable[[ToolContext, Any], Awaitable[Any]]
