@@ -1,14 +1,21 @@
 """Long fuzzing run against a real server: the generators of tests/test_fuzz.py, for minutes instead of seconds.
 
-    .venv/bin/python bench/fuzz_bench.py [--seconds 60] [--seed N]
+    .venv/bin/python bench/fuzz_bench.py [--seconds 60] [--seed N] [--parts requests,reports]
+                                         [--report-max-kib 4096]
 
-Sends raw HTTP bytes and JSON-RPC bodies of both protocol eras while a well-behaved control client keeps
+`requests`: raw HTTP bytes and JSON-RPC bodies of both protocol eras while a well-behaved control client keeps
 calling tools/list on its own connection. Interleaved with them, the wire edges of issue 17, each held to its
 exact expected answer: well-formed requests pipelined ahead of one the server refuses (all answered in order,
 then the refusal, then close), upgrade offers with and without a body (ignored, served as HTTP/1.1),
 Expect: 100-continue (the 100 before the body unless the request is refused anyway) and header floods (431
 past 100 fields or maxHeaderBytes). Prints what was fuzzed and what came back; exits non-zero on any crash,
 hang, invalid or unexpected response, leaked traceback or control-client failure.
+
+`reports`: the hostile report shapes of tests/adversarial_reports.py at doubling sizes up to
+--report-max-kib, each parsed by the server (qe_coverage_analyze by path, qe_quality_gate junitXml) while
+/healthz is polled. Prints the time per MiB at each size and the slowest /healthz answer; exits non-zero when
+the time per MiB grows more than 3x from the smallest size to the largest (a scan that is not linear) or
+/healthz waited more than 0.5 s.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.adversarial_reports import ADVERSARIAL  # noqa: E402
 from tests.conftest import ServerProcess, start_server  # noqa: E402
 from tests.test_fuzz import (  # noqa: E402
     FUZZ_CONFIG,
@@ -49,7 +57,8 @@ from tests.test_fuzz import (  # noqa: E402
     rpc_bodies,
     run_case,
 )
-from tests.test_http_edges import modern  # noqa: E402
+from tests.test_hostile_reports import HealthProbe  # noqa: E402
+from tests.test_http_edges import modern, request  # noqa: E402
 from tests.test_http_hardening import H2C_OFFER, head, post, refused_requests  # noqa: E402
 
 CONTROL_INTERVAL_S = 0.05
@@ -367,12 +376,72 @@ def report(tally: Tally, control: Control, log_tracebacks: int, elapsed: float, 
     return 0 if latencies else 1
 
 
+def reports(max_kib: int) -> int:
+    """Hostile reports of doubling size through a real server; see the module docstring."""
+    tmp = Path(tempfile.mkdtemp(prefix="aqe-fuzz-reports-"))
+    root = tmp / "reports"
+    root.mkdir()
+    (tmp / "server").mkdir()
+    srv = start_server(
+        tmp / "server", {"server": {"workspaceRoots": [str(root)], "maxBodyBytes": 1 << 20}, **_REPORT_TIMEOUTS}
+    )
+    sizes = [64 * 2**i for i in range(12) if 64 * 2**i <= max_kib]
+    print(f"# fuzz_bench reports: {shlex.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"{'input':<32} " + " ".join(f"{size:>7} KiB" for size in sizes) + "   growth  /healthz max")
+    bad = 0
+    try:
+        for name, (make, kind) in sorted(ADVERSARIAL.items()):
+            per_mib: list[float] = []
+            slowest = 0.0
+            for size in sizes:
+                path = root / f"{name}-{size}"
+                path.write_bytes(make(size * 1024))
+                tool, arguments = (
+                    ("qe_coverage_analyze", {"path": path.name})
+                    if kind == "coverage"
+                    else ("qe_quality_gate", {"inputs": {"junitXml": path.name}, "policy": {"maxFailedTests": 0}})
+                )
+                body, headers = modern("tools/call", {"name": tool, "arguments": arguments})
+                with HealthProbe(srv) as probe:
+                    started = time.perf_counter()
+                    status, _, _ = request(srv, "POST", body=body, headers=headers)
+                    seconds = time.perf_counter() - started
+                assert status == 200
+                per_mib.append(seconds / (path.stat().st_size / 2**20))
+                slowest = max(slowest, probe.slowest)
+                path.unlink()
+            growth = per_mib[-1] / per_mib[0]
+            failed = growth > 3 or slowest > 0.5
+            bad += failed
+            print(
+                f"{name:<32} "
+                + " ".join(f"{value * 1000:>7.0f} ms" for value in per_mib)
+                + f"   {growth:5.2f}x  {slowest * 1000:7.1f} ms{'  FAILED' if failed else ''}"
+            )
+        print("(per size: server time per MiB of report, the call's round trip included)")
+    finally:
+        srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if bad else 0
+
+
+_REPORT_TIMEOUTS = {"tools": {name: {"timeoutMs": 120_000} for name in ("qe_coverage_analyze", "qe_quality_gate")}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="how long to fuzz (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed, for a reproducible run (default 0)")
+    parser.add_argument("--parts", default="requests,reports", help="requests, reports or both (default)")
+    parser.add_argument("--report-max-kib", type=int, default=4096, help="largest hostile report (default 4096)")
     args = parser.parse_args()
-    return run(args.seconds, args.seed)
+    parts = set(args.parts.split(","))
+    failed = 0
+    if "requests" in parts:
+        failed |= run(args.seconds, args.seed)
+    if "reports" in parts:
+        failed |= reports(args.report_max_kib)
+    return failed
 
 
 if __name__ == "__main__":

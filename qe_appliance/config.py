@@ -85,6 +85,7 @@ class ServerConfig(_Section, frozen=True):
     log_level: LogLevel = "info"
     workspace_roots: tuple[str, ...] = ()
     allow_code_execution: bool = True
+    allow_unauthenticated_code_execution: bool = False
     max_input_file_bytes: AtLeastOne = 67_108_864
 
 
@@ -192,7 +193,8 @@ TOOL_DEFAULTS: Final[dict[str, ToolConfig]] = {
         category="coverage-analysis", target_latency_ms=200.0, execution="fleet"
     ),
     "qe_coverage_gaps": ToolConfig(category="coverage-analysis", target_latency_ms=100.0, execution="fleet"),
-    "qe_quality_gate": ToolConfig(category="quality-assessment", target_latency_ms=100.0),
+    # The gate parses the reports it is given (caller files): that runs on an agent, never on the loop.
+    "qe_quality_gate": ToolConfig(category="quality-assessment", target_latency_ms=100.0, execution="fleet"),
     "qe_quality_metrics": ToolConfig(
         category="quality-assessment", target_latency_ms=50.0, execution="fleet"
     ),

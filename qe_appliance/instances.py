@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from qe_appliance import sandbox
+
 _AGENT_SOCKET = re.compile(r"agent-(\d+)-\d+\.sock")
 
 
@@ -59,6 +61,8 @@ def remove_stale_agent_sockets(directory: Path) -> None:
         # Names without a pid come from an older version, which held the state directory alone.
         if match is None or not pid_alive(int(match.group(1))):
             path.unlink(missing_ok=True)
+            # Its agents' sandboxed runs may outlive it (setsid); their groups were recorded beside the socket.
+            sandbox.kill_recorded_groups(sandbox.groups_file(path))
 
 
 def pid_alive(pid: int) -> bool:

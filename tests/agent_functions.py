@@ -36,3 +36,21 @@ def refuse(reason: str) -> None:
 @compute
 def crash(_: Any) -> None:
     raise RuntimeError("the agent hit a bug")
+
+
+@compute
+def misframe(kind: str) -> None:
+    """Makes this agent's reply to this call break the protocol: `id` answers for another call, `size`
+    announces a frame over the limit (what a faulty or subverted agent might send)."""
+    from qe_appliance.fleet import rpc
+
+    original = rpc.frame
+
+    def wrong(message: Any) -> bytes:
+        rpc.frame = original  # this reply only
+        if kind == "id":
+            message.id += 1000
+            return original(message)
+        return rpc.HEADER.pack(rpc.MAX_FRAME + 1) + b"\0" * 64
+
+    rpc.frame = wrong  # type: ignore[assignment]

@@ -124,7 +124,9 @@ def test_tool_defaults_follow_the_design_table_in_order() -> None:
         (name, tool.category, tool.target_latency_ms) for name, tool in TOOL_DEFAULTS.items()
     ] == TOOL_TABLE
     fleet = {name for name, tool in TOOL_DEFAULTS.items() if tool.execution == "fleet"}
-    assert fleet == {"qe_test_generate", "qe_coverage_analyze", "qe_coverage_gaps", "qe_quality_metrics"}
+    assert fleet == {
+        "qe_test_generate", "qe_coverage_analyze", "qe_coverage_gaps", "qe_quality_gate", "qe_quality_metrics"
+    }
     assert all(tool.enabled for tool in TOOL_DEFAULTS.values())
     assert set(CATEGORIES) == {category for _, category, _ in TOOL_TABLE}
 

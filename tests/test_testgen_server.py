@@ -23,7 +23,10 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def testgen_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = start_server(tmp_path_factory.mktemp("testgen"), {"server": {"workspaceRoots": [str(FIXTURES)]}})
+    server = start_server(
+        tmp_path_factory.mktemp("testgen"),
+        {"server": {"workspaceRoots": [str(FIXTURES)], "allowUnauthenticatedCodeExecution": True}},
+    )
     yield server
     server.stop()
 

@@ -23,10 +23,11 @@ from qe_appliance.coverage.model import (
 )
 
 FORMAT: Final = "cobertura"
-_CLASS: Final = re.compile(rb"<class(?=[\s/>])")
-_METHOD: Final = re.compile(rb"<method(?=[\s/>])")
-_SOURCE: Final = re.compile(rb"<source>\s*([^<]*?)\s*</source>")
-_CONDITIONS: Final = re.compile(rb"<conditions[\s>].*?</conditions>", re.S)
+_CLASS: Final = xmlscan.start_of("class")
+_METHOD: Final = xmlscan.start_of("method")
+# `[^<]*` then a literal: one forward scan (the text is stripped after; a lazy group between two `\s*`
+# made `<source>` + spaces + `<b/>` cubic).
+_SOURCE: Final = re.compile(rb"<source>([^<]*)</source>")
 _BRANCH_LINE: Final = re.compile(rb"""<line\s[^>]*branch\s*=\s*["']true["'][^>]*>""")
 _CONDITION: Final = re.compile(rb"\(\s*(\d+)\s*/\s*(\d+)\s*\)")
 _TAKEN: Final = re.compile(rb"\(\s*(\d+)\s*/")
@@ -46,24 +47,18 @@ class Parsed(NamedTuple):
 
 
 def parse(data: bytes) -> Parsed:
-    text = xmlscan.check(data, FORMAT)
-    root = xmlscan.root_name(text)
-    if root != "coverage":
-        raise ReportError(FORMAT, "line 1", f"the document element is <{root}>, not <coverage>")
-    pieces = _CLASS.split(text)
-    head = pieces[0]
+    text = xmlscan.document(data, FORMAT, "coverage")
+    head, pieces = xmlscan.split(text, _CLASS)
     top, _ = xmlscan.start_tag(head, head.find(b"<coverage") + len(b"<coverage"))
-    sources = [html.unescape(source.decode("utf-8", errors="replace")) for source in _SOURCE.findall(head)]
+    sources = [
+        html.unescape(source.strip().decode("utf-8", errors="replace")) for source in _SOURCE.findall(head)
+    ]
     has_branches = (b"branch" in text and _BRANCH_LINE.search(text) is not None) or _positive(
         top.get("branches-valid")
     )
     has_functions = _ANY_METHOD.search(text) is not None
-    files: list[FileCoverage] = []
-    line = head.count(b"\n") + 1
     budget = BranchBudget(FORMAT, len(data))
-    for piece in pieces[1:]:
-        files.append(_class(f"line {line}", piece, has_branches, has_functions, budget))
-        line += piece.count(b"\n")
+    files = [_class(where, piece, has_branches, has_functions, budget) for where, piece in pieces]
     return Parsed(merge_files(files), sources)
 
 
@@ -111,7 +106,7 @@ def _split_methods(body: bytes) -> tuple[bytes, bytes]:
 def _line_columns(lines_text: bytes, where: str) -> tuple[list[int], list[int] | list[float]]:
     """Line numbers and hit counts of every <line> element, in document order."""
     if b"<condition" in lines_text:
-        lines_text = _CONDITIONS.sub(b"", lines_text)
+        lines_text = xmlscan.without(lines_text, xmlscan.elements(lines_text, "conditions"))
     count = lines_text.count(b"<line") - lines_text.count(b"<lines")
     raw_numbers = _NUMBER.findall(lines_text)
     raw_hits = _HITS.findall(lines_text)

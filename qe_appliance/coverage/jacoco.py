@@ -23,10 +23,9 @@ from qe_appliance.coverage.model import (
 )
 
 FORMAT: Final = "jacoco"
-_PACKAGE: Final = re.compile(rb"<package(?=[\s/>])")
-_CLASS: Final = re.compile(rb"<class(?=[\s/>])")
-_SOURCEFILE: Final = re.compile(rb"<sourcefile(?=[\s/>])")
-_METHOD: Final = re.compile(rb"<method\s((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>(.*?)</method>", re.S)
+_PACKAGE: Final = xmlscan.start_of("package")
+_CLASS: Final = xmlscan.start_of("class")
+_SOURCEFILE: Final = xmlscan.start_of("sourcefile")
 _METHOD_COUNTER: Final = re.compile(rb"""<counter\s[^>]*type\s*=\s*["']METHOD["'][^>]*>""")
 _COMPLEXITY_COUNTER: Final = re.compile(rb"""<counter\s[^>]*type\s*=\s*["']COMPLEXITY["'][^>]*>""")
 _COLUMNS: Final = {name: xmlscan.attribute_pattern(name) for name in ("nr", "mi", "ci", "mb", "cb")}
@@ -34,17 +33,12 @@ _COVERED: Final = xmlscan.attribute_pattern("covered")
 
 
 def parse(data: bytes) -> list[FileCoverage]:
-    text = xmlscan.check(data, FORMAT)
-    root = xmlscan.root_name(text)
-    if root != "report":
-        raise ReportError(FORMAT, "line 1", f"the document element is <{root}>, not <report>")
-    files: list[FileCoverage] = []
-    pieces = _PACKAGE.split(text)
-    line = pieces[0].count(b"\n") + 1
+    text = xmlscan.document(data, FORMAT, "report")
+    _, pieces = xmlscan.split(text, _PACKAGE)
     budget = BranchBudget(FORMAT, len(data))
-    for piece in pieces[1:]:
-        files += _package(f"line {line}", piece, budget)
-        line += piece.count(b"\n")
+    files: list[FileCoverage] = []
+    for where, piece in pieces:
+        files += _package(where, piece, budget)
     return merge_files(files)
 
 
@@ -73,8 +67,9 @@ def _package(where: str, piece: bytes, budget: BranchBudget) -> list[FileCoverag
 
 def _methods(simple_class: str, class_body: bytes, where: str) -> list[Function]:
     functions = []
-    for tag_text, inner in _METHOD.findall(class_body):
-        attrs = xmlscan.attributes(tag_text)
+    for method in xmlscan.elements(class_body, "method"):
+        attrs = xmlscan.attributes(method.attrs)
+        inner = class_body[slice(*method.inner)]
         counter = _METHOD_COUNTER.search(inner)
         if counter is None:
             raise ReportError(FORMAT, where, f"method {attrs.get('name')} has no METHOD counter")

@@ -253,10 +253,15 @@ def merge_files(files: Iterable[FileCoverage]) -> list[FileCoverage]:
         with_branches = [entry for entry in entries if entry.branch_points is not None]
         if with_branches:
             points, never = [], []
-            per_entry = [entry.branches_by_line() for entry in with_branches]
-            for line in sorted(set().union(*per_entry)):
-                total = max(rows.get(line, (0, 0))[0] for rows in per_entry)
-                taken = min(total, max(rows.get(line, (0, 0))[1] for rows in per_entry))
+            # One pass over each entry's lines (not every line against every entry: a file listed in
+            # 10,000 classes would make that 10^8 lookups).
+            most: dict[int, list[int]] = {}
+            for entry in with_branches:
+                for line, (count, taken) in entry.branches_by_line().items():
+                    seen = most.setdefault(line, [0, 0])
+                    seen[0], seen[1] = max(seen[0], count), max(seen[1], taken)
+            for line in sorted(most):
+                total, taken = most[line][0], min(most[line][0], most[line][1])
                 points += [line] * total
                 never += [line] * (total - taken)
         functions: dict[tuple[str, int | None], Function] | None = None

@@ -1,21 +1,27 @@
 """XML reports without a tree: expat checks the whole document first (C speed, with line and column on
 error, entity declarations refused), then regular expressions pull attribute columns out of the checked
 text. A 10k-file Cobertura report has ~10^6 `<line>` elements; building a tree of them costs seconds.
+
+Every scan here is linear in the document: each pattern either starts at a literal and stops at the next
+delimiter, or is anchored so that a failed attempt cannot be retried from inside the same run of text
+(a lazy `.*?` that may scan to the end of the document, once per start, is how a 100 KB report took seconds).
 """
 
 from __future__ import annotations
 
 import html
 import re
-from pyexpat import ExpatError, ParserCreate, errors
-from typing import Final
+from collections.abc import Iterator
+from pyexpat import ExpatError, ParserCreate, XMLParserType, errors
+from typing import Final, NamedTuple
 
 import msgspec
 
 from qe_appliance.coverage.model import ReportError
 
 _COMMENT: Final = re.compile(rb"<!--.*?-->|<!\[CDATA\[.*?\]\]>", re.S)
-_ATTR: Final = re.compile(rb"""([A-Za-z_][\w:.-]*)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+# The lookbehind keeps a name from being tried again from each of its own letters (quadratic on long names).
+_ATTR: Final = re.compile(rb"""(?<![\w:.-])([A-Za-z_][\w:.-]*)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 # The attribute text of a start tag: everything up to the first `>` outside quotes.
 _TAG_REST: Final = re.compile(rb"""((?:[^>"']|"[^"]*"|'[^']*')*)>""")
 _ROOT: Final = re.compile(rb"<([A-Za-z_][\w:.-]*)")
@@ -37,17 +43,21 @@ def _refuse_entity(*_args: object) -> None:
     raise _EntityRefused
 
 
-def check(data: bytes, fmt: str) -> bytes:
-    """Raise ReportError naming line and column unless `data` is well-formed XML without entity
-    declarations; returns the text with comments and CDATA sections removed, ready for scanning."""
-    parser = ParserCreate()
-    # Internal entities are how "billion laughs" and external-entity reads start; no report needs them.
-    parser.EntityDeclHandler = _refuse_entity
+def parser() -> XMLParserType:
+    """An expat parser that refuses entity declarations: internal entities are how "billion laughs" and
+    external-entity reads start, and no report needs them. Set handlers on it to read while checking."""
+    created = ParserCreate()
+    created.EntityDeclHandler = _refuse_entity
+    return created
+
+
+def run(expat: XMLParserType, data: bytes, fmt: str) -> None:
+    """Feed `data` to `expat`; ReportError naming line and column unless it is well-formed XML."""
     try:
-        parser.Parse(data, True)
+        expat.Parse(data, True)
     except _EntityRefused:
         raise ReportError(
-            fmt, f"line {parser.CurrentLineNumber}", "the document declares XML entities, which are refused"
+            fmt, f"line {expat.CurrentLineNumber}", "the document declares XML entities, which are refused"
         ) from None
     except ExpatError as exc:
         where = f"line {exc.lineno}, column {exc.offset + 1}"
@@ -58,10 +68,44 @@ def check(data: bytes, fmt: str) -> bytes:
         elif exc.lineno >= last_line and exc.code == errors.XML_ERROR_TAG_MISMATCH:
             problem += "; elements are left open at the end (truncated?)"
         raise ReportError(fmt, where, problem) from None
+
+
+def check(data: bytes, fmt: str) -> bytes:
+    """Raise ReportError naming line and column unless `data` is well-formed XML without entity
+    declarations; returns the text with comments and CDATA sections removed, ready for scanning."""
+    run(parser(), data, fmt)
     if b"<!--" in data or b"<![CDATA[" in data:
         # Blanked out line for line, so offsets found later still give the file's line numbers.
         data = _COMMENT.sub(lambda match: b"\n" * match.group().count(b"\n"), data)
     return data
+
+
+def document(data: bytes, fmt: str, root: str) -> bytes:
+    """`check`, and ReportError unless the document element is `<root>`."""
+    text = check(data, fmt)
+    found = root_name(text)
+    if found != root:
+        raise ReportError(fmt, "line 1", f"the document element is <{found}>, not <{root}>")
+    return text
+
+
+def start_of(name: str) -> re.Pattern[bytes]:
+    """Finds `<name` as a whole start tag name (not `<names`)."""
+    return re.compile(b"<" + re.escape(name.encode()) + rb"(?=[\s/>])")
+
+
+def split(text: bytes, start: re.Pattern[bytes]) -> tuple[bytes, Iterator[tuple[str, bytes]]]:
+    """The text before the first match of `start`, and each piece from one match to the next with
+    `line N`, the line it starts on (for errors)."""
+    head, *pieces = start.split(text)
+
+    def numbered() -> Iterator[tuple[str, bytes]]:
+        line = head.count(b"\n") + 1
+        for piece in pieces:
+            yield f"line {line}", piece
+            line += piece.count(b"\n")
+
+    return head, numbered()
 
 
 def root_name(data: bytes) -> str | None:
@@ -96,6 +140,53 @@ def start_tag(text: bytes, position: int = 0) -> tuple[dict[str, str], int]:
     if match is None:
         return {}, len(text)
     return attributes(match.group(1)), match.end()
+
+
+class Span(NamedTuple):
+    """One element in the checked text: `attrs` is its start tag's attribute text, `inner` its content's
+    offsets (empty for `<name .../>`), `end` the offset just past its end tag."""
+
+    start: int
+    attrs: bytes
+    inner: tuple[int, int]
+    end: int
+
+
+def elements(text: bytes, name: str) -> Iterator[Span]:
+    """Every `<name>` element of `text` in document order, in one forward pass.
+
+    An element of the same name nested inside another is part of the outer one's content. Each search
+    starts where the previous element ended, so no byte is scanned twice, whatever the document holds.
+    """
+    opening = start_of(name)
+    closing = b"</" + name.encode()
+    position = 0
+    while (found := opening.search(text, position)) is not None:
+        tag = _TAG_REST.match(text, found.end())
+        if tag is None:
+            return
+        attrs = tag.group(1)
+        if attrs.endswith(b"/"):
+            yield Span(found.start(), attrs[:-1], (tag.end(), tag.end()), tag.end())
+            position = tag.end()
+            continue
+        close = text.find(closing, tag.end())
+        if close == -1:
+            return
+        end = text.find(b">", close) + 1
+        yield Span(found.start(), attrs, (tag.end(), close), end)
+        position = end
+
+
+def without(text: bytes, spans: Iterator[Span]) -> bytes:
+    """`text` with the given elements cut out."""
+    kept: list[bytes] = []
+    position = 0
+    for span in spans:
+        kept.append(text[position : span.start])
+        position = span.end
+    kept.append(text[position:])
+    return b"".join(kept)
 
 
 def attribute_pattern(name: str) -> re.Pattern[bytes]:

@@ -6,6 +6,7 @@ until its parent closes the listening socket or sends SIGTERM; it never touches 
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import multiprocessing
 import os
@@ -16,7 +17,9 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
+from qe_appliance import sandbox
 from qe_appliance.fleet import rpc
 from qe_appliance.fleet.compute import lookup
 from qe_appliance.proctitle import set_title
@@ -26,21 +29,77 @@ from qe_appliance.tools.base import ToolError
 INPUT_ERROR = "input: "
 
 
+# How long a cancelled call may take to stop before the agent gives up on it and exits (the fleet then
+# starts a fresh agent): its process groups are killed at once, pure Python gets an exception raised into
+# it, and only code stuck in one long C call outlasts both.
+CANCEL_GRACE_S = 1.5
+
+
+class _InFlight:
+    """The call a connection is running: its worker thread and the sandbox scope of its child processes."""
+
+    def __init__(self, conn: socket.socket, call: rpc.Call) -> None:
+        self.conn = conn
+        self.call = call
+        self.scope = sandbox.Scope()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._work, daemon=True, name=f"call-{call.id}")
+
+    def _work(self) -> None:
+        with self.scope:
+            try:
+                result = _run(self.call)
+            except _CallCancelled:
+                result = None
+        self.done.set()
+        if result is None or self.scope.cancelled:
+            return
+        try:
+            self.conn.sendall(rpc.frame(result))
+        except OSError:
+            pass  # the server closed the connection: it no longer wants this answer
+
+    def cancel(self) -> None:
+        """Stop the call: kill its process groups, then interrupt its Python code; exit if both fail."""
+        self.scope.cancel()
+        if self.done.wait(0.2):
+            return
+        ident = self.thread.ident
+        if ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(_CallCancelled))
+        if not self.done.wait(CANCEL_GRACE_S):
+            print(f"agent: cancelled call {self.call.id} ({self.call.fn}) did not stop; exiting", file=sys.stderr)
+            os._exit(3)
+
+
+class _CallCancelled(BaseException):
+    """Raised into a call's thread when the server cancels it (a BaseException, so tools do not catch it)."""
+
+
 def _serve_connection(conn: socket.socket) -> None:
+    """Read calls and run each in its own thread; the connection closing while one runs cancels it."""
+    running: _InFlight | None = None
     with conn:
         while True:
             try:
                 raw = rpc.recv_frame(conn)
             except (OSError, ValueError):
-                return
+                raw = None
             if raw is None:
+                if running is not None and not running.done.is_set():
+                    running.cancel()
                 return
             try:
                 call = rpc.call_decoder.decode(raw)
             except Exception as exc:  # a malformed frame ends this connection only
                 conn.sendall(rpc.frame(rpc.Result(0, False, error=f"bad request frame: {exc}")))
                 return
-            conn.sendall(rpc.frame(_run(call)))
+            if call.op == "ping":
+                conn.sendall(rpc.frame(_run(call)))
+                continue
+            # One call in flight per connection: the next frame comes after this call's answer, or never.
+            running = _InFlight(conn, call)
+            running.thread.start()
 
 
 def _run(call: rpc.Call) -> rpc.Result:
@@ -48,7 +107,11 @@ def _run(call: rpc.Call) -> rpc.Result:
         if call.op == "ping":
             return rpc.Result(call.id, True, os.getpid())
         if call.op == "sleep":  # lets tests hold an agent busy or make it hang
-            time.sleep(float(call.payload))
+            scope = sandbox.current_scope()
+            if scope is None:
+                time.sleep(float(call.payload))
+            else:
+                scope.wait(float(call.payload))
             return rpc.Result(call.id, True, None)
         if call.op == "call":
             return rpc.Result(call.id, True, lookup(call.fn)(call.payload))
@@ -65,6 +128,10 @@ def main(socket_path: str, agent_id: str, preload: Sequence[str] = ()) -> None:
     """Entry point in the agent process; `preload` names plugin modules (fleet.preload) to import."""
     _release_forkserver()
     set_title(multiprocessing.current_process().name)  # "agent-2 generalist", named so by the fleet
+    # Die with the forkserver at once (it ends with the server), and list the process groups our calls
+    # start, so the fleet can kill them if we die first.
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    sandbox.record_groups(sandbox.groups_file(Path(socket_path)))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     for module in preload:
         importlib.import_module(module)

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from qe_appliance.fleet.pipelines import Step
+from qe_appliance.sandbox import UNAUTHENTICATED_HTTP, Caller
 from qe_appliance.store.database import StoreError, retrying
 from qe_appliance.store.tasks import TaskStore
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec, invalid_arguments, no_log, no_progress
@@ -43,6 +44,7 @@ class _Task:
     priority: int
     limit: int
     progress: ProgressFn
+    caller: Caller
     next_index: int = 0
     queued: int = 0
     finished: int = 0
@@ -77,6 +79,7 @@ class Orchestrator:
         priority: str,
         max_agents: int | None,
         progress: ProgressFn = no_progress,
+        caller: Caller = UNAUTHENTICATED_HTTP,
     ) -> tuple[str, asyncio.Future[None]]:
         """Record the task and start it; returns its id and a future that completes with it."""
         tools = self._tools()
@@ -93,7 +96,7 @@ class Orchestrator:
         if max_agents is not None:
             limit = min(limit, max_agents)
         task_id = await retrying(self.store.create, kind, strategy, priority, inputs)
-        task = _Task(task_id, category, steps, inputs, PRIORITIES[priority], limit, progress)
+        task = _Task(task_id, category, steps, inputs, PRIORITIES[priority], limit, progress, caller)
         self._fill(task)
         self._dispatch()
         return task_id, task.done
@@ -122,7 +125,7 @@ class Orchestrator:
         error: str | None = None
         try:
             await retrying(self.store.started, task.id, index)
-            result = await self._pipeline(task.steps, task.inputs[index])
+            result = await self._pipeline(task.steps, task.inputs[index], task.caller)
         except ToolError as exc:
             error = str(exc)
         except asyncio.CancelledError:
@@ -146,7 +149,7 @@ class Orchestrator:
             self._dispatch()
         await task.progress(task.finished, len(task.inputs), f"{task.finished}/{len(task.inputs)} subtasks done")
 
-    async def _pipeline(self, steps: Sequence[Step], item: dict[str, Any]) -> bytes:
+    async def _pipeline(self, steps: Sequence[Step], item: dict[str, Any], caller: Caller) -> bytes:
         """Run the steps in order; returns the last step's result as JSON."""
         results: list[Any] = []
         encoded = b"null"
@@ -160,7 +163,9 @@ class Orchestrator:
                 args = msgspec.convert(arguments, tool.input_type)
             except msgspec.ValidationError as exc:
                 raise ToolError(invalid_arguments(name, exc)) from None
-            ctx = ToolContext(services=self._services, progress=no_progress, log=no_log, tool_name=name)
+            ctx = ToolContext(
+                services=self._services, progress=no_progress, log=no_log, tool_name=name, caller=caller
+            )
             # Through JSON, not to_builtins: results may hold raw JSON (msgspec.Raw) values.
             encoded = _encode(await tool.handler(ctx, args))
             results.append(_decode(encoded))

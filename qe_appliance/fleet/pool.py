@@ -44,6 +44,7 @@ class AgentConnection(asyncio.Protocol):
         self.closed = False
         self._buffer = bytearray()
         self._waiter: asyncio.Future[rpc.Result] | None = None
+        self._call_id = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -58,23 +59,40 @@ class AgentConnection(asyncio.Protocol):
         if len(self._buffer) < rpc.HEADER.size:
             return
         (length,) = rpc.HEADER.unpack_from(self._buffer)
+        if length > rpc.MAX_FRAME:  # refused before it is buffered
+            self._broken(f"sent a reply of {length} bytes, over the {rpc.MAX_FRAME}-byte limit")
+            return
         if len(self._buffer) < rpc.HEADER.size + length:
             return
         body = bytes(self._buffer[rpc.HEADER.size : rpc.HEADER.size + length])
         del self._buffer[: rpc.HEADER.size + length]
+        try:
+            result = rpc.result_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            self._broken(f"sent a malformed reply: {exc}")
+            return
+        if self._waiter is None or result.id != self._call_id:
+            self._broken(f"sent a reply for call {result.id} while call {self._call_id} was waiting")
+            return
+        waiter, self._waiter = self._waiter, None
+        if not waiter.done():
+            waiter.set_result(result)
+
+    def _broken(self, problem: str) -> None:
+        """A reply that breaks the protocol: the waiting call fails and the connection is closed."""
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
-            try:
-                waiter.set_result(rpc.result_decoder.decode(body))
-            except msgspec.DecodeError as exc:
-                waiter.set_exception(AgentGone(f"agent {self.agent_id} sent a malformed reply: {exc}"))
+            waiter.set_exception(AgentGone(f"agent {self.agent_id} {problem}"))
+        self._buffer.clear()
+        self.close()
 
     async def call(self, op: str, fn: str = "", payload: Any = None) -> rpc.Result:
         if self.closed or self.transport is None:
             raise AgentUnreachable(f"agent {self.agent_id} connection is closed")
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
-        self.transport.write(rpc.frame(rpc.Call(next(self._ids), op, fn, payload)))
+        self._call_id = next(self._ids)
+        self.transport.write(rpc.frame(rpc.Call(self._call_id, op, fn, payload)))
         return await self._waiter
 
     def close(self) -> None:

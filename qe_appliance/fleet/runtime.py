@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from qe_appliance import sandbox
 from qe_appliance._core.balancer import Balancer
 from qe_appliance.config import CATEGORIES, Config, runtime_dir
 from qe_appliance.fleet import agent as agent_main
@@ -196,6 +197,8 @@ class Fleet:
             return
         self.balancer.remove(agent_id)
         self.pool.forget_agent(agent_id)
+        # What the agent's calls started (a verification's pytest and its children) dies with it.
+        sandbox.kill_recorded_groups(sandbox.groups_file(agent.socket_path))
         if agent.status == "draining" or self.stopping:
             self.agents.pop(agent_id, None)
             return

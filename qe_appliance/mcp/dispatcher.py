@@ -26,6 +26,7 @@ from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.sessions import LOG_LEVELS, Session, SessionTable
 from qe_appliance.registry import ToolRegistry, UnknownToolError
+from qe_appliance.sandbox import STDIO, Caller
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec, invalid_arguments, no_log, no_progress
 
 log = logging.getLogger("aqe_mcp.dispatch")
@@ -500,6 +501,7 @@ class Dispatcher:
             progress=no_progress if token is None or send is None else _progress_fn(token, send),
             log=no_log if log_level is None or send is None else _log_fn(log_level, send),
             tool_name=tool.name,
+            caller=self._caller(exch),
         )
         if monitor is not None:
             called = time.perf_counter()
@@ -510,6 +512,14 @@ class Dispatcher:
         if fuzzy:
             result.setdefault("_meta", {}).update({"io.aqe/requestedTool": name, "io.aqe/resolvedTool": tool.name})
         return result
+
+    def _caller(self, exch: Exchange) -> Caller:
+        """stdio has no headers; over HTTP a caller is authenticated when the server checks tokens (the
+        HTTP guard refuses /mcp without a valid one)."""
+        if exch.headers is None:
+            return STDIO
+        config = getattr(self.services, "config", None)
+        return Caller("http", authenticated=config is not None and config.server.auth.enabled)
 
     async def _run(
         self, tool: ToolSpec, ctx: ToolContext, args: Any, session: Session | None, msg_id: Any

@@ -1,11 +1,13 @@
 """JUnit XML test results as pytest (`--junitxml`), jest-junit and Maven Surefire write them: counts
 measured from the <testcase> elements, reruns from Surefire's rerun/flaky elements and from a test
 reported more than once in the same suite (the last record is its result).
+
+Read in one streaming pass of expat (no tree): memory grows with the number of distinct tests (a few
+dozen bytes each, at most MAX_TESTS of them), not with the file, so a 64 MiB report costs tens of MiB.
 """
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from typing import Final, Literal
 
 import msgspec
@@ -20,7 +22,7 @@ _RERUN_TAGS: Final = ("rerunFailure", "rerunError", "flakyFailure", "flakyError"
 Outcome = Literal["passed", "failed", "error", "skipped"]
 
 
-class FailedTest(msgspec.Struct, rename="camel", frozen=True):
+class FailedTest(msgspec.Struct, rename="camel", frozen=True, gc=False):
     name: str
     classname: str | None
     outcome: Literal["failed", "error"]
@@ -46,93 +48,207 @@ class TestResults(msgspec.Struct, rename="camel", frozen=True):
     failed: list[FailedTest]
 
 
+MAX_TESTS: Final = 1_000_000
+# Failures whose details are kept while reading: the listed ones are among the first of them, unless
+# nearly all of those pass on a later rerun; keeps memory flat when most of a huge report fails.
+MAX_KEPT_FAILURES: Final = 1_000
+# Text kept of a failure without a message attribute: enough for its first line.
+_TEXT_CHARS: Final = 4096
+_OUTCOMES: Final[tuple[Outcome, ...]] = ("passed", "failed", "error", "skipped")
+_PASSED, _FAILED, _ERROR, _SKIPPED = range(4)
+_SUITE_COUNTS: Final = ("tests", "failures", "errors", "skipped")
+
+
+class _Case:
+    """The <testcase> being read: its name, what its children say, and the text of a failure."""
+
+    __slots__ = ("name", "classname", "key", "outcome", "failure_tag", "message", "text", "reruns")
+
+    def __init__(self, name: str, classname: str | None, key: int) -> None:
+        self.name, self.classname, self.key = name, classname, key
+        self.outcome = _PASSED
+        self.failure_tag: str | None = None
+        self.message: str | None = None
+        self.text: list[str] | None = None
+        self.reruns = 0
+
+
+class _Reader:
+    """expat handlers that keep counts, not elements."""
+
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+        self.root = ""
+        self.root_time: str | None = None
+        self.root_totals: dict[str, str] = {}
+        self.root_gives_totals = False
+        self.suites = 0
+        self.suite_stack: list[int] = []  # suite index per open <testsuite>
+        self.top_times: list[float | None] = []
+        self.suite_sums = dict.fromkeys(_SUITE_COUNTS, 0)
+        self.suite_problem: str | None = None
+        # Last outcome per distinct test: keyed by the hash of (suite, classname, name), which is salted per
+        # process, so a report cannot be made to collide; values are outcome | flaky << 2.
+        self.outcomes: dict[int, int] = {}
+        self.failures: dict[int, FailedTest] = {}
+        self.records = 0
+        self.rerun_elements = 0
+        self.case_time = 0.0
+        self.case_times_complete = True
+        self.any_case = False
+        self.case: _Case | None = None
+        self.case_depth = -1
+        self.collect_text = False
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        depth = len(self.stack)
+        parent = self.stack[-1] if self.stack else None
+        self.stack.append(tag)
+        if depth == 0:
+            self.root, self.root_time = tag, attrs.get("time")
+            self.root_totals = {key: attrs.get(key, "0") for key in _SUITE_COUNTS}
+            self.root_gives_totals = "tests" in attrs
+        if tag == "testsuite":
+            index = self.suites
+            self.suites += 1
+            self.suite_stack.append(index)
+            if depth == 1:
+                self.top_times.append(_seconds(attrs.get("time")))
+            for key in _SUITE_COUNTS:
+                raw = attrs.get(key, "0").strip()
+                if _count(raw) is None:
+                    self.suite_problem = self.suite_problem or f"<testsuite> {key}={raw[:40]!r} is not a count"
+                else:
+                    self.suite_sums[key] += int(raw)
+        elif tag == "testcase" and self.case is None:
+            seconds = _seconds(attrs.get("time"))
+            if seconds is None:
+                self.case_times_complete = False
+            else:
+                self.case_time += seconds
+            self.any_case = True
+            if parent == "testsuite":
+                suite_key = self.suite_stack[-1]
+            elif depth == 1 and self.root == "testsuites":
+                suite_key = -1  # a test case outside any suite
+            else:
+                return
+            name, classname = attrs.get("name", ""), attrs.get("classname")
+            self.case = _Case(name, classname, hash((suite_key, classname, name)))
+            self.case_depth = depth
+        elif self.case is not None and depth == self.case_depth + 1:
+            self._child(self.case, tag, attrs)
+        elif self.collect_text:
+            self.collect_text = False  # text after a nested element is not the failure's own text
+
+    def _child(self, case: _Case, tag: str, attrs: dict[str, str]) -> None:
+        if tag in _RERUN_TAGS:
+            case.reruns += 1
+            return
+        rank = {"error": _ERROR, "failure": _FAILED, "skipped": _SKIPPED}.get(tag)
+        if rank is None:
+            return
+        # error outranks failure, which outranks skipped; the last element of the deciding kind speaks.
+        order = {_PASSED: 0, _SKIPPED: 1, _FAILED: 2, _ERROR: 3}
+        if order[rank] < order[case.outcome]:
+            return
+        case.outcome = rank
+        if rank != _SKIPPED:
+            case.failure_tag, case.message = tag, attrs.get("message")
+            case.text = []
+            self.collect_text = True
+
+    def text(self, data: str) -> None:
+        case = self.case
+        if self.collect_text and case is not None and case.text is not None:
+            if sum(map(len, case.text)) < _TEXT_CHARS:
+                case.text.append(data)
+
+    def end(self, tag: str) -> None:
+        self.stack.pop()
+        depth = len(self.stack)
+        if tag == "testsuite":
+            self.suite_stack.pop()
+        case = self.case
+        if case is None:
+            return
+        if depth == self.case_depth + 1:
+            self.collect_text = False
+        if depth != self.case_depth or tag != "testcase":
+            return
+        self.case = None
+        self.records += 1
+        self.rerun_elements += case.reruns
+        if case.key not in self.outcomes and len(self.outcomes) >= MAX_TESTS:
+            raise ReportError(
+                FORMAT, "", f"more than {MAX_TESTS:,} distinct test cases; split the report or give fewer suites"
+            )
+        self.outcomes[case.key] = case.outcome | (4 if case.reruns else 0)
+        if case.outcome in (_FAILED, _ERROR) and (
+            case.key in self.failures or len(self.failures) < MAX_KEPT_FAILURES
+        ):
+            message = case.message or "".join(case.text or ())
+            self.failures[case.key] = FailedTest(
+                case.name, case.classname, _OUTCOMES[case.outcome], _first_line(message)  # type: ignore[arg-type]
+            )
+        elif case.outcome not in (_FAILED, _ERROR):
+            self.failures.pop(case.key, None)
+
+
 def parse(data: bytes) -> TestResults:
-    text = xmlscan.check(data, FORMAT)
-    root = ET.fromstring(text)
-    if root.tag not in ("testsuites", "testsuite"):
+    reader = _Reader()
+    expat = xmlscan.parser()
+    expat.buffer_text = True
+    expat.StartElementHandler = reader.start
+    expat.EndElementHandler = reader.end
+    expat.CharacterDataHandler = reader.text
+    xmlscan.run(expat, data, FORMAT)
+    if reader.root not in ("testsuites", "testsuite"):
         raise ReportError(
-            FORMAT, "line 1", f"the document element is <{root.tag}>, not <testsuites> or <testsuite>"
+            FORMAT, "line 1", f"the document element is <{reader.root}>, not <testsuites> or <testsuite>"
         )
-    suites = list(root.iter("testsuite"))
-    outcomes: dict[tuple[int, str | None, str], tuple[Outcome, FailedTest | None, bool]] = {}
-    records = rerun_elements = 0
-    if root.tag == "testsuites":  # test cases outside any suite
-        records, rerun_elements = _cases(root, -1, outcomes, records, rerun_elements)
-    for index, suite in enumerate(suites):
-        records, rerun_elements = _cases(suite, index, outcomes, records, rerun_elements)
-    counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
-    failed: list[FailedTest] = []
+    counts = [0, 0, 0, 0]
     flaky = 0
-    for outcome, failure, was_flaky in outcomes.values():
-        counts[outcome] += 1
-        flaky += was_flaky and outcome == "passed"
-        if failure is not None and len(failed) < MAX_LISTED_FAILURES:
-            failed.append(failure)
-    tests = len(outcomes)
+    for value in reader.outcomes.values():
+        counts[value & 3] += 1
+        flaky += value == (_PASSED | 4)
+    tests = len(reader.outcomes)
+    time = _total_time(reader)
     if tests == 0:
-        return _from_attributes(root, suites)
-    run = tests - counts["skipped"]
+        return _from_attributes(reader, time)
+    failed = [reader.failures[key] for key in reader.outcomes if key in reader.failures][:MAX_LISTED_FAILURES]
+    run = tests - counts[_SKIPPED]
     return TestResults(
         tests=tests,
-        passed=counts["passed"],
-        failures=counts["failed"],
-        errors=counts["error"],
-        skipped=counts["skipped"],
-        reruns=rerun_elements + records - tests,
+        passed=counts[_PASSED],
+        failures=counts[_FAILED],
+        errors=counts[_ERROR],
+        skipped=counts[_SKIPPED],
+        reruns=reader.rerun_elements + reader.records - tests,
         flaky=flaky,
-        time=_total_time(root, suites),
-        suites=len(suites),
-        pass_rate=_ratio(counts["passed"], run),
-        skipped_ratio=_ratio(counts["skipped"], tests),
+        time=time,
+        suites=reader.suites,
+        pass_rate=_ratio(counts[_PASSED], run),
+        skipped_ratio=_ratio(counts[_SKIPPED], tests),
         failed=failed,
     )
 
 
-def _cases(
-    suite: ET.Element,
-    suite_key: int,
-    outcomes: dict[tuple[int, str | None, str], tuple[Outcome, FailedTest | None, bool]],
-    records: int,
-    rerun_elements: int,
-) -> tuple[int, int]:
-    for case in suite.findall("testcase"):
-        records += 1
-        name = case.get("name", "")
-        classname = case.get("classname")
-        reruns = sum(1 for child in case if child.tag in _RERUN_TAGS)
-        rerun_elements += reruns
-        outcome, failure = _outcome(case, name, classname)
-        # A repeated (suite, classname, name) is a rerun of the same test: the last record decides.
-        outcomes[(suite_key, classname, name)] = (outcome, failure, reruns > 0)
-    return records, rerun_elements
-
-
-def _outcome(case: ET.Element, name: str, classname: str | None) -> tuple[Outcome, FailedTest | None]:
-    tags = {child.tag: child for child in case}
-    if "error" in tags:
-        return "error", FailedTest(name, classname, "error", _message(tags["error"]))
-    if "failure" in tags:
-        return "failed", FailedTest(name, classname, "failed", _message(tags["failure"]))
-    if "skipped" in tags:
-        return "skipped", None
-    return "passed", None
-
-
-def _message(element: ET.Element) -> str | None:
-    text = (element.get("message") or element.text or "").strip()
+def _first_line(text: str) -> str | None:
+    text = text.strip()
     return text.splitlines()[0][:200] if text else None
 
 
-def _total_time(root: ET.Element, suites: list[ET.Element]) -> float | None:
+def _total_time(reader: _Reader) -> float | None:
     """The report's own total when it gives one, else the top-level suites' sum, else the tests' sum."""
-    if root.get("time") is not None:
-        top = [root]
+    if reader.root_time is not None:
+        top: list[float | None] = [_seconds(reader.root_time)]
     else:
-        top = [child for child in root if child.tag == "testsuite"]
-    for elements in (top, list(root.iter("testcase"))):
-        values = [_seconds(element.get("time")) for element in elements]
-        if values and None not in values:
-            return round(sum(value or 0.0 for value in values), 3)
+        top = reader.top_times
+    if top and None not in top:
+        return round(sum(value or 0.0 for value in top), 3)
+    if reader.any_case and reader.case_times_complete:
+        return round(reader.case_time, 3)
     return None
 
 
@@ -145,26 +261,32 @@ def _seconds(value: str | None) -> float | None:
         return None
 
 
+def _count(raw: str) -> int | None:
+    if raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) <= MAX_NUMBER:
+        return int(raw)
+    return None
+
+
 def _ratio(part: int, whole: int) -> float | None:
     share = percent(part, whole)
     return None if share is None else round(share / 100, 4)
 
 
-def _from_attributes(root: ET.Element, suites: list[ET.Element]) -> TestResults:
+def _from_attributes(reader: _Reader, time: float | None) -> TestResults:
     """A report with suite totals but no <testcase> elements (some aggregators write these)."""
-    top = [root] if root.tag == "testsuite" or root.get("tests") is not None else suites
-
-    def total(attribute: str) -> int:
-        values = []
-        for element in top:
-            raw = element.get(attribute, "0").strip()
-            if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) <= MAX_NUMBER):
-                raise ReportError(FORMAT, "", f"<{element.tag}> {attribute}={raw[:40]!r} is not a count")
-            values.append(int(raw))
-        return sum(values)
-
-    tests, failures, errors = total("tests"), total("failures"), total("errors")
-    skipped = total("skipped")
+    if reader.root == "testsuite" or reader.root_gives_totals:
+        totals: dict[str, int] = {}
+        for key in _SUITE_COUNTS:
+            raw = reader.root_totals[key].strip()
+            value = _count(raw)
+            if value is None:
+                raise ReportError(FORMAT, "", f"<{reader.root}> {key}={raw[:40]!r} is not a count")
+            totals[key] = value
+    else:
+        if reader.suite_problem is not None:
+            raise ReportError(FORMAT, "", reader.suite_problem)
+        totals = reader.suite_sums
+    tests, failures, errors, skipped = (totals[key] for key in _SUITE_COUNTS)
     passed = max(0, tests - failures - errors - skipped)
     return TestResults(
         tests=tests,
@@ -174,8 +296,8 @@ def _from_attributes(root: ET.Element, suites: list[ET.Element]) -> TestResults:
         skipped=skipped,
         reruns=0,
         flaky=0,
-        time=_total_time(root, suites),
-        suites=len(suites),
+        time=time,
+        suites=reader.suites,
         pass_rate=_ratio(passed, tests - skipped),
         skipped_ratio=_ratio(skipped, tests),
         failed=[],

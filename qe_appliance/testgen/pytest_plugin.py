@@ -44,7 +44,8 @@ def _write(record: dict[str, Any]) -> None:
 def _watch(parent: int) -> None:
     while time.monotonic() < DEADLINE:
         if os.getppid() != parent:
-            os._exit(125)
+            # The agent is gone (PR_SET_PDEATHSIG normally ends us first): take the whole run with us.
+            os.killpg(0, signal.SIGKILL)
         time.sleep(0.1)
     _write({"event": "deadline"})
     os._exit(124)

@@ -1,11 +1,12 @@
-"""Verification: the generated module run by pytest in a subprocess, in a temporary directory, with the
-module under test importable, a time limit per test and a deadline for the whole run."""
+"""Verification: the generated module run by pytest in a sandboxed subprocess (qe_appliance.sandbox), in
+a temporary directory, with the module under test importable, a time limit per test and a deadline for the
+whole run; a cancelled call kills the run."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -14,6 +15,7 @@ from typing import Final, Literal
 
 import msgspec
 
+from qe_appliance.sandbox import Cancelled, Limits, run_sandboxed
 from qe_appliance.workspace import InputError
 
 Status = Literal["passed", "failed", "error", "skipped", "not-run"]
@@ -94,32 +96,27 @@ def run(test_text: str, names: list[str], spec: RunSpec) -> RunResult:
             "-o",
             "console_output_style=classic",
         ]
-        with open(output, "wb") as out:
-            proc = subprocess.Popen(
-                command,
-                cwd=work,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            timed_out = False
-            try:
-                proc.wait(spec.seconds + 1.0)  # the plugin's own deadline normally ends it first
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        ran = run_sandboxed(
+            command,
+            work,
+            env=env,
+            timeout_s=spec.seconds + 1.0,  # the plugin's own deadline normally ends it first
+            limits=Limits(cpu_seconds=math.ceil(spec.seconds) + 1),
+            output=output,
+        )
+        if ran.cancelled:
+            raise Cancelled("the verification run was cancelled")
         records = _records(results)
         outcome = _collect(records, names)
         outcome.seconds = time.monotonic() - started
         outcome.timed_out = (
-            timed_out or proc.returncode == 124 or any(r.get("event") == "deadline" for r in records)
+            ran.timed_out
+            or ran.returncode in (124, -signal.SIGXCPU)
+            or any(r.get("event") == "deadline" for r in records)
         )
-        if not outcome.timed_out and proc.returncode not in _CLEAN_EXITS and not outcome.problems:
+        if not outcome.timed_out and ran.returncode not in _CLEAN_EXITS and not outcome.problems:
             tail = output.read_text(errors="replace")[-OUTPUT_TAIL_CHARS:].strip()
-            outcome.problems.append(f"pytest exited with code {proc.returncode}: {tail}")
+            outcome.problems.append(f"pytest exited with code {ran.returncode}: {tail}")
         return outcome
 
 

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from qe_appliance.sandbox import IN_PROCESS, UNAUTHENTICATED_HTTP, Caller
+
 # Names the server made (reportId, taskId) or keeps in its configuration: short, so errors can quote them.
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
@@ -39,6 +41,8 @@ class ToolContext:
     progress: ProgressFn
     log: LogFn
     tool_name: str = ""
+    # Who asked (transport, authenticated): decides whether the call may run the caller's code.
+    caller: Caller = UNAUTHENTICATED_HTTP
 
     async def compute(self, fn: Callable[[Any], Any], payload: Any) -> Any:
         """Run a `@compute` function (qe_appliance.fleet.compute) for this tool.
@@ -63,7 +67,7 @@ async def no_log(level: str, text: str) -> None:
 
 def bare_context(services: Any, tool_name: str = "") -> ToolContext:
     """A context with no progress or log channel (stdio tests, CLI, unit tests)."""
-    return ToolContext(services=services, progress=no_progress, log=no_log, tool_name=tool_name)
+    return ToolContext(services=services, progress=no_progress, log=no_log, tool_name=tool_name, caller=IN_PROCESS)
 
 
 Handler = Callable[[ToolContext, Any], Awaitable[Any]]

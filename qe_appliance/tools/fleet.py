@@ -183,6 +183,7 @@ async def task_orchestrate(ctx: ToolContext, args: TaskOrchestrateInput) -> dict
         priority=args.priority,
         max_agents=args.max_agents,
         progress=ctx.progress if args.wait else no_progress,
+        caller=ctx.caller,
     )
     if args.wait:
         await done

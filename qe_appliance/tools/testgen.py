@@ -16,6 +16,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 from qe_appliance.config import LearningConfig
+from qe_appliance.sandbox import refusal
 from qe_appliance.store.database import StoreError, retrying
 from qe_appliance.store.patterns import Pattern, PatternDraft, PatternStore, UnknownPatternError, normalise
 from qe_appliance.testgen.generate import Style, target_tests
@@ -314,9 +315,8 @@ def finish_job(payload: bytes) -> bytes:
 async def generate_tests(ctx: ToolContext, args: GenerateTestsInput) -> GenerateTestsResult:
     one_source(source=args.source, path=args.path)
     config = getattr(ctx.services, "config", None)
-    if args.verify and config is not None and not config.server.allow_code_execution:
-        raise ToolError("this server does not run callers' code (server.allowCodeExecution: false), and verify "
-                        "runs the generated tests, which import the source; call again without verify")
+    if args.verify and config is not None and (refused := refusal(config.server, ctx.caller)) is not None:
+        raise ToolError(refused)
     if args.module is not None and args.path is not None:
         raise ToolError("module names the import of inline source; a path gives its own, so leave module out")
     services = ctx.services
