@@ -259,6 +259,9 @@ class Dispatcher:
             return decoder.decode(raw)
         except msgspec.ValidationError as exc:
             raise RpcError(rpc.INVALID_PARAMS, f"invalid params: {exc}") from None
+        except msgspec.DecodeError as exc:
+            # The envelope holds params as raw JSON, so text that is not UTF-8 inside them surfaces here.
+            raise rpc.parse_error(exc) from None
 
     @staticmethod
     def _is_modern(meta: dict[str, Any] | None, method: str, exch: Exchange) -> bool:
