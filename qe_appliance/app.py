@@ -1,93 +1,61 @@
-"""The running appliance: built from one Config, it owns start, readiness, drain and stop."""
+"""The appliance's components, each built from its part of one Config, and the one place a new Config is
+handed out to them (a reload): stores, tool registry and runner, sessions, MCP dispatcher, fleet and
+orchestrator, monitor and the HTTP front. The lifecycle (start-up, main loop, shutdown) is lifecycle.Server's.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from qe_appliance import __version__
-from qe_appliance.config import Config, ConfigError, control_socket, is_loopback, state_dir
-from qe_appliance.control.server import ControlServer
-from qe_appliance.fleet.compute import name_of
+import msgspec
+
+from qe_appliance.config import Config, ServerConfig
 from qe_appliance.fleet.orchestrator import Orchestrator
 from qe_appliance.fleet.runtime import Fleet
 from qe_appliance.http.guard import Guard, load_tokens
 from qe_appliance.http.routes import AccessPolicy, Routes, error_body
 from qe_appliance.http.server import HttpServer, Limits
 from qe_appliance.mcp.dispatcher import Dispatcher
-from qe_appliance.mcp.jsonrpc import notification_bytes
 from qe_appliance.mcp.sessions import SessionTable
-from qe_appliance.mcp.stdio import serve_stdio
-from qe_appliance.monitoring import Monitor
-from qe_appliance.proctitle import set_title
+from qe_appliance.monitoring.monitor import Monitor, Sources
+from qe_appliance.overrides import Overrides
 from qe_appliance.registry import ToolRegistry
-from qe_appliance.reload import apply as apply_reload
-from qe_appliance.reload import configure_http
+from qe_appliance.services import Services
 from qe_appliance.store.memory import purge_periodically
-from qe_appliance.store.stores import Stores
-from qe_appliance.systemd import Notifier
 from qe_appliance.tools import ALL_TOOLS
-from qe_appliance.tools.base import ToolError, ToolSpec
-from qe_appliance.workspace import Workspace
+from qe_appliance.tools.base import ToolSpec
+from qe_appliance.tools.runner import ToolRunner
 
 log = logging.getLogger("aqe_mcp")
 
 SESSION_SWEEP_S = 30.0
-DRAIN_DEADLINE_S = 30.0
-
-
-class Services:
-    """Shared state the tools reach through `ctx.services`."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.stores = Stores(state_dir(config))
-        self.memory = self.stores.memory
-        self.patterns = self.stores.patterns
-        self.tasks = self.stores.tasks
-        self.reports = self.stores.reports
-        # Files the coverage and quality tools may read; relative roots start from the start directory.
-        server = config.server
-        self.workspace = Workspace.from_config(server.workspace_roots, server.max_input_file_bytes)
-        # Set by App: the fleet (started before the server reports ready), its orchestrator, the tools.
-        self.fleet: Fleet | None = None
-        self.orchestrator: Orchestrator | None = None
-        # `aqe-v3 mcp balance --disable` turns this off: fleet tools then run in server threads.
-        self.fleet_enabled = True
-        self.tools: dict[str, ToolSpec] = {}
-
-    async def compute(self, tool_name: str, fn: Callable[[Any], Any], payload: Any) -> Any:
-        """Run a tool's heavy step where its config says: an agent (`execution: fleet`) or a thread."""
-        cfg = self.config.tools.get(tool_name)
-        timeout = cfg.timeout_ms / 1000 if cfg is not None else 60.0
-        spec = self.tools.get(tool_name)
-        if cfg is not None and cfg.execution == "fleet" and self.fleet_enabled and self.fleet is not None and spec:
-            return await self.fleet.run(spec.category, name_of(fn), payload, timeout, idempotent=spec.idempotent)
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, payload), timeout)
-        except TimeoutError:
-            raise ToolError(f"{tool_name} did not finish within {timeout:g} s (tools.{tool_name}.timeoutMs)") from None
-
-    def close(self) -> None:
-        if self.orchestrator is not None:
-            self.orchestrator.cancel_all()
-        self.stores.close()
+# Changes that only a restart can apply: a new socket or directory.
+RESTART_KEYS = (
+    "server.host",
+    "server.port",
+    "server.stateDir",
+    "server.controlSocket",
+    "fleet.runtimeDir",
+    "fleet.preload",
+)
 
 
 def build_registry(config: Config, catalog: Sequence[ToolSpec] = ALL_TOOLS) -> ToolRegistry:
-    """The enabled tools, with the category the config gives each (tools it does not name keep theirs)."""
-    tools = [
-        replace(spec, category=config.tools[spec.name].category) if spec.name in config.tools else spec
-        for spec in catalog
-        if spec.name not in config.tools or config.tools[spec.name].enabled
-    ]
+    """The enabled tools, each with the category, execution and timeout the config gives it."""
+    tools = []
+    for spec in catalog:
+        cfg = config.tools.get(spec.name)
+        if cfg is None:
+            tools.append(spec)
+        elif cfg.enabled:
+            tools.append(
+                replace(spec, category=cfg.category, execution=cfg.execution, timeout_s=cfg.timeout_ms / 1000)
+            )
     reg = config.registry
     return ToolRegistry(
         tools,
@@ -97,250 +65,175 @@ def build_registry(config: Config, catalog: Sequence[ToolSpec] = ALL_TOOLS) -> T
     )
 
 
-class App:
+def diff(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    """Changed leaves as (camelCase key path, old value, new value)."""
+    return sorted(_diff(msgspec.to_builtins(old), msgspec.to_builtins(new), ""))
+
+
+def _diff(old: Any, new: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(old.keys() | new.keys()):
+            yield from _diff(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+    elif old != new:
+        yield path, old, new
+
+
+class HttpFront:
+    """The HTTP component: listener limits, Host/Origin policy, bearer tokens and rate limit (`server.*`)."""
+
     def __init__(
         self,
-        config: Config,
-        catalog: Sequence[ToolSpec] = ALL_TOOLS,
-        source: Callable[[], Config] | None = None,
+        config: ServerConfig,
+        dispatcher: Dispatcher,
+        sessions: SessionTable,
+        readiness: Callable[[], str | None],
+        monitor: Monitor | None,
     ) -> None:
+        self.guard = Guard(config.auth, load_tokens(config.auth), config.rate_limit)
+        self.routes = Routes(
+            dispatcher, sessions, AccessPolicy(config.host, config.allowed_origins), self.guard, readiness
+        )
+        self.routes.monitor = monitor
+        self.server = HttpServer(self.routes, Limits(), error_body)
+        if monitor is not None:
+            self.server.on_refuse = monitor.record_refusal
+        self._set_limits(config)
+
+    def reconfigure(self, config: ServerConfig, tokens: tuple[bytes, ...]) -> None:
+        self._set_limits(config)
+        self.routes.policy.update(config.host, config.allowed_origins)
+        self.guard.configure(config.auth, tokens, config.rate_limit)
+
+    def _set_limits(self, config: ServerConfig) -> None:
+        limits = self.server.limits
+        limits.max_connections = config.max_connections
+        limits.max_body_bytes = config.max_body_bytes
+        limits.max_header_bytes = config.max_header_bytes
+        limits.header_timeout_s = config.header_timeout_ms / 1000
+        limits.keep_alive_timeout_s = config.keep_alive_timeout_ms / 1000
+
+    @property
+    def connections(self) -> int:
+        return len(self.server.connections)
+
+    def auth_summary(self) -> str:
+        """How many tokens are accepted (never the tokens)."""
+        count = len(self.guard.tokens)
+        return f"bearer tokens ({count} accepted)" if count else "off"
+
+
+class App:
+    """Every component of one appliance, wired once here; `http=False` for a stdio server."""
+
+    def __init__(self, config: Config, catalog: Sequence[ToolSpec] = ALL_TOOLS, *, http: bool = True) -> None:
         self.config = config
-        # Re-reads the configuration (the file plus the start flags) for a reload; None: no file to re-read.
-        self.source = source
         self.catalog = catalog
-        self.services: Services | None = Services(config)
+        # None when ready, else why not ("starting", "draining"): /readyz and new MCP work answer 503.
+        self.state: str | None = "starting"
+        self.overrides = Overrides()
+        self.services = Services(config, self.overrides)
         self.registry = build_registry(config, catalog)
+        self._by_name = {tool.name: tool for tool in self.registry.tools()}
         server = config.server
         self.sessions = SessionTable(server.max_sessions, server.session_idle_timeout_ms / 1000)
-        self.dispatcher = Dispatcher(
-            self.registry, self.services, self.sessions, max_json_depth=server.max_json_depth
-        )
-        self.monitor: Monitor | None = Monitor(config) if config.monitoring.enabled else None
-        if self.monitor is not None:
-            self.monitor.attach(registry=self.registry, sessions=self.sessions)
+        # Built now, started by start(): agents come up before the server reports ready.
+        self.fleet = Fleet(config)
+        self.http: HttpFront | None = None
+        self.monitor: Monitor | None = None
+        if config.monitoring.enabled:
+            self.monitor = Monitor(config, Sources(
+                registry=lambda: self.registry.stats(),
+                fleet=self.fleet.status,
+                sessions=self.sessions.__len__,
+                connections=(lambda: self.http.connections if self.http is not None else 0) if http else None,
+            ))
             self.sessions.on_refuse = self.monitor.record_refusal
-            self.dispatcher.monitor = self.monitor
-        self.state: str | None = "starting"
-        self.http: HttpServer | None = None
-        self.routes: Routes | None = None
-        self.address: tuple[str, int] | None = None
-        self.control: ControlServer | None = None
-        self.reloads = {"ok": 0, "failed": 0}
-        self.last_reload: dict[str, Any] | None = None
-        self._reload_lock = asyncio.Lock()
-        self._stopped = asyncio.Event()
+        self.runner = ToolRunner(self.services, self.monitor)
+        self.dispatcher = Dispatcher(
+            self.registry, self.runner, self.sessions, max_json_depth=server.max_json_depth, monitor=self.monitor
+        )
+        self.orchestrator = Orchestrator(self.services.tasks, lambda: self._by_name, self.runner, self.fleet.capacity)
+        self.services.fleet = self.fleet
+        self.services.orchestrator = self.orchestrator
+        if http:
+            self.http = HttpFront(server, self.dispatcher, self.sessions, self.readiness, self.monitor)
         self._tasks: list[asyncio.Task[None]] = []
-        self._terms = 0
-        # sd_notify to systemd (a no-op when it did not start us); reload() also reports through it.
-        self.notifier = Notifier()
+        self._closed = False
 
     def readiness(self) -> str | None:
-        if self.state is None and self.services is not None:
-            return self.services.stores.problem()
+        if self.state is None:
+            return self.services.stores.problem()  # e.g. the state directory vanished: writes would fail
         return self.state
 
-    async def run_http(self) -> int:
-        cfg = self.config.server
-        guard = Guard(cfg.auth, load_tokens(cfg.auth), cfg.rate_limit)
-        if not is_loopback(cfg.host) and not guard.tokens:
-            log.warning("listening on %s without authentication (server.auth.allowUnauthenticated: true): "
-                        "whatever is in front of this server must authenticate clients", cfg.host)
-        routes = Routes(
-            self.dispatcher, self.sessions, AccessPolicy(cfg.host, cfg.allowed_origins), guard, self.readiness
-        )
-        self.routes = routes
-        routes.monitor = self.monitor
-        self.http = HttpServer(routes, Limits(), error_body)
-        configure_http(self.http, self.config)
-        if self.monitor is not None:
-            self.http.on_refuse = self.monitor.record_refusal
-            self.monitor.attach(http=self.http)
-        started = time.perf_counter()
-        host, port = self.address = await self.http.listen(cfg.host, cfg.port)
-        set_title(f"server :{port}")
-        self._tasks.append(asyncio.create_task(self.notifier.keep_alive()))
-        self.notifier.status("starting: warming up the agent fleet")
-        self._install_signals()
+    async def start(self) -> None:
+        """Background upkeep running, agents up and the pool warm."""
         self._tasks.append(asyncio.create_task(self._sweep_sessions()))
-        self._start_memory_purge()
-        await self._start_fleet()
-        await self._start_control()
-        self.state = None
-        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/mcp"
-        self.notifier.ready(f"serving {url} with {len(self.registry.tools())} tools")
-        log.info(
-            "aqe-mcp %s listening on %s (ready in %.0f ms, %d tools)",
-            __version__,
-            url,
-            (time.perf_counter() - started) * 1000,
-            len(self.registry.tools()),
-        )
-        await self._stopped.wait()
-        return 0
-
-    async def run_stdio(self) -> int:
-        set_title("stdio")
-        self.state = None
-        self._install_signals()
-        self._start_memory_purge()
-        await self._start_fleet()
-        await self._start_control()
-        stdin_done = asyncio.create_task(serve_stdio(self.dispatcher))
-        stopped = asyncio.create_task(self._stopped.wait())
-        await asyncio.wait({stdin_done, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (stdin_done, stopped):
-            task.cancel()
-        await self._stop_fleet(DRAIN_DEADLINE_S)
-        self.close()
-        return 0
-
-    async def _start_fleet(self) -> None:
-        """Agents up and the pool warm before the server says it is ready."""
-        assert self.services is not None
-        self.services.tools = {tool.name: tool for tool in self.registry.tools()}
-        started = time.perf_counter()
-        fleet = Fleet(self.config)
-        self.services.fleet = fleet
-        self.services.orchestrator = Orchestrator(
-            self.services.tasks, lambda: self.services.tools if self.services else {}, self.services, fleet.capacity
-        )
-        await fleet.start()
-        log.info(
-            "fleet warm in %.0f ms: %d agents, %d pooled connections",
-            (time.perf_counter() - started) * 1000, len(fleet.agents), fleet.pool.total,
-        )
-
-    async def _evaluate_alerts(self) -> None:
-        while self.monitor is not None:
-            await asyncio.sleep(self.config.monitoring.dashboard_interval_ms / 1000)
-            self.monitor.evaluate()
-
-    async def _start_control(self) -> None:
-        # The default socket sits in our own state or runtime directory; a configured one may be anywhere.
-        own_directory = not self.config.server.control_socket
-        # Stdio servers come one per client session, several on one stateDir: no admin socket unless asked.
-        if self.http is not None or self.config.server.stdio_control_socket:
-            self.control = ControlServer(self, control_socket(self.config), own_directory=own_directory)
-            await self.control.start()
-        if self.monitor is not None:
-            if self.services is not None and self.services.fleet is not None:
-                self.monitor.attach(fleet=self.services.fleet)
-            self._tasks.append(asyncio.create_task(self._evaluate_alerts()))
-
-    async def _stop_fleet(self, deadline_s: float) -> None:
-        if self.services is not None and self.services.fleet is not None:
-            await self.services.fleet.stop(deadline_s)
-
-    def _install_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # embedded (tests, benchmarks): the host process owns signals
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_term)
-        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
-
-    def _on_term(self) -> None:
-        self._terms += 1
-        if self._terms > 1:
-            log.warning("second stop signal: exiting now")
-            self.close()
-            sys.exit(1)
-        self.begin_drain(DRAIN_DEADLINE_S)
-
-    def _on_hup(self) -> None:
-        asyncio.get_running_loop().create_task(self.reload())
-
-    async def reload(self) -> dict[str, Any]:
-        """Re-read the configuration and apply what changed; an invalid file keeps the running config."""
-        async with self._reload_lock:
-            self.notifier.reloading()
-            try:
-                if self.source is None:
-                    raise ConfigError(["this server was started without a configuration file; nothing to re-read"])
-                new = self.source()
-                report = await apply_reload(self, new)
-                self.reloads["ok"] += 1
-                report["ok"] = True
-                log.info(
-                    "reload: %d change(s) applied%s", len(report["applied"]),
-                    f"; restart needed for {', '.join(report['needsRestart'])}" if report["needsRestart"] else "",
-                )
-            except ConfigError as exc:
-                self.reloads["failed"] += 1
-                report = {"ok": False, "errors": exc.errors}
-                log.error("reload refused, the running configuration stays:\n%s", exc)
-            finally:
-                self.notifier.ready()
-            if self.monitor is not None:
-                self.monitor.count_reload(report["ok"])
-            self.last_reload = report
-            return report
-
-    def rebuild_registry(self) -> None:
-        """Apply tool and registry settings; sessions with an open stream hear tools/list_changed."""
-        old = [t.wire() for t in self.registry.tools()]
-        self.registry = build_registry(self.config, self.catalog)
-        self.dispatcher.set_registry(self.registry)
-        if self.monitor is not None:
-            self.monitor.attach(registry=self.registry)
-        if self.services is not None:
-            self.services.tools = {tool.name: tool for tool in self.registry.tools()}
-        if [t.wire() for t in self.registry.tools()] != old:
-            event = notification_bytes("notifications/tools/list_changed", {})
-            for session in self.sessions.sessions():
-                for queue in session.listeners:
-                    queue.put_nowait(event)
-
-    def begin_drain(self, deadline_s: float) -> None:
-        if self.state != "draining":
-            asyncio.get_running_loop().create_task(self.drain_and_stop(deadline_s))
-
-    async def drain_and_stop(self, deadline_s: float) -> None:
-        """Stop taking new work, let requests in flight finish within the deadline, then close.
-
-        While draining, /readyz and new MCP requests answer 503 with Retry-After (the listener stays open so
-        clients are told, not refused); then the pool closes, the agents stop and the process exits 0.
-        """
-        self.state = "draining"
-        self.notifier.stopping()
-        log.info("draining: finishing requests in flight (deadline %.0f s)", deadline_s)
-        end = time.monotonic() + deadline_s
-        self.sessions.close_all()
-        if self.http is not None:
-            await self.http.wait_idle(deadline_s)
-            await self.http.shutdown(max(end - time.monotonic(), 0.0))
-        await self._stop_fleet(max(end - time.monotonic(), 1.0))
-        if self.control is not None:
-            await self.control.close()
-        self.close()
-        self._stopped.set()
-
-    def _start_memory_purge(self) -> None:
-        assert self.services is not None
         interval_s = self.config.memory.purge_interval_ms / 1000
         self._tasks.append(asyncio.create_task(purge_periodically(self.services.memory, interval_s)))
+        if self.monitor is not None:
+            self._tasks.append(asyncio.create_task(self.monitor.run_alerts()))
+        started = time.perf_counter()
+        await self.fleet.start()
+        log.info(
+            "fleet warm in %.0f ms: %d agents, %d pooled connections",
+            (time.perf_counter() - started) * 1000, len(self.fleet.agents), self.fleet.pool.total,
+        )
 
-    async def _sweep_sessions(self) -> None:
-        while True:
-            await asyncio.sleep(SESSION_SWEEP_S)
-            self.sessions.sweep()
+    async def reconfigure(self, new: Config) -> dict[str, Any]:
+        """Validate `new`, then hand each component its part; returns what changed, was applied, or waits.
+
+        The runtime overrides end here: the file is the truth again. Raises ConfigError (nothing changed)
+        when a part of `new` cannot be used, e.g. an unreadable tokens file (re-read on every reload, since a
+        rotated file changes no key).
+        """
+        tokens = load_tokens(new.server.auth) if self.http is not None else ()
+        changes = diff(self.config, new)
+        keys = [key for key, _, _ in changes]
+        restart = sorted(k for k in keys if k.startswith(RESTART_KEYS))
+        applied = [k for k in keys if k not in restart]
+        self.config = new
+        self.overrides.clear()
+        self.services.reconfigure(new)
+        server = new.server
+        if self.http is not None:
+            self.http.reconfigure(server, tokens)
+        self.sessions.reconfigure(server.max_sessions, server.session_idle_timeout_ms / 1000)
+        if any(k.startswith(("tools.", "registry.")) for k in applied):
+            self.registry = build_registry(new, self.catalog)
+            self._by_name = {tool.name: tool for tool in self.registry.tools()}
+        self.dispatcher.reconfigure(self.registry, server.max_json_depth)
+        await self.fleet.reconfigure(new)
+        if self.monitor is not None:
+            self.monitor.reconfigure(new)
+        return {
+            "changed": [{"key": k, "old": o, "new": n} for k, o, n in changes],
+            "applied": applied,
+            "needsRestart": restart,
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "tools": len(self.registry.tools()),
+            "sessions": len(self.sessions),
+            "connections": self.http.connections if self.http is not None else 0,
+            "auth": self.http.auth_summary() if self.http is not None else "not applicable (stdio)",
+            "agents": len(self.fleet.agents),
+        }
+
+    async def stop(self, deadline_s: float) -> None:
+        """Agents stopped (their calls finish within the deadline), upkeep cancelled, stores closed."""
+        await self.fleet.stop(deadline_s)
+        self.close()
 
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         self._tasks.clear()
-        if self.services is not None:
+        if not self._closed:
+            self._closed = True
             self.services.close()
-            self.services = None
-        self.notifier.close()
 
-
-def run(config: Config, *, stdio: bool = False, source: Callable[[], Config] | None = None) -> int:
-    """Run the appliance until stopped; returns the process exit code."""
-    import uvloop
-
-    async def main() -> int:
-        app = App(config, source=source)
-        return await (app.run_stdio() if stdio else app.run_http())
-
-    return uvloop.run(main())
+    async def _sweep_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(SESSION_SWEEP_S)
+            self.sessions.sweep()

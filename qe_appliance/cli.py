@@ -12,12 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from qe_appliance import __version__
+from qe_appliance.config import STRATEGIES
 from qe_appliance.control import client_config
 from qe_appliance.control.commands import add_parsers as add_runtime_commands
 from qe_appliance.control.commands import run as run_runtime_command
 from qe_appliance.store.backup import add_parsers as add_state_commands
-
-STRATEGIES = ("least-connections", "response-time", "round-robin")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -138,7 +137,7 @@ def _start(args: argparse.Namespace) -> int:
         return 2
     level = (args.log_level or cfg.server.log_level).upper()
     logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from qe_appliance.app import run
+    from qe_appliance.lifecycle import run
 
     try:
         return run(cfg, stdio=args.stdio, source=read if args.config else None)

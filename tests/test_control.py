@@ -78,6 +78,26 @@ def test_runtime_commands_and_overrides(srv: ServerProcess) -> None:
     assert cli_json(srv, "status")["overrides"] == {}
 
 
+def test_sighup_clears_the_runtime_overrides_too(srv: ServerProcess) -> None:
+    cli_json(srv, "balance", "configure", "--strategy", "round-robin")
+    cli_json(srv, "balance", "--disable")
+    cli_json(srv, "pool", "configure", "--max", "9")
+    assert cli_json(srv, "status")["overrides"] == {
+        "balancer.strategy": "round-robin", "balancer.enabled": False, "pool.maxConnections": 9
+    }
+    srv.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while cli_json(srv, "status")["reloads"]["ok"] == 0:
+        assert time.monotonic() < deadline, "SIGHUP did not reload"
+        time.sleep(0.05)
+    # The file is the truth again, and `status` says so: no override is listed that no longer holds.
+    assert cli_json(srv, "status")["overrides"] == {}
+    balance = cli_json(srv, "balance", "status")
+    assert balance["strategy"] == "least-connections" and balance["enabled"] is True and balance["overrides"] == {}
+    pool = cli_json(srv, "pool", "status")
+    assert pool["maxConnections"] == 50 and pool["overrides"] == {}
+
+
 def test_reload_applies_changes_and_refuses_a_bad_file(srv: ServerProcess) -> None:
     rewrite(srv, tools={"qe_learn_status": {"enabled": False}}, balancer={"strategy": "response-time"},
             server={"maxBodyBytes": 1000, "port": 1})

@@ -1035,22 +1035,26 @@ class InProcess:
 
 @pytest.fixture(scope="module")
 def inproc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
-    from qe_appliance.app import Services, build_registry
+    from qe_appliance.app import build_registry
     from qe_appliance.config import load_config
-    from qe_appliance.mcp.dispatcher import Dispatcher, Exchange
+    from qe_appliance.mcp.dispatcher import Dispatcher, Inbound
     from qe_appliance.mcp.sessions import SessionTable
     from qe_appliance.monitoring import Monitor
+    from qe_appliance.services import Services
+    from qe_appliance.tools.runner import ToolRunner
 
     tmp = tmp_path_factory.mktemp("inproc")
     config = load_config(write_config(tmp / "qe-mcp.yaml", tmp / "state"))
     services = Services(config)
-    dispatcher = Dispatcher(build_registry(config), services, SessionTable(64, 600))
-    dispatcher.monitor = Monitor(config)
+    monitor = Monitor(config)
+    dispatcher = Dispatcher(
+        build_registry(config), ToolRunner(services, monitor), SessionTable(64, 600), monitor=monitor
+    )
     loop = asyncio.new_event_loop()
     errors = _Errors()
     logging.getLogger("aqe_mcp").addHandler(errors)
     init = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": HANDSHAKE}})
-    reply = loop.run_until_complete(dispatcher.handle(init.encode(), Exchange(headers={})))
+    reply = loop.run_until_complete(dispatcher.handle(init.encode(), Inbound(headers={})))
     try:
         yield InProcess(loop, dispatcher, dict(reply.headers)["Mcp-Session-Id"], errors)
     finally:
@@ -1062,7 +1066,7 @@ def inproc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
 def _dispatch(ip: InProcess, body: bytes, headers: list[tuple[str, str]] | None) -> tuple[Any, list[bytes]]:
     """Dispatch as HTTP does (headers given) or as stdio does (headers None: one session, in-band notes)."""
     from qe_appliance.mcp import jsonrpc as rpc
-    from qe_appliance.mcp.dispatcher import Exchange
+    from qe_appliance.mcp.dispatcher import Inbound
     from qe_appliance.mcp.sessions import Session
 
     sent: list[bytes] = []
@@ -1071,7 +1075,7 @@ def _dispatch(ip: InProcess, body: bytes, headers: list[tuple[str, str]] | None)
         sent.append(note)
 
     if headers is None:
-        exch = Exchange(session=Session("stdio", rpc.LATEST_HANDSHAKE), send=send)
+        exch = Inbound(session=Session("stdio", rpc.LATEST_HANDSHAKE), send=send)
     else:
         table: dict[str, str] = {}
         dups: set[str] = set()
@@ -1083,7 +1087,7 @@ def _dispatch(ip: InProcess, body: bytes, headers: list[tuple[str, str]] | None)
                 table[key] += ", " + value
             else:
                 table[key] = value
-        exch = Exchange(headers=table, duplicated=frozenset(dups), send=send)
+        exch = Inbound(headers=table, duplicated=frozenset(dups), send=send)
     return ip.loop.run_until_complete(asyncio.wait_for(ip.dispatcher.handle(body, exch), 5)), sent
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from qe_appliance.app import Services
 from qe_appliance.config import Config, LearningConfig, ServerConfig
+from qe_appliance.services import Services
 from qe_appliance.store import patterns as patterns_module
 from qe_appliance.store.patterns import PatternDraft, PatternStore, UnknownPatternError, quality_score
 from qe_appliance.tools.base import ToolError

@@ -18,8 +18,8 @@ import msgspec
 import pytest
 from mcp import Client
 
-from qe_appliance.app import Services
 from qe_appliance.config import Config, ConfigError, MemoryConfig, ServerConfig, load_config
+from qe_appliance.services import Services
 from qe_appliance.tools.base import ToolError, bare_context
 from qe_appliance.tools.memory import TOOLS
 from tests.conftest import ServerProcess, start_server

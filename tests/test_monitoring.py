@@ -16,7 +16,7 @@ from qe_appliance._core.histogram import Histogram
 from qe_appliance.config import Config, ToolConfig
 from qe_appliance.monitoring import Monitor
 from qe_appliance.monitoring.alerts import HOLD_S, MIN_SAMPLES, AlertBook, Traffic, measure
-from qe_appliance.monitoring.monitor import MAX_SERIES, OTHER
+from qe_appliance.monitoring.monitor import MAX_SERIES, OTHER, Sources
 
 T0 = 1_800_000_000.0
 
@@ -81,11 +81,11 @@ def value(samples: dict[str, list[Sample]], name: str, **labels: str) -> float:
     return matches[0]
 
 
-def busy_monitor() -> Monitor:
-    monitor = Monitor(Config())
+def busy_monitor(sources: Sources | None = None) -> Monitor:
+    monitor = Monitor(Config(), sources)
     for i in range(100):
         monitor.record_request("tools/call", 0.002 + i / 10_000, error=i < 3)
-        monitor.record_tool("qe_memory_store", 0.001 + i / 10_000, error=i < 2)
+        monitor.record_tool("qe_memory_store", 0.001 + i / 10_000, "server-error" if i < 2 else "ok")
         monitor.record_lookup(4e-6)
         monitor.record_http(200)
     monitor.record_request("tools/list", 0.0004, error=False)
@@ -135,10 +135,9 @@ def test_duration_histograms_have_cumulative_le_buckets_in_seconds() -> None:
 
 
 def test_exposition_reads_registry_pool_balancer_agents_and_sessions() -> None:
-    monitor = Monitor(Config())
     fleet = FakeFleet()
     fleet.acquires, fleet.hits = 50, 45
-    monitor.attach(registry=FakeRegistry(), fleet=fleet, sessions=["s1", "s2", "s3"])
+    monitor = Monitor(Config(), Sources(registry=FakeRegistry().stats, fleet=fleet.status, sessions=lambda: 3))
     samples = scrape(monitor)
     assert value(samples, "aqe_mcp_registry_lookups_total") == 40
     assert value(samples, "aqe_mcp_registry_cache_hit_ratio") == 0.75
@@ -161,10 +160,9 @@ def test_exposition_reads_registry_pool_balancer_agents_and_sessions() -> None:
 
 
 def test_a_failing_source_drops_out_of_the_scrape_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    monitor = Monitor(Config())
     fleet = FakeFleet()
     fleet.broken = True
-    monitor.attach(fleet=fleet, registry=FakeRegistry())
+    monitor = Monitor(Config(), Sources(registry=FakeRegistry().stats, fleet=fleet.status))
     with caplog.at_level(logging.WARNING, logger="aqe_mcp.monitoring"):
         samples = scrape(monitor)
     assert "aqe_mcp_pool_connections" not in samples
@@ -175,7 +173,7 @@ def test_a_failing_source_drops_out_of_the_scrape_with_a_warning(caplog: pytest.
 def test_labels_stay_bounded_whatever_callers_send() -> None:
     monitor = Monitor(Config())
     for i in range(MAX_SERIES + 50):
-        monitor.record_tool(f"tool-{i}", 0.001, error=False)
+        monitor.record_tool(f"tool-{i}", 0.001, "ok")
     samples = scrape(monitor)
     tools = {s.labels["tool"] for s in samples["aqe_mcp_tool_calls_total"]}
     assert len(tools) == MAX_SERIES
@@ -202,10 +200,9 @@ def test_json_export_holds_the_same_metrics_with_percentiles() -> None:
 
 
 def test_dashboard_shows_latency_against_targets_pool_lookups_rates_and_agents() -> None:
-    monitor = busy_monitor()
     fleet = FakeFleet()
     fleet.acquires, fleet.hits = 100, 95
-    monitor.attach(registry=FakeRegistry(), fleet=fleet, sessions=[])
+    monitor = busy_monitor(Sources(registry=FakeRegistry().stats, fleet=fleet.status, sessions=lambda: 0))
     board = msgspec.json.decode(msgspec.json.encode(monitor.dashboard()))
     assert board["latency"]["p50Ms"] == pytest.approx(5.9, rel=0.02)
     assert board["latency"]["p99Ms"] == pytest.approx(10.8, rel=0.02)
@@ -237,7 +234,7 @@ def test_dashboard_without_fleet_or_traffic_has_no_numbers_to_invent() -> None:
 def slow_calls(monitor: Monitor, seconds: float, count: int = 2 * MIN_SAMPLES) -> None:
     for _ in range(count):
         monitor.record_request("tools/call", seconds, error=False)
-        monitor.record_tool("qe_memory_store", seconds, error=False)
+        monitor.record_tool("qe_memory_store", seconds, "ok")
 
 
 def states(transitions: list[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -268,7 +265,7 @@ def test_a_slow_p95_goes_pending_then_firing_then_resolved(caplog: pytest.LogCap
     relaxed = with_p95_threshold(500.0)
     relaxed_tool = ToolConfig(category="memory", target_latency_ms=1000.0)
     relaxed = msgspec.structs.replace(relaxed, tools={**relaxed.tools, "qe_memory_store": relaxed_tool})
-    monitor.configure(relaxed)
+    monitor.reconfigure(relaxed)
     assert monitor.evaluate(T0 + 20) == []
     assert len(monitor.alerts()["firing"]) == 2
     assert states(monitor.evaluate(T0 + 20 + HOLD_S)) == {
@@ -317,7 +314,7 @@ def test_an_alert_whose_rule_stops_reading_says_so() -> None:
     slow_calls(monitor, 0.3)
     monitor.evaluate(T0)
     disabled = ToolConfig(category="memory", target_latency_ms=20.0, enabled=False)
-    monitor.configure(config(qe_memory_store=disabled))
+    monitor.reconfigure(config(qe_memory_store=disabled))
     inactive = [t for t in monitor.evaluate(T0 + 1) if t.get("tool") == "qe_memory_store"]
     assert [t["state"] for t in inactive] == ["inactive"]
     assert "no longer measured" in inactive[0]["summary"] and inactive[0]["value"] is None
@@ -333,16 +330,15 @@ def test_a_breach_that_clears_within_the_hold_window_never_fires() -> None:
     monitor = Monitor(Config())
     slow_calls(monitor, 0.3)
     monitor.evaluate(T0)
-    monitor.configure(config(qe_memory_store=ToolConfig(category="memory", target_latency_ms=1000.0)))
+    monitor.reconfigure(config(qe_memory_store=ToolConfig(category="memory", target_latency_ms=1000.0)))
     assert states(monitor.evaluate(T0 + 1)) == {("tool_latency:qe_memory_store", "inactive")}
     assert [alert["name"] for alert in monitor.alerts()["pending"]] == ["p95_response_time"]
     assert monitor.alerts()["resolved"] == []
 
 
 def test_a_firing_alert_stays_firing_while_the_breach_flaps_inside_the_hold_window() -> None:
-    monitor = Monitor(Config())
     fleet = FakeFleet()
-    monitor.attach(fleet=fleet)
+    monitor = Monitor(Config(), Sources(fleet=fleet.status))
     for step in range(6):
         # Half the acquires hit until step 3, then all of them: the recent hit rate climbs back.
         fleet.acquires += 100
@@ -363,7 +359,7 @@ def test_error_rate_alert_counts_rpc_errors_and_failed_tool_calls() -> None:
     monitor = Monitor(Config())
     for i in range(40):
         monitor.record_request("tools/call", 0.001, error=i < 2)
-        monitor.record_tool("qe_memory_store", 0.001, error=2 <= i < 4)
+        monitor.record_tool("qe_memory_store", 0.001, "server-error" if 2 <= i < 4 else "ok")
     transitions = monitor.evaluate(T0)
     [alert] = transitions
     assert (alert["name"], alert["state"]) == ("error_rate", "pending")
@@ -389,13 +385,13 @@ def test_resolved_alerts_are_listed_newest_first_and_limited() -> None:
     monitor = Monitor(with_p95_threshold(100.0))
     for _ in range(MIN_SAMPLES):
         monitor.record_request("tools/call", 0.3, error=False)
-        monitor.record_tool("qe_quality_gate", 0.3, error=False)  # within its 500 ms target
+        monitor.record_tool("qe_quality_gate", 0.3, "ok")  # within its 500 ms target
     now = T0
     for _ in range(3):
-        monitor.configure(with_p95_threshold(100.0))
+        monitor.reconfigure(with_p95_threshold(100.0))
         monitor.evaluate(now)
         monitor.evaluate(now + HOLD_S)
-        monitor.configure(with_p95_threshold(500.0))
+        monitor.reconfigure(with_p95_threshold(500.0))
         monitor.evaluate(now + HOLD_S + 1)
         monitor.evaluate(now + 2 * HOLD_S + 1)
         now += 100

@@ -18,8 +18,8 @@ import pytest
 import uvloop
 from mcp import Client
 
-from qe_appliance.app import App
 from qe_appliance.config import apply_overrides, load_config
+from qe_appliance.lifecycle import Server
 from qe_appliance.tools import ALL_TOOLS
 from qe_appliance.tools.base import ToolContext, ToolSpec
 
@@ -88,22 +88,22 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cfg_path.write_text(f'server: {{port: 0, stateDir: "{state}"}}\n')
     cfg = apply_overrides(load_config(cfg_path))
     loop = uvloop.new_event_loop()
-    holder: list[App] = []
+    holder: list[Server] = []
 
     async def serve() -> None:
         # Built on the loop's thread: the SQLite store belongs to the thread that opened it.
-        holder.append(App(cfg, catalog=(*ALL_TOOLS, *EXTRA)))
-        await holder[0].run_http()
+        holder.append(Server(cfg, catalog=(*ALL_TOOLS, *EXTRA)))
+        await holder[0].serve()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not (holder and holder[0].address and holder[0].readiness() is None) and time.monotonic() < deadline:
         time.sleep(0.01)
-    app = holder[0]
-    assert app.address is not None
-    yield f"http://127.0.0.1:{app.address[1]}/mcp"
-    asyncio.run_coroutine_threadsafe(app.drain_and_stop(2), loop).result(10)
+    server = holder[0]
+    assert server.address is not None
+    yield f"http://127.0.0.1:{server.address[1]}/mcp"
+    asyncio.run_coroutine_threadsafe(server.drain_and_stop(2), loop).result(10)
     thread.join(10)
 
 

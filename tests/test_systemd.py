@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from qe_appliance import systemd
-from qe_appliance.app import DRAIN_DEADLINE_S, App
+from qe_appliance.lifecycle import DRAIN_DEADLINE_S
 from qe_appliance.tools import ALL_TOOLS
 from tests.conftest import ServerProcess, start_server
 
@@ -143,7 +143,6 @@ def test_ready_only_when_warm_then_watchdog_pings_then_stopping_and_exit_0(
     assert not any("READY" in m for m in after), "no READY=1 once stopping"
 
 
-@pytest.mark.skipif(not hasattr(App, "reload"), reason="App.reload (SIGHUP) is not in this build yet")
 def test_sighup_sends_reloading_with_monotonic_usec_then_ready_even_for_a_refused_file(
     tmp_path: Path, manager: NotifySocket
 ) -> None:

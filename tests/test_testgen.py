@@ -17,9 +17,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from qe_appliance.app import Services
 from qe_appliance.config import TOOL_DEFAULTS, Config, ServerConfig
 from qe_appliance.quality import junit
+from qe_appliance.services import Services
 from qe_appliance.store.patterns import PatternDraft
 from qe_appliance.tools import testgen as testgen_tool
 from qe_appliance.tools.base import ToolError, bare_context

@@ -14,9 +14,9 @@ from typing import Any
 
 import msgspec
 
+from qe_appliance.config import STRATEGIES
 from qe_appliance.control.client import NotRunning, Refused, call
 
-STRATEGIES = ("least-connections", "response-time", "round-robin")
 NOT_RUNNING = 3
 
 

@@ -11,20 +11,45 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from qe_appliance import __version__
+from qe_appliance.config import STRATEGIES, Config
 from qe_appliance.instances import claim, release
+from qe_appliance.overrides import Overrides
 from qe_appliance.registry import UnknownToolError
 
 if TYPE_CHECKING:
-    from qe_appliance.app import App
+    from qe_appliance.fleet.runtime import Fleet
+    from qe_appliance.monitoring.monitor import Monitor
+    from qe_appliance.registry import ToolRegistry
 
 log = logging.getLogger("aqe_mcp.control")
 MAX_COMMAND_BYTES = 64 * 1024
-STRATEGIES = ("least-connections", "response-time", "round-robin")
+
+
+class Admin(Protocol):
+    """What the admin socket may read and change in a running server (the lifecycle Server implements it)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def overrides(self) -> Overrides: ...
+    @property
+    def registry(self) -> ToolRegistry: ...
+    @property
+    def fleet(self) -> Fleet | None: ...
+    @property
+    def monitor(self) -> Monitor | None: ...
+
+    def status(self) -> dict[str, Any]:
+        """Version, pid, state, address, counts, auth, reloads: what `aqe-v3 mcp status` prints."""
+        ...
+
+    async def reload(self) -> dict[str, Any]: ...
+
+    def begin_drain(self, deadline_s: float) -> None: ...
 
 
 class CommandError(Exception):
@@ -32,13 +57,12 @@ class CommandError(Exception):
 
 
 class ControlServer:
-    def __init__(self, app: App, path: Path, own_directory: bool = False) -> None:
-        self.app = app
+    def __init__(self, admin: Admin, path: Path, own_directory: bool = False) -> None:
+        self.admin = admin
         self.path = path
         # The socket's directory is the appliance's own (state or runtime directory): tighten it rather than
         # refuse to start when an older version or another tool left it open.
         self.own_directory = own_directory
-        self.overrides: dict[str, Any] = {}
         self._server: asyncio.AbstractServer | None = None
         # Held while this process owns the socket's name: others on the same state directory keep off it.
         self._claim: int | None = None
@@ -115,33 +139,26 @@ class ControlServer:
 
     # ---- commands ------------------------------------------------------------------------------------
 
-    def _fleet(self) -> Any:
-        fleet = self.app.services.fleet if self.app.services is not None else None
+    def _fleet(self) -> Fleet:
+        fleet = self.admin.fleet
         if fleet is None:
             raise CommandError("the agent fleet is not running")
         return fleet
 
+    def _monitor(self) -> Monitor:
+        monitor = self.admin.monitor
+        if monitor is None:
+            raise CommandError("monitoring is disabled (monitoring.enabled: false)")
+        return monitor
+
     async def _status(self, args: dict[str, Any]) -> Any:
-        fleet = self.app.services.fleet if self.app.services is not None else None
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "state": self.app.readiness() or "ready",
-            "address": list(self.app.address) if self.app.address else None,
-            "tools": len(self.app.registry.tools()),
-            "sessions": len(self.app.sessions),
-            "connections": len(self.app.http.connections) if self.app.http is not None else 0,
-            "auth": _auth_summary(self.app),
-            "agents": len(fleet.agents) if fleet is not None else 0,
-            "overrides": self.overrides,
-            "reloads": self.app.reloads,
-            "lastReload": self.app.last_reload,
-        }
+        return {**self.admin.status(), "overrides": self.admin.overrides.as_dict()}
 
     async def _pool_status(self, args: dict[str, Any]) -> Any:
-        stats = self._fleet().pool.stats()
-        stats["idleTimeoutMs"] = self._fleet().pool.idle_timeout_s * 1000
-        stats["overrides"] = {k: v for k, v in self.overrides.items() if k.startswith("pool.")}
+        pool = self._fleet().pool
+        stats = pool.stats()
+        stats["idleTimeoutMs"] = pool.idle_timeout_s * 1000
+        stats["overrides"] = self.admin.overrides.under("pool")
         return stats
 
     async def _pool_configure(self, args: dict[str, Any]) -> Any:
@@ -157,8 +174,12 @@ class ControlServer:
             ("pool.idleTimeoutMs", idle, int(pool.idle_timeout_s * 1000)),
         ):
             if value != current:
-                self.overrides[key] = value
-        pool.min_connections, pool.max_connections, pool.idle_timeout_s = low, high, idle / 1000
+                self.admin.overrides.set(key, value)
+        pool.reconfigure(
+            msgspec.structs.replace(
+                self.admin.config.pool, min_connections=low, max_connections=high, idle_timeout_ms=idle
+            )
+        )
         return await self._pool_status({})
 
     async def _pool_drain(self, args: dict[str, Any]) -> Any:
@@ -166,21 +187,21 @@ class ControlServer:
         if not isinstance(timeout, int | float) or timeout < 0:
             raise CommandError("--timeout must be a number of seconds, 0 or more")
         # Answer first: draining ends with this process exiting.
-        asyncio.get_running_loop().call_later(0.05, self.app.begin_drain, float(timeout))
+        asyncio.get_running_loop().call_later(0.05, self.admin.begin_drain, float(timeout))
         return {"draining": True, "deadlineS": timeout}
 
     async def _tools_list(self, args: dict[str, Any]) -> Any:
-        config = self.app.config.tools
+        config = self.admin.config.tools
         return [
             {
                 "name": t.name,
                 "category": t.category,
-                "execution": config[t.name].execution if t.name in config else "local",
+                "execution": t.execution,
                 "targetLatencyMs": config[t.name].target_latency_ms if t.name in config else None,
                 "readOnly": t.read_only,
                 "title": t.title,
             }
-            for t in self.app.registry.tools()
+            for t in self.admin.registry.tools()
         ]
 
     async def _tools_lookup(self, args: dict[str, Any]) -> Any:
@@ -188,45 +209,39 @@ class ControlServer:
         if not isinstance(name, str) or not name:
             raise CommandError("tools lookup needs a tool name")
         try:
-            tool, fuzzy = self.app.registry.resolve(name)
+            tool, fuzzy = self.admin.registry.resolve(name)
         except UnknownToolError as exc:
             raise CommandError(str(exc)) from None
         return {"requested": name, "resolved": tool.name, "fuzzy": fuzzy, "tool": tool.wire()}
 
     async def _tools_stats(self, args: dict[str, Any]) -> Any:
-        return msgspec.to_builtins(self.app.registry.stats())
+        return msgspec.to_builtins(self.admin.registry.stats())
 
     async def _balance_status(self, args: dict[str, Any]) -> Any:
-        fleet = self._fleet()
-        stats = msgspec.to_builtins(fleet.balancer.stats())
-        stats["enabled"] = self.app.services.fleet_enabled if self.app.services is not None else False
-        stats["overrides"] = {k: v for k, v in self.overrides.items() if k.startswith("balancer.")}
+        stats: dict[str, Any] = msgspec.to_builtins(self._fleet().balancer.stats())
+        stats["enabled"] = self.admin.overrides.fleet_enabled
+        stats["overrides"] = self.admin.overrides.under("balancer")
         return stats
 
     async def _balance_configure(self, args: dict[str, Any]) -> Any:
         fleet = self._fleet()
-        services = self.app.services
-        assert services is not None
         strategy = args.get("strategy")
         if strategy is not None:
             if strategy not in STRATEGIES:
                 raise CommandError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
             fleet.balancer.strategy = strategy
-            self.overrides["balancer.strategy"] = strategy
+            self.admin.overrides.set("balancer.strategy", strategy)
         enabled = args.get("enabled")
         if enabled is not None:
             # Disabled: fleet tools run in worker threads of the server instead of on agents.
-            services.fleet_enabled = bool(enabled)
-            self.overrides["balancer.enabled"] = bool(enabled)
+            self.admin.overrides.set("balancer.enabled", bool(enabled))
         return await self._balance_status({})
 
     async def _balance_agents(self, args: dict[str, Any]) -> Any:
         return self._fleet().status()["agents"]
 
     async def _metrics(self, args: dict[str, Any]) -> Any:
-        monitor = self.app.monitor
-        if monitor is None:
-            raise CommandError("monitoring is disabled (monitoring.enabled: false)")
+        monitor = self._monitor()
         kind = args.get("export", "json")
         if kind == "prometheus":
             return monitor.prometheus().decode()
@@ -237,15 +252,11 @@ class ControlServer:
         raise CommandError("export must be prometheus, json or dashboard")
 
     async def _alerts(self, args: dict[str, Any]) -> Any:
-        monitor = self.app.monitor
-        if monitor is None:
-            raise CommandError("monitoring is disabled (monitoring.enabled: false)")
-        return monitor.alerts()
+        return self._monitor().alerts()
 
     async def _reload(self, args: dict[str, Any]) -> Any:
-        report = await self.app.reload()
-        self.overrides.clear()
-        return report
+        # The reload itself clears the runtime overrides, whoever asked for it (this command or SIGHUP).
+        return await self.admin.reload()
 
 
 def _int(args: dict[str, Any], key: str, default: int, low: int) -> int:
@@ -256,10 +267,3 @@ def _int(args: dict[str, Any], key: str, default: int, low: int) -> int:
         raise CommandError(f"--{key} must be a whole number, at least {low}; got {value!r}")
     return value
 
-
-def _auth_summary(app: App) -> str:
-    """How many tokens are accepted (never the tokens), or why there are none."""
-    if app.routes is None:
-        return "not applicable (stdio)"
-    count = len(app.routes.guard.tokens)
-    return f"bearer tokens ({count} accepted)" if count else "off"

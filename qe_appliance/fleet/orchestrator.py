@@ -13,7 +13,7 @@ import heapq
 import itertools
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,15 +23,13 @@ from qe_appliance.fleet.pipelines import Step
 from qe_appliance.sandbox import UNAUTHENTICATED_HTTP, Caller
 from qe_appliance.store.database import StoreError, retrying
 from qe_appliance.store.tasks import TaskStore
-from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec, invalid_arguments, no_log, no_progress
+from qe_appliance.tools.base import ProgressFn, ToolError, ToolSpec, no_progress
+from qe_appliance.tools.runner import ToolRunner
 
 log = logging.getLogger("aqe_mcp.orchestrator")
 
 PRIORITIES = {"critical": 0, "high": 1, "normal": 2, "low": 3}
 
-ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
-
-_encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
 
@@ -56,12 +54,12 @@ class Orchestrator:
         self,
         store: TaskStore,
         tools: Callable[[], dict[str, ToolSpec]],
-        services: Any,
+        runner: ToolRunner,
         capacity: Callable[[str], int],
     ) -> None:
         self.store = store
         self._tools = tools
-        self._services = services
+        self._runner = runner
         # How many subtasks the fleet can take at once for a category (its available agents' capacity).
         self._capacity = capacity
         self._queue: list[tuple[int, int, _Task, int]] = []
@@ -158,16 +156,11 @@ class Orchestrator:
             tool = tools.get(name)
             if tool is None:
                 raise ToolError(f"tool {name} was disabled while the task ran")
-            arguments = build(item, results)
-            try:
-                args = msgspec.convert(arguments, tool.input_type)
-            except msgspec.ValidationError as exc:
-                raise ToolError(invalid_arguments(name, exc)) from None
-            ctx = ToolContext(
-                services=self._services, progress=no_progress, log=no_log, tool_name=name, caller=caller
-            )
-            # Through JSON, not to_builtins: results may hold raw JSON (msgspec.Raw) values.
-            encoded = _encode(await tool.handler(ctx, args))
+            # The same path as a direct tools/call: decoding, metrics, errors in the same words.
+            outcome = await self._runner.call(tool, build(item, results), caller=caller)
+            if outcome.value is None:
+                raise ToolError(outcome.message)
+            encoded = outcome.value
             results.append(_decode(encoded))
         return encoded
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import msgspec
 
+from qe_appliance.config import PoolConfig
 from qe_appliance.fleet import rpc
+from qe_appliance.fleet.waiters import WaitQueue
 
 
 class PoolTimeout(Exception):
@@ -107,18 +109,14 @@ Connector = Callable[[str], "asyncio.Future[AgentConnection] | Any"]
 class ConnectionPool:
     """Connections by agent; `maxConnections` caps the total, idle ones beyond `minConnections` expire."""
 
-    def __init__(
-        self, connect: Connector, *, max_connections: int, min_connections: int, idle_timeout_s: float
-    ) -> None:
+    def __init__(self, connect: Connector, config: PoolConfig) -> None:
         self._connect = connect
-        self.max_connections = max_connections
-        self.min_connections = min_connections
-        self.idle_timeout_s = idle_timeout_s
+        self.reconfigure(config)
         self._idle: dict[str, deque[AgentConnection]] = {}
         self._in_use: set[AgentConnection] = set()
         self._opening = 0
-        # Acquirers waiting for a release, woken one per release (a condition without a lock).
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # Acquirers waiting for a release, woken one per release.
+        self._waiters = WaitQueue()
         self.draining = False
         # Counters for stats().
         self.acquires = 0
@@ -128,6 +126,12 @@ class ConnectionPool:
         self.closed_count = 0
         self._waits: deque[float] = deque(maxlen=1024)
         self._wait_total = 0.0
+
+    def reconfigure(self, config: PoolConfig) -> None:
+        """New sizes and idle timeout (start, reload, or `pool configure`); connections adjust as they idle."""
+        self.max_connections = config.max_connections
+        self.min_connections = config.min_connections
+        self.idle_timeout_s = config.idle_timeout_ms / 1000
 
     @property
     def total(self) -> int:
@@ -156,15 +160,7 @@ class ConnectionPool:
                 raise PoolTimeout(
                     f"no connection within {timeout:.1f} s: {len(self._in_use)} in use of {self.max_connections}"
                 )
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await asyncio.wait_for(waiter, remaining)
-            except TimeoutError:
-                pass
-            finally:
-                if not waiter.done():
-                    waiter.cancel()
+            await self._waiters.wait(remaining)
 
     def _take_idle(self, agent_id: str) -> AgentConnection | None:
         queue = self._idle.get(agent_id)
@@ -207,14 +203,7 @@ class ConnectionPool:
         else:
             conn.last_used = time.monotonic()
             self._idle.setdefault(conn.agent_id, deque()).append(conn)
-        self._notify()
-
-    def _notify(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        self._waiters.wake_one()
 
     async def prewarm(self, agent_ids: list[str]) -> None:
         """Open `minConnections`, spread over the agents, before the server says it is ready."""
@@ -230,7 +219,7 @@ class ConnectionPool:
         for conn in self._idle.pop(agent_id, deque()):
             conn.close()
             self.closed_count += 1
-        self._notify()
+        self._waiters.wake_one()
 
     def idle_connections(self) -> list[AgentConnection]:
         return [c for q in self._idle.values() for c in q]

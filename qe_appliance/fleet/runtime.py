@@ -13,38 +13,40 @@ import os
 import secrets
 import signal
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from qe_appliance import sandbox
 from qe_appliance._core.balancer import Balancer
-from qe_appliance.config import CATEGORIES, Config, runtime_dir
+from qe_appliance.config import AGENT_TYPES, Config, runtime_dir
 from qe_appliance.fleet import agent as agent_main
 from qe_appliance.fleet import forkserver
 from qe_appliance.fleet.pool import AgentConnection, AgentGone, AgentUnreachable, ConnectionPool, PoolTimeout
+from qe_appliance.fleet.waiters import WaitQueue
 from qe_appliance.instances import agent_socket, remove_stale_agent_sockets
-from qe_appliance.tools.base import ToolError
+from qe_appliance.tools.base import ToolError, ToolFault
 
 log = logging.getLogger("aqe_mcp.fleet")
 
-# The tool categories each agent type serves.
-AGENT_TYPES: dict[str, frozenset[str]] = {
-    "generalist": frozenset(CATEGORIES),
-    "test-generator": frozenset({"test-generation"}),
-    "coverage-analyzer": frozenset({"coverage-analysis"}),
-    "quality-analyzer": frozenset({"quality-assessment"}),
-}
 READY_TIMEOUT_S = 10.0
 MAX_RESTART_BACKOFF_S = 30.0
 MAX_EJECTION_S = 300.0
 
 
 class FleetError(ToolError):
-    """A fleet request that cannot be served; the message says why and what to do."""
+    """A fleet request refused (unknown agent type, past maxAgents); the message says what to do."""
+
+
+class FleetFault(FleetError, ToolFault):
+    """A call the fleet could not complete (saturated, timed out, agent gone); the message says what to do."""
+
+
+# starting: launched, not answering yet; available: takes work; suspect: a connection broke, a probe decides;
+# draining: being removed, finishes its calls; dead: exited, a restart is scheduled.
+AgentStatus = Literal["starting", "available", "suspect", "draining", "dead"]
 
 
 @dataclass
@@ -54,11 +56,17 @@ class Agent:
     capacity: int
     socket_path: Path
     process: Any = None
-    status: str = "starting"  # starting, available, draining, dead
+    # Set only through Fleet._set_status, which keeps the balancer in step.
+    status: AgentStatus = "starting"
     started_at: float = field(default_factory=time.time)
     ready_ms: float | None = None
     restarts: int = 0
     backoff_s: float = 0.0
+
+    @property
+    def takes_work(self) -> bool:
+        """The one answer to "may a call go to this agent?" (the balancer routes to exactly these)."""
+        return self.status == "available"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -87,16 +95,11 @@ class Fleet:
             base_ejection_s=fleet.base_ejection_ms / 1000,
             max_ejection_s=MAX_EJECTION_S,
         )
-        pool = config.pool
-        self.pool = ConnectionPool(
-            self._connect,
-            max_connections=pool.max_connections,
-            min_connections=pool.min_connections,
-            idle_timeout_s=pool.idle_timeout_ms / 1000,
-        )
+        self.pool = ConnectionPool(self._connect, config.pool)
         self._ctx = forkserver.context()
         self._seq = 0
-        self._capacity_waiters: deque[asyncio.Future[None]] = deque()
+        # Calls waiting for an agent with room, woken one per finished call or new agent.
+        self._capacity = WaitQueue()
         self._tasks: list[asyncio.Task[None]] = []
         self.stopping = False
         self.saturated = 0
@@ -107,6 +110,17 @@ class Fleet:
 
     # ---- lifecycle ----------------------------------------------------------------------------------
 
+    async def reconfigure(self, config: Config) -> None:
+        """A reload's new pool sizes, balancer strategy and agent counts; agents and connections stay."""
+        agents_changed = config.fleet.agents != self.config.fleet.agents
+        self.config = config
+        self.pool.reconfigure(config.pool)
+        self.balancer.strategy = config.balancer.strategy
+        self.balancer.capacity_aware = config.balancer.capacity_aware
+        self.max_agents = config.fleet.max_agents
+        if agents_changed:
+            await self.ensure({str(kind): n for kind, n in config.fleet.agents.items()})
+
     async def start(self) -> None:
         """Start the configured agents and pre-warm the pool; returns when they answer."""
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -114,7 +128,7 @@ class Fleet:
         remove_stale_agent_sockets(self.runtime_dir)
         wanted = [t for t, n in self.config.fleet.agents.items() for _ in range(n)]
         await asyncio.gather(*(self.spawn(t) for t in wanted))
-        await self.pool.prewarm([a.id for a in self.agents.values() if a.status == "available"])
+        await self.pool.prewarm([a.id for a in self.agents.values() if a.takes_work])
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._maintain()))
         self._tasks.append(loop.create_task(self._probe_agents()))
@@ -139,13 +153,26 @@ class Fleet:
         except Exception:
             self.agents.pop(agent_id, None)
             raise
-        self.balancer.add(agent.id, agent.capacity, AGENT_TYPES[agent.type])
-        self._wake_capacity_waiters()
         return agent
+
+    def _set_status(self, agent: Agent, status: AgentStatus) -> None:
+        """Change an agent's status; the balancer routes to it exactly while it takes work."""
+        before, agent.status = agent.status, status
+        if status == "available":
+            if before in ("starting", "dead"):
+                self.balancer.add(agent.id, agent.capacity, AGENT_TYPES[agent.type])
+            else:
+                self.balancer.set_available(agent.id, True)
+            self._capacity.wake_one()
+        elif status == "dead":
+            self.balancer.remove(agent.id)
+        elif before == "available":
+            self.balancer.set_available(agent.id, False)
+            self._capacity.wake_one()  # a waiter may now learn that no agent serves it
 
     async def _launch(self, agent: Agent) -> None:
         started = time.perf_counter()
-        agent.status = "starting"
+        self._set_status(agent, "starting")
         agent.started_at = time.time()
         process = self._ctx.Process(
             target=agent_main.main,
@@ -176,8 +203,8 @@ class Fleet:
                 break
             await asyncio.sleep(0.002)
         agent.ready_ms = (time.perf_counter() - started) * 1000
-        agent.status = "available"
         asyncio.get_running_loop().add_reader(process.sentinel, self._on_exit, agent.id, process)
+        self._set_status(agent, "available")
         log.info("agent %s (%s) ready in %.1f ms, pid %d", agent.id, agent.type, agent.ready_ms, process.pid)
 
     async def _connect(self, agent_id: str, agent: Agent | None = None) -> AgentConnection:
@@ -195,14 +222,14 @@ class Fleet:
         agent = self.agents.get(agent_id)
         if agent is None or agent.process is not process:
             return
-        self.balancer.remove(agent_id)
+        draining = agent.status == "draining"
+        self._set_status(agent, "dead")
         self.pool.forget_agent(agent_id)
         # What the agent's calls started (a verification's pytest and its children) dies with it.
         sandbox.kill_recorded_groups(sandbox.groups_file(agent.socket_path))
-        if agent.status == "draining" or self.stopping:
+        if draining or self.stopping:
             self.agents.pop(agent_id, None)
             return
-        agent.status = "dead"
         agent.backoff_s = min(
             max(agent.backoff_s * 2, self.config.fleet.restart_backoff_ms / 1000), MAX_RESTART_BACKOFF_S
         )
@@ -221,8 +248,6 @@ class Fleet:
             self._tasks.append(asyncio.get_running_loop().create_task(self._restart(agent)))
             return
         agent.restarts += 1
-        self.balancer.add(agent.id, agent.capacity, AGENT_TYPES[agent.type])
-        self._wake_capacity_waiters()
 
     async def ensure(self, counts: dict[str, int]) -> list[Agent]:
         """Start agents until each type has at least its count (idempotent); returns the new ones."""
@@ -239,13 +264,13 @@ class Fleet:
         new = await asyncio.gather(*(self.spawn(t) for t in wanted))
         missing = min(self.pool.min_connections, self.pool.max_connections) - self.pool.total
         if missing > 0:
-            await self.pool.prewarm([a.id for a in self.agents.values() if a.status == "available"])
+            await self.pool.prewarm([a.id for a in self.agents.values() if a.takes_work])
         return list(new)
 
     def capacity(self, category: str) -> int:
         """Requests the available agents serving `category` can take at once."""
         return sum(
-            a.capacity for a in self.agents.values() if a.status == "available" and category in AGENT_TYPES[a.type]
+            a.capacity for a in self.agents.values() if a.takes_work and category in AGENT_TYPES[a.type]
         )
 
     async def remove(self, agent_id: str) -> None:
@@ -253,8 +278,7 @@ class Fleet:
         agent = self.agents.get(agent_id)
         if agent is None:
             raise FleetError(f"no agent {agent_id}")
-        agent.status = "draining"
-        self.balancer.set_available(agent_id, False)
+        self._set_status(agent, "draining")
         self.pool.forget_agent(agent_id)
         if agent.process is not None and agent.process.exitcode is None:
             agent.process.terminate()
@@ -291,7 +315,7 @@ class Fleet:
                 if not ok:
                     self.pool.discard_idle(conn)
             missing = self.pool.min_connections - self.pool.total
-            alive = [a.id for a in self.agents.values() if a.status == "available"]
+            alive = [a.id for a in self.agents.values() if a.takes_work]
             if missing > 0 and alive:
                 await self.pool.prewarm(alive)
 
@@ -302,7 +326,7 @@ class Fleet:
             # An agent running a call may hold the GIL in one long C call (ast.parse of a big file) and not
             # answer a ping; its call has its own deadline, which replaces the agent if it really hangs.
             busy = {a.id for a in self.balancer.agents(time.monotonic()) if a.in_flight > 0}
-            for agent in [a for a in self.agents.values() if a.status == "available" and a.id not in busy]:
+            for agent in [a for a in self.agents.values() if a.takes_work and a.id not in busy]:
                 try:
                     conn = await asyncio.wait_for(self._connect(agent.id, agent), 2.0)
                     ok = (await asyncio.wait_for(conn.call("ping"), 2.0)).ok
@@ -326,11 +350,11 @@ class Fleet:
             except AgentUnreachable as exc:
                 # Nothing was sent: any tool may go elsewhere (the agent died before we heard of it).
                 if unreachable_left == 0:
-                    raise FleetError(f"{exc}; the agents are being replaced, retry the call") from None
+                    raise FleetFault(f"{exc}; the agents are being replaced, retry the call") from None
                 unreachable_left -= 1
             except AgentGone as exc:
                 if retries_left == 0:
-                    raise FleetError(
+                    raise FleetFault(
                         f"{exc} while running {fn.rsplit(':', 1)[-1]}; the agent is being replaced, retry the call"
                     ) from None
                 retries_left -= 1
@@ -344,35 +368,23 @@ class Fleet:
             serving = [a for a in self.agents.values() if category in AGENT_TYPES[a.type] and a.status != "draining"]
             if not serving:
                 kind = next((t for t, cats in AGENT_TYPES.items() if cats == {category}), "generalist")
-                raise FleetError(f"no agent serves {category}; start one with qe_agent_spawn {{type: {kind}}}")
+                raise FleetFault(f"no agent serves {category}; start one with qe_agent_spawn {{type: {kind}}}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.saturated += 1
                 in_flight = sum(a.in_flight for a in self.balancer.agents(time.monotonic()))
                 capacity = sum(a.capacity for a in serving)
-                raise FleetError(f"fleet saturated: {in_flight} in flight of {capacity}; retry later")
-            waiter = asyncio.get_running_loop().create_future()
-            self._capacity_waiters.append(waiter)
-            try:
-                await asyncio.wait_for(waiter, remaining)
-            except TimeoutError:
-                pass
-
-    def _wake_capacity_waiters(self) -> None:
-        while self._capacity_waiters:
-            waiter = self._capacity_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+                raise FleetFault(f"fleet saturated: {in_flight} in flight of {capacity}; retry later")
+            await self._capacity.wait(remaining)
 
     async def _call(self, agent_id: str, fn: str, payload: Any, deadline: float, timeout_s: float) -> Any:
         try:
             conn = await self.pool.acquire(agent_id, max(deadline - time.monotonic(), 0.001))
         except PoolTimeout as exc:
             self.balancer.release(agent_id)
-            self._wake_capacity_waiters()
+            self._capacity.wake_one()
             self.saturated += 1
-            raise FleetError(f"fleet saturated: {exc}; retry later") from None
+            raise FleetFault(f"fleet saturated: {exc}; retry later") from None
         except (OSError, AgentGone) as exc:
             self.balancer.release(agent_id)
             self._suspect(agent_id)
@@ -384,7 +396,7 @@ class Fleet:
             self.pool.release(conn, broken=True)
             self.balancer.finish(agent_id, time.perf_counter() - started, False, time.monotonic())
             self._replace_hung(agent_id)
-            raise FleetError(
+            raise FleetFault(
                 f"{fn.rsplit(':', 1)[-1]} timed out after {timeout_s:g} s on {agent_id}; the agent is being "
                 "replaced (raise tools.<name>.timeoutMs if the input is legitimately this large)"
             ) from None
@@ -399,7 +411,7 @@ class Fleet:
             self.balancer.release(agent_id)
             raise
         finally:
-            self._wake_capacity_waiters()
+            self._capacity.wake_one()
         self.pool.release(conn)
         # A tool refusing its input is not the agent's fault: only crashes count toward ejection.
         agent_fault = not result.ok and not result.error.startswith(agent_main.INPUT_ERROR)
@@ -414,11 +426,9 @@ class Fleet:
         Its process may be dead before the supervisor hears of it; a probe puts it back if it answers.
         """
         agent = self.agents.get(agent_id)
-        if agent is None or agent.status != "available":
+        if agent is None or not agent.takes_work:
             return
-        agent.status = "suspect"
-        self.balancer.set_available(agent_id, False)
-        self._wake_capacity_waiters()
+        self._set_status(agent, "suspect")
         self._tasks.append(asyncio.get_running_loop().create_task(self._probe(agent)))
 
     async def _probe(self, agent: Agent) -> None:
@@ -434,9 +444,7 @@ class Fleet:
         if agent.status != "suspect":
             return
         if ok:
-            agent.status = "available"
-            self.balancer.set_available(agent.id, True)
-            self._wake_capacity_waiters()
+            self._set_status(agent, "available")
         elif agent.process is not None and agent.process.exitcode is None:
             self._replace_hung(agent.id)
 
@@ -455,7 +463,7 @@ class Fleet:
             entry.update({k: v for k, v in balance.get(agent.id, {}).items() if k not in entry})
             if entry.get("ejected"):
                 entry["status"] = "ejected"
-            elif agent.status == "available" and entry.get("inFlight", 0) >= agent.capacity:
+            elif agent.takes_work and entry.get("inFlight", 0) >= agent.capacity:
                 entry["status"] = "busy"
             agents.append(entry)
         return {

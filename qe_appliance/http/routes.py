@@ -215,7 +215,7 @@ class Routes:
                 stream = ex.start_stream(200, "text/event-stream", [])
             await stream.write(b"event: message\ndata: " + event + b"\n\n")
 
-        exchange = mcp.Exchange(headers=headers, duplicated=ex.request.duplicated, send=send, principal=principal)
+        exchange = mcp.Inbound(headers=headers, duplicated=ex.request.duplicated, send=send, principal=principal)
         reply = await self.dispatcher.handle(ex.request.body, exchange)
         if stream is not None:
             if reply.body is not None:

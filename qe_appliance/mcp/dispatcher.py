@@ -25,9 +25,11 @@ from qe_appliance._core.jsondepth import exceeds_depth
 from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.sessions import LOG_LEVELS, Session, SessionTable
+from qe_appliance.monitoring.monitor import Monitor
 from qe_appliance.registry import ToolRegistry, UnknownToolError
 from qe_appliance.sandbox import STDIO, Caller
-from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec, invalid_arguments, no_log, no_progress
+from qe_appliance.tools.base import ToolSpec, no_log, no_progress
+from qe_appliance.tools.runner import ToolRunner
 
 log = logging.getLogger("aqe_mcp.dispatch")
 
@@ -61,7 +63,7 @@ Send = Callable[[bytes], Awaitable[None]]
 
 
 @dataclass
-class Exchange:
+class Inbound:
     """One inbound message as its transport saw it.
 
     `headers` are lower-cased HTTP headers (None on stdio, which skips the header checks);
@@ -163,20 +165,21 @@ class Dispatcher:
     def __init__(
         self,
         registry: ToolRegistry,
-        services: Any,
+        runner: ToolRunner,
         sessions: SessionTable,
         *,
         page_size: int = 100,
         max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
+        monitor: Monitor | None = None,
     ) -> None:
         self.registry = registry
-        self.services = services
+        self.runner = runner
         self.sessions = sessions
         self.page_size = page_size
         # Deepest `[`/`{` nesting a message may have (server.maxJsonDepth): decoders recurse per level.
         self.max_json_depth = max_json_depth
-        # The appliance's Monitor when monitoring is enabled (record_request/record_tool/record_lookup).
-        self.monitor: Any = None
+        # The appliance's Monitor when monitoring is enabled (requests, refusals, lookups; tools: the runner).
+        self.monitor = monitor
         self._header_params: dict[str, tuple[tuple[tuple[str, ...], str, Any], ...]] = {}
         self._tool_pages: list[dict[str, Any]] = []
         self.set_registry(registry)
@@ -186,9 +189,19 @@ class Dispatcher:
         self._tool_pages = [tool.wire() for tool in registry.tools()]
         self._header_params = {tool.name: _header_params(tool) for tool in registry.tools()}
 
+    def reconfigure(self, registry: ToolRegistry, max_json_depth: int) -> None:
+        """A reload's registry and depth limit; sessions with an open stream hear tools/list_changed."""
+        self.max_json_depth = max_json_depth
+        if registry is self.registry:
+            return
+        before = self._tool_pages
+        self.set_registry(registry)
+        if self._tool_pages != before:
+            self.sessions.broadcast(rpc.notification_bytes("notifications/tools/list_changed", {}))
+
     # ---- entry point -------------------------------------------------------------------------------
 
-    async def handle(self, body: bytes, exch: Exchange) -> Reply:
+    async def handle(self, body: bytes, exch: Inbound) -> Reply:
         monitor = self.monitor
         if monitor is None:
             return await self._handle(body, exch)
@@ -198,7 +211,7 @@ class Dispatcher:
         finally:
             monitor.record_request(exch.method, time.perf_counter() - started, exch.error)
 
-    async def _handle(self, body: bytes, exch: Exchange) -> Reply:
+    async def _handle(self, body: bytes, exch: Inbound) -> Reply:
         msg_id: Any = None
         try:
             if exceeds_depth(body, self.max_json_depth):
@@ -264,7 +277,7 @@ class Dispatcher:
             raise rpc.parse_error(exc) from None
 
     @staticmethod
-    def _is_modern(meta: dict[str, Any] | None, method: str, exch: Exchange) -> bool:
+    def _is_modern(meta: dict[str, Any] | None, method: str, exch: Inbound) -> bool:
         if meta is not None and rpc.META_PROTOCOL_VERSION in meta:
             return True
         if method == "server/discover":
@@ -274,7 +287,7 @@ class Dispatcher:
 
     # ---- 2026-07-28 --------------------------------------------------------------------------------
 
-    def _modern_ladder(self, method: str, params: Any, meta: dict[str, Any] | None, exch: Exchange) -> str:
+    def _modern_ladder(self, method: str, params: Any, meta: dict[str, Any] | None, exch: Inbound) -> str:
         """The envelope and routing-header checks, in the order the reference SDK applies them."""
         if meta is None:
             raise RpcError(
@@ -314,7 +327,7 @@ class Dispatcher:
         return version
 
     async def _modern(
-        self, method: str, msg_id: Any, params: Any, meta: dict[str, Any], raw: bytes, exch: Exchange
+        self, method: str, msg_id: Any, params: Any, meta: dict[str, Any], raw: bytes, exch: Inbound
     ) -> dict[str, Any]:
         if method == "tools/call":
             level = meta.get(rpc.META_LOG_LEVEL)
@@ -352,7 +365,7 @@ class Dispatcher:
         params: Any,
         meta: dict[str, Any] | None,
         raw: bytes,
-        exch: Exchange,
+        exch: Inbound,
     ) -> Reply:
         if method == "initialize":
             if not is_request:
@@ -383,7 +396,7 @@ class Dispatcher:
             return Reply(200, rpc.result_bytes(msg_id, {}))
         raise RpcError(rpc.METHOD_NOT_FOUND, f"method {method!r} not found")
 
-    def _session_of(self, exch: Exchange) -> Session:
+    def _session_of(self, exch: Inbound) -> Session:
         if exch.session is not None:
             return exch.session
         assert exch.headers is not None, "a transport without headers must supply its session"
@@ -402,7 +415,7 @@ class Dispatcher:
             )
         return session
 
-    def _initialize(self, msg_id: Any, raw: bytes, exch: Exchange) -> Reply:
+    def _initialize(self, msg_id: Any, raw: bytes, exch: Inbound) -> Reply:
         params = _params_object(raw)
         requested = params.get("protocolVersion")
         if not isinstance(requested, str):
@@ -466,7 +479,7 @@ class Dispatcher:
         modern: bool,
         params: CallParams,
         meta: dict[str, Any],
-        exch: Exchange,
+        exch: Inbound,
         log_level: int | None,
         session: Session | None,
         msg_id: Any,
@@ -483,82 +496,50 @@ class Dispatcher:
         if monitor is not None:
             monitor.record_lookup(time.perf_counter() - started)
         raw_args = bytes(params.arguments)
-        if not raw_args or raw_args == b"null":
-            raw_args = b"{}"
-        try:
-            if modern and exch.headers is not None and self._header_params.get(tool.name):
-                # A client mirrors only the headers of tools it listed: a typo it sent has none to mirror.
-                plain = _plain.decode(raw_args)
-                self._check_param_headers(tool, plain, exch, absent_ok=fuzzy)
-                args = msgspec.convert(plain, tool.input_type)
+        if raw_args == b"null":
+            raw_args = b""
+        arguments: bytes | Any = raw_args
+        if modern and exch.headers is not None and self._header_params.get(tool.name):
+            # A client mirrors only the headers of tools it listed: a typo it sent has none to mirror.
+            try:
+                arguments = _plain.decode(raw_args or b"{}")
+            except rpc.UNREADABLE:
+                pass  # the runner reports unreadable arguments in the caller's terms
             else:
-                args = msgspec.json.decode(raw_args, type=tool.input_type)
-        except msgspec.ValidationError as exc:
-            return _error_result(invalid_arguments(tool.name, exc))
-        except rpc.UNREADABLE as exc:
-            return _error_result(f"invalid arguments for {tool.name}: {rpc.unreadable_reason(exc)}")
+                self._check_param_headers(tool, arguments, exch, absent_ok=fuzzy)
         token = meta.get("progressToken")
         send = exch.send
-        ctx = ToolContext(
-            services=self.services,
-            progress=no_progress if token is None or send is None else _progress_fn(token, send),
-            log=no_log if log_level is None or send is None else _log_fn(log_level, send),
-            tool_name=tool.name,
-            caller=self._caller(exch),
-        )
-        if monitor is not None:
-            called = time.perf_counter()
-            result = await self._run(tool, ctx, args, session, msg_id)
-            monitor.record_tool(tool.name, time.perf_counter() - called, result["isError"])
+        progress = no_progress if token is None or send is None else _progress_fn(token, send)
+        log_fn = no_log if log_level is None or send is None else _log_fn(log_level, send)
+        call = self.runner.call(tool, arguments, progress=progress, log=log_fn, caller=self._caller(exch))
+        if session is None:
+            outcome = await call
         else:
-            result = await self._run(tool, ctx, args, session, msg_id)
+            # A separate task so notifications/cancelled can stop this call and only this call.
+            task = asyncio.ensure_future(call)
+            session.inflight[msg_id] = task
+            try:
+                outcome = await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if task.cancelled() and not (current and current.cancelling()):
+                    raise RpcError(REQUEST_CANCELLED, "request cancelled by the client") from None
+                raise
+            finally:
+                session.inflight.pop(msg_id, None)
+        result = outcome.wire()
         if fuzzy:
             result.setdefault("_meta", {}).update({"io.aqe/requestedTool": name, "io.aqe/resolvedTool": tool.name})
         return result
 
-    def _caller(self, exch: Exchange) -> Caller:
+    def _caller(self, exch: Inbound) -> Caller:
         """stdio has no headers; over HTTP a caller is authenticated when the server checks tokens (the
         HTTP guard refuses /mcp without a valid one)."""
         if exch.headers is None:
             return STDIO
-        config = getattr(self.services, "config", None)
-        return Caller("http", authenticated=config is not None and config.server.auth.enabled)
+        return Caller("http", authenticated=self.runner.services.config.server.auth.enabled)
 
-    async def _run(
-        self, tool: ToolSpec, ctx: ToolContext, args: Any, session: Session | None, msg_id: Any
-    ) -> dict[str, Any]:
-        coro = tool.handler(ctx, args)
-        try:
-            if session is None:
-                value = await coro
-            else:
-                # A separate task so notifications/cancelled can stop this call and only this call.
-                task = asyncio.ensure_future(coro)
-                session.inflight[msg_id] = task
-                try:
-                    value = await task
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if task.cancelled() and not (current and current.cancelling()):
-                        raise RpcError(REQUEST_CANCELLED, "request cancelled by the client") from None
-                    raise
-                finally:
-                    session.inflight.pop(msg_id, None)
-        except ToolError as exc:
-            return _error_result(str(exc))
-        except (RpcError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            log.exception("tool %s failed", tool.name)
-            return _error_result(f"{tool.name} failed: {type(exc).__name__}: {exc}")
-        encoded = rpc.encoder.encode(value)
-        return {
-            "content": [{"type": "text", "text": encoded.decode()}],
-            "structuredContent": msgspec.Raw(encoded),
-            "isError": False,
-        }
-
-    def _check_param_headers(self, tool: ToolSpec, arguments: Any, exch: Exchange, absent_ok: bool) -> None:
+    def _check_param_headers(self, tool: ToolSpec, arguments: Any, exch: Inbound, absent_ok: bool) -> None:
         """`Mcp-Param-*` headers must mirror the `x-mcp-header` arguments they claim to carry."""
         assert exch.headers is not None
         for path, token, json_type in self._header_params[tool.name]:
@@ -615,10 +596,6 @@ def _log_fn(level: int, send: Send) -> Callable[[str, str], Awaitable[None]]:
             await send(rpc.notification_bytes("notifications/message", params))
 
     return emit
-
-
-def _error_result(text: str) -> dict[str, Any]:
-    return {"content": [{"type": "text", "text": text}], "isError": True}
 
 
 class SessionMissing(RpcError):

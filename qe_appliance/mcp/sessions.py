@@ -76,6 +76,17 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def reconfigure(self, max_sessions: int, idle_timeout_s: float) -> None:
+        """New limits (reload): a smaller table evicts as new sessions arrive, never an active one."""
+        self.max_sessions = max_sessions
+        self.idle_timeout_s = idle_timeout_s
+
+    def broadcast(self, event: bytes) -> None:
+        """A server-initiated notification to every open GET /mcp stream (e.g. tools/list_changed)."""
+        for session in self._sessions.values():
+            for queue in session.listeners:
+                queue.put_nowait(event)
+
     def create(self, protocol_version: str, client_info: Any, principal: str | None = None) -> Session:
         self.sweep()
         if len(self._sessions) >= self.max_sessions:

@@ -11,7 +11,7 @@ import logging
 import sys
 
 from qe_appliance.mcp import jsonrpc as rpc
-from qe_appliance.mcp.dispatcher import Dispatcher, Exchange
+from qe_appliance.mcp.dispatcher import Dispatcher, Inbound
 from qe_appliance.mcp.sessions import Session
 
 log = logging.getLogger("aqe_mcp.stdio")
@@ -33,7 +33,7 @@ async def serve_stdio(dispatcher: Dispatcher, drain_timeout_s: float = 30.0) -> 
     pending: set[asyncio.Task[None]] = set()
 
     async def answer(line: bytes) -> None:
-        reply = await dispatcher.handle(line, Exchange(session=session, send=send))
+        reply = await dispatcher.handle(line, Inbound(session=session, send=send))
         if reply.body is not None:
             await send(reply.body)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -15,10 +15,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from qe_appliance.monitoring.monitor import buckets
-
-if TYPE_CHECKING:
-    from qe_appliance.monitoring.monitor import Family
+from qe_appliance.monitoring.families import Family, buckets
 
 
 def registry(families: Callable[[], list[Family]]) -> CollectorRegistry:

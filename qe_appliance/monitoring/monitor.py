@@ -4,13 +4,14 @@ registry, pool, balancer, fleet and alert state, and exposed as Prometheus text,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import platform
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
@@ -19,6 +20,10 @@ from qe_appliance._core.histogram import Histogram
 from qe_appliance.config import Config
 from qe_appliance.monitoring import dashboard
 from qe_appliance.monitoring.alerts import WINDOW_S, AlertBook, Traffic, measure
+from qe_appliance.monitoring.families import Family, Kind, buckets
+
+if TYPE_CHECKING:
+    from qe_appliance.tools.runner import Outcome
 
 log = logging.getLogger("aqe_mcp.monitoring")
 
@@ -40,9 +45,6 @@ REFUSAL_REASONS: Final = (
 OTHER: Final = "other"
 # Pool counter samples kept between evaluations (one per dashboardIntervalMs, the window is WINDOW_S).
 _POOL_SAMPLES: Final = 1000
-
-Kind = Literal["counter", "gauge", "histogram", "summary"]
-
 
 # Scalar metrics read from a source's stats: (metric name, type, help, key in the stats, scale to base units).
 _Source = tuple[str, Kind, str, str, float]
@@ -95,21 +97,15 @@ class _Series:
         self.errors = 0
 
 
-@dataclass
-class Family:
-    """A metric family as both exports see it. `samples` pairs label values with a number, a Histogram
-    (kind histogram, bucketed at `bounds`) or a (count, sum) pair (kind summary)."""
+@dataclass(frozen=True)
+class Sources:
+    """What the Monitor reads at scrape time, each a callable so a rebuilt part (the registry after a reload)
+    is read as it is now: registry stats, fleet status, open sessions, open HTTP connections. None: absent."""
 
-    name: str
-    kind: Kind
-    help: str
-    labels: tuple[str, ...] = ()
-    samples: list[tuple[tuple[str, ...], Any]] = field(default_factory=list)
-    bounds: tuple[float, ...] = ()
-
-    def add(self, value: Any, *labels: str) -> Family:
-        self.samples.append((labels, value))
-        return self
+    registry: Callable[[], Any] | None = None
+    fleet: Callable[[], dict[str, Any]] | None = None
+    sessions: Callable[[], int] | None = None
+    connections: Callable[[], int] | None = None
 
 
 class Monitor:
@@ -117,8 +113,9 @@ class Monitor:
     /dashboard.json and `alerts list`. The record_* methods are O(1) and take no lock: call them from the
     event loop thread."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, sources: Sources | None = None) -> None:
         self._config = config
+        self._sources_of = sources or Sources()
         self._started = time.time()
         self._started_mono = time.monotonic()
         self._requests: dict[str, _Series] = {}
@@ -133,10 +130,6 @@ class Monitor:
         # Requests and connections turned away by a limit, by reason (see REFUSAL_REASONS).
         self._refused: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         self._reloads = {"ok": 0, "failed": 0}
-        self._registry: Any = None
-        self._fleet: Any = None
-        self._sessions: Any = None
-        self._http_server: Any = None
         self._pool_samples: deque[tuple[float, int, int]] = deque(maxlen=_POOL_SAMPLES)
         self._pool_recent = (0, 0)
         self._alerts = AlertBook()
@@ -145,21 +138,15 @@ class Monitor:
         # would otherwise sit on every start-up's critical path.
         self._exposition: Any = None
 
-    def configure(self, config: Config) -> None:
+    def reconfigure(self, config: Config) -> None:
         """Take new thresholds and targets (reload); they apply from the next evaluation and scrape."""
         self._config = config
 
-    def attach(self, *, registry: Any = None, fleet: Any = None, sessions: Any = None, http: Any = None) -> None:
-        """Sources read at scrape time: `registry.stats()`, `fleet.status()`, `len(sessions)`,
-        `len(http.connections)`. A source left out (None) keeps what an earlier call attached."""
-        if http is not None:
-            self._http_server = http
-        if registry is not None:
-            self._registry = registry
-        if fleet is not None:
-            self._fleet = fleet
-        if sessions is not None:
-            self._sessions = sessions
+    async def run_alerts(self) -> None:
+        """Evaluate the alert rules every monitoring.dashboardIntervalMs, until cancelled."""
+        while True:
+            await asyncio.sleep(self._config.monitoring.dashboard_interval_ms / 1000)
+            self.evaluate()
 
     # ---- hot path ----------------------------------------------------------------------------------
 
@@ -171,11 +158,12 @@ class Monitor:
             series.errors += 1
             self._failed.record(seconds)
 
-    def record_tool(self, tool: str, seconds: float, error: bool) -> None:
+    def record_tool(self, tool: str, seconds: float, outcome: Outcome) -> None:
         series = self._tools.get(tool) or _series(self._tools, tool, WINDOW_S)
         series.histogram.record(seconds)
         self._tool_calls.record(seconds)
-        if error:
+        # The outcome says whose fault a failure was (runner.Outcome); the exposition counts both alike for now.
+        if outcome != "ok":
             series.errors += 1
             self._failed.record(seconds)
 
@@ -203,7 +191,8 @@ class Monitor:
         """Run the alert rules at `now` (wall-clock seconds, default the current time); returns the
         transitions (see AlertBook.update)."""
         now = time.time() if now is None else now
-        fleet = self._read("fleet", lambda: self._fleet.status()) if self._fleet is not None else None
+        read_fleet = self._sources_of.fleet
+        fleet = self._read("fleet", read_fleet) if read_fleet is not None else None
         self._pool_recent = self._pool_window((fleet or {}).get("pool"), now)
         traffic = self._traffic()
         self._history.add(now, traffic, (fleet or {}).get("pool"))
@@ -283,13 +272,15 @@ class Monitor:
         }
 
     def _sources(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None, int | None]:
+        source = self._sources_of
         registry = fleet = sessions = None
-        if self._registry is not None:
-            registry = self._read("registry", lambda: msgspec.to_builtins(self._registry.stats()))
-        if self._fleet is not None:
-            fleet = self._read("fleet", lambda: self._fleet.status())
-        if self._sessions is not None:
-            sessions = self._read("sessions", lambda: len(self._sessions))
+        if source.registry is not None:
+            read_registry = source.registry
+            registry = self._read("registry", lambda: msgspec.to_builtins(read_registry()))
+        if source.fleet is not None:
+            fleet = self._read("fleet", source.fleet)
+        if source.sessions is not None:
+            sessions = self._read("sessions", source.sessions)
         return registry, fleet, sessions
 
     @staticmethod
@@ -336,10 +327,10 @@ class Monitor:
         if sessions is not None:
             families.append(Family("aqe_mcp_sessions", "gauge", "Open handshake-era MCP sessions.")
                             .add(sessions))
-        if self._http_server is not None:
+        if self._sources_of.connections is not None:
             families.append(Family("aqe_mcp_http_connections", "gauge",
                                    "Open client connections (server.maxConnections bounds them).")
-                            .add(len(self._http_server.connections)))
+                            .add(self._sources_of.connections()))
         families += [
             _by_rule("aqe_mcp_alerts_firing", "Alerts firing, by rule.", self._alerts.counts("firing")),
             _by_rule("aqe_mcp_alerts_pending", "Alerts breached but not yet for the hold window, by rule.",
@@ -430,16 +421,6 @@ def _fleet_families(status: dict[str, Any]) -> list[Family]:
 
 def _by_rule(name: str, text: str, counts: dict[str, int]) -> Family:
     return Family(name, "gauge", text, ("alert",), [((rule,), count) for rule, count in counts.items()])
-
-
-def buckets(histogram: Any, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
-    """Cumulative (le, count) pairs, `le` spelled as Prometheus spells it, ending with +Inf."""
-    from prometheus_client.utils import floatToGoString
-
-    counts = histogram.cumulative(bounds)
-    return [(floatToGoString(bound), count) for bound, count in zip(bounds, counts, strict=True)] + [
-        ("+Inf", histogram.count)
-    ]
 
 
 def _json_family(family: Family) -> dict[str, Any]:

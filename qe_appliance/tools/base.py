@@ -1,7 +1,7 @@
 """The contract every QE tool follows: one input Struct, one async handler, and its metadata.
 
-The dispatcher decodes `arguments` straight into `input_type` (msgspec), calls `handler`, and encodes
-what it returns as `structuredContent` (plus the same JSON as text). A `ToolError` becomes a normal
+The runner (tools/runner.py) decodes `arguments` straight into `input_type` (msgspec), calls `handler`, and
+encodes what it returns as `structuredContent` (plus the same JSON as text). A `ToolError` becomes a normal
 result with `isError: true` whose text is the error's message.
 """
 
@@ -11,21 +11,38 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
+from qe_appliance.config import TOOL_DEFAULTS, Execution
+from qe_appliance.fleet.compute import ComputeFn
 from qe_appliance.sandbox import IN_PROCESS, UNAUTHENTICATED_HTTP, Caller
+
+if TYPE_CHECKING:
+    from qe_appliance.services import Services
 
 # Names the server made (reportId, taskId) or keeps in its configuration: short, so errors can quote them.
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 LogFn = Callable[[str, str], Awaitable[None]]
+# Runs a tool's CPU-heavy step (a registered `@compute` function) on its payload.
+Offload = Callable[[ComputeFn, Any], Awaitable[Any]]
 
 
 class ToolError(Exception):
     """A failure the caller can fix (bad input, missing data); reported as `isError: true`."""
+
+
+class ToolFault(ToolError):
+    """A failure on the server's side (a timeout, a crashed or saturated fleet): reported to the caller as
+    `isError: true` like a ToolError, but counted as a server error."""
+
+
+async def in_thread(fn: ComputeFn, payload: Any) -> Any:
+    """A heavy step in a worker thread of this process (no fleet, or the fleet switched off)."""
+    return await asyncio.to_thread(fn, payload)
 
 
 @dataclass
@@ -37,24 +54,23 @@ class ToolContext:
     sends `notifications/message` at or above the caller's log level.
     """
 
-    services: Any
+    services: Services
     progress: ProgressFn
     log: LogFn
     tool_name: str = ""
     # Who asked (transport, authenticated): decides whether the call may run the caller's code.
     caller: Caller = UNAUTHENTICATED_HTTP
+    # Where `compute` runs a heavy step; the runner binds it to the tool's execution (fleet or thread).
+    offload: Offload = in_thread
 
-    async def compute(self, fn: Callable[[Any], Any], payload: Any) -> Any:
+    async def compute(self, fn: ComputeFn, payload: Any) -> Any:
         """Run a `@compute` function (qe_appliance.fleet.compute) for this tool.
 
         On an agent of the fleet when the tool's `execution` is `fleet`, else in a worker thread; either
         way the event loop stays free. `payload` and the result must be msgpack-able (dicts, lists, str,
         bytes, numbers). A ToolError raised by `fn` reaches the caller as a ToolError.
         """
-        runner = getattr(self.services, "compute", None)
-        if runner is None:
-            return await asyncio.to_thread(fn, payload)
-        return await runner(self.tool_name, fn, payload)
+        return await self.offload(fn, payload)
 
 
 async def no_progress(progress: float, total: float | None = None, message: str | None = None) -> None:
@@ -65,12 +81,12 @@ async def no_log(level: str, text: str) -> None:
     return None
 
 
-def bare_context(services: Any, tool_name: str = "") -> ToolContext:
+def bare_context(services: Services, tool_name: str = "") -> ToolContext:
     """A context with no progress or log channel (stdio tests, CLI, unit tests)."""
     return ToolContext(services=services, progress=no_progress, log=no_log, tool_name=tool_name, caller=IN_PROCESS)
 
 
-Handler = Callable[[ToolContext, Any], Awaitable[Any]]
+ToolHandler = Callable[[ToolContext, Any], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -80,10 +96,14 @@ class ToolSpec:
     name: str
     title: str
     description: str
-    category: str
     input_type: type[msgspec.Struct]
-    handler: Handler
+    handler: ToolHandler
     output_type: Any = None
+    # The design's tool table (config.TOOL_DEFAULTS) names each QE tool's category; a tool outside it says its own.
+    category: str = ""
+    # Where its heavy steps run and how long a call may take (tools.<name>.execution / timeoutMs).
+    execution: Execution = "local"
+    timeout_s: float = 60.0
     read_only: bool = False
     destructive: bool = False
     idempotent: bool = False
@@ -92,6 +112,10 @@ class ToolSpec:
     output_schema: dict[str, Any] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not self.category:
+            if self.name not in TOOL_DEFAULTS:
+                raise ValueError(f"tool {self.name} needs a category: it is not in config.TOOL_DEFAULTS")
+            object.__setattr__(self, "category", TOOL_DEFAULTS[self.name].category)
         object.__setattr__(self, "input_schema", object_schema(self.input_type))
         out = object_schema(self.output_type) if self.output_type is not None else None
         object.__setattr__(self, "output_schema", out)

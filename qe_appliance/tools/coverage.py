@@ -37,7 +37,6 @@ from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec
 from qe_appliance.tools.memory import store_failures
 from qe_appliance.workspace import InputError, Workspace, WorkspaceSpec
 
-CATEGORY = "coverage-analysis"
 COVERAGE_ANALYZE = "qe_coverage_analyze"
 COVERAGE_GAPS = "qe_coverage_gaps"
 
@@ -364,7 +363,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             "measured from the report; null where the format does not carry them. Returns a reportId that "
             "qe_coverage_gaps and qe_quality_gate accept."
         ),
-        category=CATEGORY,
         input_type=CoverageAnalyzeInput,
         handler=coverage_analyze,
         output_type=CoverageAnalyzeResult,
@@ -382,7 +380,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             "could be measured), a severity (critical >= 0.75, high >= 0.5, medium >= 0.3) and the test "
             "file to add it to, riskiest first."
         ),
-        category=CATEGORY,
         input_type=CoverageGapsInput,
         handler=coverage_gaps,
         output_type=CoverageGapsResult,

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
+from qe_appliance.config import AgentType
 from qe_appliance.fleet.pipelines import PIPELINES, pass_input
 from qe_appliance.store.database import retrying
 from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec, no_progress
 
 if TYPE_CHECKING:
-    from qe_appliance.fleet.orchestrator import Orchestrator
     from qe_appliance.fleet.runtime import Fleet
     from qe_appliance.store.tasks import TaskStore
 
-CATEGORY = "coordination"
 FLEET_INIT = "qe_fleet_init"
 FLEET_STATUS = "qe_fleet_status"
 AGENT_SPAWN = "qe_agent_spawn"
 TASK_ORCHESTRATE = "qe_task_orchestrate"
 
-AgentType = Literal["test-generator", "coverage-analyzer", "quality-analyzer", "generalist"]
 AgentLimit = Annotated[int, msgspec.Meta(ge=1, le=256)]
 
 
@@ -112,10 +110,10 @@ class TaskOrchestrateInput(msgspec.Struct, rename="camel", forbid_unknown_fields
 
 
 def _fleet(ctx: ToolContext) -> Fleet:
-    fleet = getattr(ctx.services, "fleet", None)
+    fleet = ctx.services.fleet
     if fleet is None:
         raise ToolError("the agent fleet is not running in this server")
-    return cast("Fleet", fleet)
+    return fleet
 
 
 async def fleet_init(ctx: ToolContext, args: FleetInitInput) -> dict[str, Any]:
@@ -174,7 +172,9 @@ async def task_orchestrate(ctx: ToolContext, args: TaskOrchestrateInput) -> dict
         if spec.tool == TASK_ORCHESTRATE:
             raise ToolError("a task cannot orchestrate qe_task_orchestrate itself")
         kind, steps = spec.tool, [(spec.tool, pass_input)]
-    orchestrator: Orchestrator = ctx.services.orchestrator
+    orchestrator = ctx.services.orchestrator
+    if orchestrator is None:
+        raise ToolError("the agent fleet is not running in this server")
     task_id, done = await orchestrator.submit(
         kind,
         steps,
@@ -202,7 +202,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             "Idempotent: agents already running count. The topology is recorded and reported; agents are "
             "always coordinated through this server."
         ),
-        category=CATEGORY,
         input_type=FleetInitInput,
         handler=fleet_init,
         idempotent=True,
@@ -215,7 +214,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             "connection pool, the load balancer's strategy and stats, and running and recent tasks with "
             "their per-subtask results."
         ),
-        category=CATEGORY,
         input_type=FleetStatusInput,
         handler=fleet_status,
         read_only=True,
@@ -228,7 +226,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             "Start one more agent process of a type and register it with the load balancer. Refused when "
             "the fleet is at maxAgents."
         ),
-        category=CATEGORY,
         input_type=AgentSpawnInput,
         handler=agent_spawn,
     ),
@@ -240,7 +237,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             "or adaptive). Returns a taskId at once; progress notifications follow when requested, and "
             "results per subtask are kept and shown by qe_fleet_status."
         ),
-        category=CATEGORY,
         input_type=TaskOrchestrateInput,
         handler=task_orchestrate,
     ),

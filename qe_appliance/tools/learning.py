@@ -21,7 +21,6 @@ from qe_appliance.store.patterns import (
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
 from qe_appliance.tools.memory import store_failures
 
-CATEGORY = "learning"
 LEARN_PATTERN = "qe_learn_pattern"
 LEARN_STATUS = "qe_learn_status"
 TOP_PATTERNS = 10
@@ -126,7 +125,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             "Returns the pattern with its quality score (0.3 confidence + 0.2 min(uses/100, 1) + 0.5 success "
             "rate) and tier (short-term, or long-term after enough successful uses)."
         ),
-        category=CATEGORY,
         input_type=LearnPatternInput,
         handler=learn_pattern,
         output_type=LearnResult,
@@ -139,7 +137,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             f"rate, the top {TOP_PATTERNS} patterns by quality, and the latest {RECENT_EVENTS} learning "
             "events."
         ),
-        category=CATEGORY,
         input_type=LearnStatusInput,
         handler=learn_status,
         output_type=LearningStatus,

@@ -21,8 +21,6 @@ from qe_appliance.store.database import StoreError, retrying
 from qe_appliance.store.memory import MemoryHit, MemoryStore, SearchQueryError
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
 
-CATEGORY = "memory"
-
 TTL_MAX_SECONDS = 10 * 365 * 86400
 SEARCH_LIMIT_MAX = 500
 # Beyond any real store, and within SQLite's 64-bit integers.
@@ -365,7 +363,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             "key replaces its value and increments its version. Optional ttlSeconds makes the entry expire. "
             "The write is durable on disk before the result is returned."
         ),
-        category=CATEGORY,
         input_type=MemoryStoreInput,
         handler=memory_store,
         output_type=MemoryStoreResult,
@@ -380,7 +377,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             "Read the JSON value stored under a key in a namespace, with its tags, metadata, version and "
             "timestamps. A key that was never stored or has expired returns found=false (not an error)."
         ),
-        category=CATEGORY,
         input_type=MemoryRetrieveInput,
         handler=memory_retrieve,
         output_type=MemoryRetrieveResult,
@@ -395,7 +391,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             "with a highlighted snippet, and/or a glob or prefix on keys, required tags and a namespace. "
             "Paged with limit and offset; total is the number of matches across all pages."
         ),
-        category=CATEGORY,
         input_type=MemorySearchInput,
         handler=memory_search,
         output_type=MemorySearchResult,

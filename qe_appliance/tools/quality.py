@@ -30,7 +30,6 @@ from qe_appliance.tools.coverage import decode_report, job, offload, read_report
 from qe_appliance.tools.memory import store_failures
 from qe_appliance.workspace import Workspace, WorkspaceSpec
 
-CATEGORY = "quality-assessment"
 QUALITY_GATE = "qe_quality_gate"
 QUALITY_METRICS = "qe_quality_metrics"
 DEFAULT_POLICY = "default"
@@ -284,7 +283,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             "thresholds. Returns each criterion's actual value, threshold and verdict (warn when the value "
             "could not be measured), and a one-line summary for CI. Deterministic."
         ),
-        category=CATEGORY,
         input_type=QualityGateInput,
         handler=quality_gate,
         output_type=GateResult,
@@ -299,7 +297,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             "maximum, worst functions) and maintainability index, per file and in total, joined with the "
             "latest coverage report for the same root and with test results when JUnit XML is given."
         ),
-        category=CATEGORY,
         input_type=QualityMetricsInput,
         handler=quality_metrics,
         output_type=QualityMetricsResult,

@@ -30,7 +30,6 @@ from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
 from qe_appliance.tools.coverage import job, offload, one_source
 from qe_appliance.workspace import Workspace, WorkspaceSpec
 
-CATEGORY = "test-generation"
 TEST_GENERATE = "qe_test_generate"
 LANGUAGE: Final = "python"
 # Target jobs in flight at once for one request: enough to keep a small fleet busy, few enough to leave
@@ -566,7 +565,6 @@ TOOLS: tuple[ToolSpec, ...] = (
             "verify=true it also runs them with pytest, marks which pass, and records how the learned "
             "patterns did."
         ),
-        category=CATEGORY,
         input_type=GenerateTestsInput,
         handler=generate_tests,
         output_type=GenerateTestsResult,

@@ -1,15 +1,14 @@
-"""The appliance's configuration: frozen msgspec Structs mirroring `config/qe-mcp.yaml`, a loader that
-reports every problem in a file with its line, and the overrides `aqe-v3 mcp start` takes on its command line.
+"""Reading a configuration: YAML parsed with every key's line recorded, decoded leaf by leaf against the schema
+so that every problem in a file is reported at once (file:line, key path, a did-you-mean), and the flags of
+`aqe-v3 mcp start` applied on top.
 """
 
-import ipaddress
 import math
 import os
-import pathlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal, get_args
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import msgspec
@@ -17,219 +16,28 @@ import msgspec.inspect as mi
 import yaml
 from rapidfuzz import fuzz, process
 
-from qe_appliance.quality.gate import GatePolicy
+from qe_appliance.config.schema import (
+    DEFAULT_NAMESPACE,
+    AuthConfig,
+    Config,
+    ConfigError,
+    MemoryConfig,
+    PoolConfig,
+    RegistryConfig,
+    ServerConfig,
+    is_loopback,
+)
 
 MAX_FILE_BYTES: Final = 1 << 20
 # A full configuration is a few hundred YAML nodes; the bound stops alias bombs (billion laughs) early.
 MAX_NODES: Final = 10_000
 MAX_DEPTH: Final = 32
-LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH_BYTES: Final = 107
 
 _LOADER: Final[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
-
-Category = Literal[
-    "test-generation", "coverage-analysis", "quality-assessment", "coordination", "memory", "learning"
-]
-CATEGORIES: Final[tuple[str, ...]] = get_args(Category)
-Strategy = Literal["least-connections", "response-time", "round-robin"]
-Execution = Literal["local", "fleet"]
-LogLevel = Literal["debug", "info", "warning", "error"]
-
-Millis = Annotated[int, msgspec.Meta(gt=0)]
-LatencyMs = Annotated[float, msgspec.Meta(gt=0)]
-Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
-AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
-
-
-class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel", kw_only=True):
-    """Shared options: immutable (so a reload can diff old and new), camelCase keys, no stray keys."""
-
-
-class AuthConfig(_Section, frozen=True):
-    tokens_file: str = ""
-    tokens_env: str = ""
-    protect_metrics: bool = False
-    allow_unauthenticated: bool = False
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.tokens_file or self.tokens_env)
-
-
-class RateLimitConfig(_Section, frozen=True):
-    requests_per_second: Annotated[float, msgspec.Meta(ge=0)] = 1000.0
-    burst: AtLeastOne = 2000
-
-
-class ServerConfig(_Section, frozen=True):
-    host: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
-    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
-    allowed_origins: tuple[str, ...] = ()
-    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
-    rate_limit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
-    max_connections: AtLeastOne = 1024
-    max_body_bytes: AtLeastOne = 4_194_304
-    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 65_536
-    max_json_depth: Annotated[int, msgspec.Meta(ge=2, le=512)] = 64
-    header_timeout_ms: Millis = 10_000
-    keep_alive_timeout_ms: Millis = 30_000
-    max_sessions: AtLeastOne = 1024
-    session_idle_timeout_ms: Millis = 1_800_000
-    state_dir: str = ""
-    control_socket: str = ""
-    stdio_control_socket: bool = False
-    log_level: LogLevel = "info"
-    workspace_roots: tuple[str, ...] = ()
-    allow_code_execution: bool = True
-    allow_unauthenticated_code_execution: bool = False
-    max_input_file_bytes: AtLeastOne = 67_108_864
-
-
-class PoolConfig(_Section, frozen=True):
-    max_connections: AtLeastOne = 50
-    min_connections: Annotated[int, msgspec.Meta(ge=0)] = 5
-    idle_timeout_ms: Millis = 300_000
-    health_check_interval_ms: Millis = 30_000
-
-
-class RegistryConfig(_Section, frozen=True):
-    cache_enabled: bool = True
-    cache_size: Annotated[int, msgspec.Meta(ge=0)] = 1000
-    index_type: Literal["hash"] = "hash"
-    fuzzy_match_enabled: bool = True
-
-
-class BalancerConfig(_Section, frozen=True):
-    strategy: Strategy = "least-connections"
-    health_check_interval_ms: Millis = 10_000
-    capacity_aware: bool = True
-
-
-class TargetsConfig(_Section, frozen=True):
-    p95_response_time: LatencyMs = 100.0
-    pool_hit_rate: Ratio = 0.9
-    tool_lookup_time: LatencyMs = 5.0
-
-
-class AlertThresholds(_Section, frozen=True):
-    p95_response_time: LatencyMs = 200.0
-    error_rate: Ratio = 0.05
-    pool_hit_rate: Ratio = 0.7
-
-
-class MonitoringConfig(_Section, frozen=True):
-    enabled: bool = True
-    dashboard_interval_ms: Millis = 1000
-    alert_thresholds: AlertThresholds = msgspec.field(default_factory=AlertThresholds)
-
-
-# The namespace memory tools use when the caller names none; memory.namespacePattern must accept it.
-DEFAULT_NAMESPACE: Final = "default"
-
-
-class MemoryConfig(_Section, frozen=True):
-    max_value_bytes: AtLeastOne = 1_048_576
-    max_key_length: AtLeastOne = 512
-    namespace_pattern: Annotated[str, msgspec.Meta(min_length=1)] = "[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
-    purge_interval_ms: Millis = 60_000
-
-
-class LearningConfig(_Section, frozen=True):
-    dedupe_threshold: Ratio = 0.9
-    promotion_min_successes: AtLeastOne = 3
-    promotion_min_success_rate: Ratio = 0.7
-    promotion_min_confidence: Ratio = 0.6
-
-
-class ToolConfig(_Section, frozen=True):
-    category: Category
-    target_latency_ms: LatencyMs
-    enabled: bool = True
-    execution: Execution = "local"
-    timeout_ms: Millis = 60_000
-
-
-AgentType = Literal["generalist", "test-generator", "coverage-analyzer", "quality-analyzer"]
-
-
-class FleetConfig(_Section, frozen=True):
-    agents: dict[AgentType, Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(
-        default_factory=lambda: {"generalist": 2}
-    )
-    max_agents: AtLeastOne = 8
-    capacity: AtLeastOne = 1
-    eject_after_failures: AtLeastOne = 5
-    base_ejection_ms: Millis = 10_000
-    restart_backoff_ms: Millis = 500
-    runtime_dir: str = ""
-    preload: tuple[str, ...] = ()
-
-
-# Named qe_quality_gate policies; a configured name replaces or adds to these.
-POLICY_DEFAULTS: Final[dict[str, GatePolicy]] = {
-    "default": GatePolicy(
-        min_line_coverage=80.0, min_branch_coverage=70.0, max_complexity=15, min_maintainability=20.0,
-        max_failed_tests=0, max_critical_gaps=0, max_skipped_ratio=0.1,
-    ),
-    "strict": GatePolicy(
-        min_line_coverage=90.0, min_branch_coverage=85.0, max_complexity=10, min_maintainability=40.0,
-        max_failed_tests=0, min_pass_rate=1.0, max_critical_gaps=0, max_skipped_ratio=0.02,
-    ),
-}
-
-
-class QualityConfig(_Section, frozen=True):
-    policies: dict[str, GatePolicy] = msgspec.field(default_factory=lambda: dict(POLICY_DEFAULTS))
-
-
-# The design's tool table; the CPU-heavy tools run on the agent fleet, the rest on the event loop.
-TOOL_DEFAULTS: Final[dict[str, ToolConfig]] = {
-    "qe_test_generate": ToolConfig(category="test-generation", target_latency_ms=500.0, execution="fleet"),
-    "qe_coverage_analyze": ToolConfig(
-        category="coverage-analysis", target_latency_ms=200.0, execution="fleet"
-    ),
-    "qe_coverage_gaps": ToolConfig(category="coverage-analysis", target_latency_ms=100.0, execution="fleet"),
-    # The gate parses the reports it is given (caller files): that runs on an agent, never on the loop.
-    "qe_quality_gate": ToolConfig(category="quality-assessment", target_latency_ms=100.0, execution="fleet"),
-    "qe_quality_metrics": ToolConfig(
-        category="quality-assessment", target_latency_ms=50.0, execution="fleet"
-    ),
-    "qe_fleet_init": ToolConfig(category="coordination", target_latency_ms=200.0),
-    "qe_fleet_status": ToolConfig(category="coordination", target_latency_ms=50.0),
-    "qe_agent_spawn": ToolConfig(category="coordination", target_latency_ms=100.0),
-    "qe_task_orchestrate": ToolConfig(category="coordination", target_latency_ms=150.0),
-    "qe_memory_store": ToolConfig(category="memory", target_latency_ms=20.0),
-    "qe_memory_retrieve": ToolConfig(category="memory", target_latency_ms=10.0),
-    "qe_memory_search": ToolConfig(category="memory", target_latency_ms=50.0),
-    "qe_learn_pattern": ToolConfig(category="learning", target_latency_ms=100.0),
-    "qe_learn_status": ToolConfig(category="learning", target_latency_ms=30.0),
-}
-
-
-class Config(_Section, frozen=True):
-    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
-    pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
-    registry: RegistryConfig = msgspec.field(default_factory=RegistryConfig)
-    balancer: BalancerConfig = msgspec.field(default_factory=BalancerConfig)
-    targets: TargetsConfig = msgspec.field(default_factory=TargetsConfig)
-    monitoring: MonitoringConfig = msgspec.field(default_factory=MonitoringConfig)
-    memory: MemoryConfig = msgspec.field(default_factory=MemoryConfig)
-    learning: LearningConfig = msgspec.field(default_factory=LearningConfig)
-    fleet: FleetConfig = msgspec.field(default_factory=FleetConfig)
-    quality: QualityConfig = msgspec.field(default_factory=QualityConfig)
-    tools: dict[str, ToolConfig] = msgspec.field(default_factory=lambda: dict(TOOL_DEFAULTS))
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; `errors` holds every problem found, one message each."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
 
 
 KeyPath = tuple[str | int, ...]
@@ -343,39 +151,6 @@ def apply_overrides(
         raise ConfigError(checker.messages())
     assert isinstance(result, Config)
     return result
-
-
-def state_dir(cfg: Config) -> pathlib.Path:
-    """Where the appliance keeps its data (not created here).
-
-    server.stateDir when set, else $STATE_DIRECTORY (systemd), else ./.aqe-state; always absolute.
-    """
-    if cfg.server.state_dir:
-        return pathlib.Path(cfg.server.state_dir).absolute()
-    return _systemd_dir("STATE_DIRECTORY") or pathlib.Path.cwd() / ".aqe-state"
-
-
-def control_socket(cfg: Config) -> pathlib.Path:
-    """The admin unix socket's path.
-
-    server.controlSocket when set, else $RUNTIME_DIRECTORY/control.sock, else <stateDir>/control.sock.
-    """
-    if cfg.server.control_socket:
-        return pathlib.Path(cfg.server.control_socket).absolute()
-    return (_systemd_dir("RUNTIME_DIRECTORY") or state_dir(cfg)) / "control.sock"
-
-
-def runtime_dir(cfg: Config) -> pathlib.Path:
-    """Where agent sockets live: fleet.runtimeDir, else $RUNTIME_DIRECTORY (systemd), else <stateDir>/run."""
-    if cfg.fleet.runtime_dir:
-        return pathlib.Path(cfg.fleet.runtime_dir).absolute()
-    return _systemd_dir("RUNTIME_DIRECTORY") or state_dir(cfg) / "run"
-
-
-def _systemd_dir(variable: str) -> pathlib.Path | None:
-    # systemd joins several configured directories with ':'; the first one is ours.
-    first = os.environ.get(variable, "").split(":")[0]
-    return pathlib.Path(first) if first else None
 
 
 def _read_text(path: str | os.PathLike[str], name: str) -> str:
@@ -711,16 +486,6 @@ def _check_auth(checker: _Checker, auth: _Decoded) -> None:
         checker.fail((*auth.path, "tokensEnv"),
                      f"`{env}` is not an environment variable name; write the name (e.g. AQE_MCP_TOKENS), "
                      "never the token itself")
-
-
-def is_loopback(host: str) -> bool:
-    """True for names and addresses that only this machine can reach."""
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _is_origin(text: str) -> bool:

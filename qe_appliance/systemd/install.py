@@ -1,24 +1,15 @@
-"""systemd integration: sd_notify messages (READY, RELOADING, STOPPING, WATCHDOG, STATUS) sent over
-$NOTIFY_SOCKET, and `aqe-v3 systemd install`, which puts the unit and the default configuration in place.
-"""
+"""`aqe-v3 systemd install`: puts the unit and the default configuration in place."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
-import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Final
-
-log = logging.getLogger("aqe_mcp.systemd")
 
 UNIT_NAME: Final = "aqe-mcp.service"
 CONFIG_NAME: Final = "qe-mcp.yaml"
@@ -28,106 +19,12 @@ DEFAULT_UNIT_DIR: Final = "/etc/systemd/system"
 UNIT_CONFIG_PATH: Final = f"%E/aqe-mcp/{CONFIG_NAME}"
 # Type=notify-reload appeared in systemd 253; older managers ignore the line and run the unit as simple.
 NOTIFY_RELOAD_SINCE: Final = 253
-# A full receive queue on the manager's side must not stall the event loop for long.
-SEND_TIMEOUT_S: Final = 1.0
 # Where the server's executable must not live: the unit hides these directories from the service.
 HIDDEN_DIRS: Final = ("/home", "/root", "/run/user", "/tmp", "/var/tmp")
 # Unit files split on whitespace and treat quotes and backslashes specially; paths with them are refused.
 _UNQUOTABLE: Final = re.compile(r"[\s\"'\\]")
 # The source checkout's directory of each shipped file (installed, they all sit in share/aqe-mcp).
 SHIPPED_IN: Final = {UNIT_NAME: "systemd", CONFIG_NAME: "config"}
-
-
-class Notifier:
-    """Tells the service manager how the server is doing; does nothing when none started it."""
-
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
-        self.address = _notify_address(env.get("NOTIFY_SOCKET", ""))
-        self.watchdog_interval_s = _watchdog_interval(env) if self.address is not None else None
-        self._sock: socket.socket | None = None
-        self._serving = ""
-        self._failing = False
-
-    def notify(self, *fields: str) -> bool:
-        """Send `KEY=value` fields in one datagram; False when there is no manager or it cannot be reached."""
-        if self.address is None:
-            return False
-        try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                self._sock.settimeout(SEND_TIMEOUT_S)
-            self._sock.sendto("".join(f"{field}\n" for field in fields).encode(), self.address)
-        except OSError as exc:
-            if not self._failing:  # once per outage, not once per watchdog ping
-                log.warning("cannot notify systemd at NOTIFY_SOCKET (%s); the server keeps running", exc)
-            self._failing = True
-            return False
-        self._failing = False
-        return True
-
-    def status(self, text: str) -> bool:
-        return self.notify(_status(text))
-
-    def ready(self, status: str | None = None) -> bool:
-        """Start-up or a reload is complete; `status` (kept for later READY=1s) says what is served."""
-        if status is not None:
-            self._serving = status
-        return self.notify("READY=1", _status(self._serving or "ready"))
-
-    def reloading(self) -> bool:
-        # systemd matches this to the SIGHUP it sent by the monotonic time (Type=notify-reload).
-        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}", _status("reloading the configuration"))
-
-    def stopping(self) -> bool:
-        return self.notify("STOPPING=1", _status("draining: finishing requests in flight"))
-
-    def watchdog(self) -> bool:
-        return self.notify("WATCHDOG=1")
-
-    async def keep_alive(self) -> None:
-        """Ping the watchdog from the event loop until cancelled, so a stuck loop stops the pings."""
-        if self.watchdog_interval_s is None:
-            return
-        while True:
-            self.watchdog()
-            await asyncio.sleep(self.watchdog_interval_s)
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-
-def _notify_address(value: str) -> str | None:
-    if not value:
-        return None
-    if value.startswith("@"):  # abstract namespace: the name starts with a NUL byte
-        return "\0" + value[1:]
-    if value.startswith("/"):
-        return value
-    log.warning("NOTIFY_SOCKET=%s is not a unix socket path; systemd notifications are off", value)
-    return None
-
-
-def _watchdog_interval(env: Mapping[str, str]) -> float | None:
-    """Half the watchdog timeout, as systemd recommends; None when no watchdog is meant for this process."""
-    pid = env.get("WATCHDOG_PID", "")
-    if pid and pid != str(os.getpid()):
-        return None
-    try:
-        usec = int(env.get("WATCHDOG_USEC", ""))
-    except ValueError:
-        return None
-    return usec / 2e6 if usec > 0 else None
-
-
-def _status(text: str) -> str:
-    return "STATUS=" + " ".join(text.split())  # one line: a newline would start another field
-
-
-# --- installation -------------------------------------------------------------------------------------
 
 
 class InstallError(Exception):
@@ -148,7 +45,7 @@ def shipped_file(name: str) -> Path:
     From the source checkout when running from one (editable installs), else from the installed package's
     data files (share/aqe-mcp).
     """
-    checkout = Path(__file__).resolve().parents[1] / SHIPPED_IN[name] / name
+    checkout = Path(__file__).resolve().parents[2] / SHIPPED_IN[name] / name
     if checkout.is_file():
         return checkout
     try:

@@ -1,0 +1,237 @@
+"""The Server: one start-up, main loop and shutdown for HTTP and stdio alike (uvicorn's Server/Config split).
+
+Start-up: listen (HTTP), systemd keep-alive and signals, the App's components (agents warm), the admin
+socket, then READY. Main loop: until a stop (SIGTERM, `pool drain`) or, on stdio, the end of stdin. Reload
+(SIGHUP, `aqe-v3 mcp reload`): re-read, validate, hand each component its new part. Shutdown: drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
+
+from qe_appliance import __version__
+from qe_appliance.app import App
+from qe_appliance.config import Config, ConfigError, control_socket, is_loopback
+from qe_appliance.control.server import ControlServer
+from qe_appliance.mcp.stdio import serve_stdio
+from qe_appliance.overrides import Overrides
+from qe_appliance.proctitle import set_title
+from qe_appliance.systemd import Notifier
+from qe_appliance.tools import ALL_TOOLS
+from qe_appliance.tools.base import ToolSpec
+
+if TYPE_CHECKING:
+    from qe_appliance.fleet.runtime import Fleet
+    from qe_appliance.monitoring.monitor import Monitor
+    from qe_appliance.registry import ToolRegistry
+
+log = logging.getLogger("aqe_mcp")
+
+DRAIN_DEADLINE_S = 30.0
+
+
+class Server:
+    """Runs one App over HTTP or stdio; also what the admin socket sees (control.server.Admin)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stdio: bool = False,
+        source: Callable[[], Config] | None = None,
+        catalog: Sequence[ToolSpec] = ALL_TOOLS,
+    ) -> None:
+        self.app = App(config, catalog, http=not stdio)
+        # Re-reads the configuration (the file plus the start flags) for a reload; None: no file to re-read.
+        self.source = source
+        self.address: tuple[str, int] | None = None
+        self.control: ControlServer | None = None
+        self.reloads = {"ok": 0, "failed": 0}
+        self.last_reload: dict[str, Any] | None = None
+        # sd_notify to systemd (a no-op when it did not start us).
+        self.notifier = Notifier()
+        self._reload_lock = asyncio.Lock()
+        self._stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._terms = 0
+
+    # ---- what the admin socket sees ------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self.app.config
+
+    @property
+    def overrides(self) -> Overrides:
+        return self.app.overrides
+
+    @property
+    def registry(self) -> ToolRegistry:
+        return self.app.registry
+
+    @property
+    def fleet(self) -> Fleet | None:
+        return self.app.fleet
+
+    @property
+    def monitor(self) -> Monitor | None:
+        return self.app.monitor
+
+    def readiness(self) -> str | None:
+        return self.app.readiness()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "state": self.readiness() or "ready",
+            "address": list(self.address) if self.address else None,
+            **self.app.status(),
+            "reloads": self.reloads,
+            "lastReload": self.last_reload,
+        }
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+
+    async def serve(self) -> int:
+        """Start, serve until stopped, shut down; returns the process exit code."""
+        started = time.perf_counter()
+        app, http = self.app, self.app.http
+        cfg = self.config.server
+        if http is not None:
+            if not is_loopback(cfg.host) and not http.guard.tokens:
+                log.warning("listening on %s without authentication (server.auth.allowUnauthenticated: true): "
+                            "whatever is in front of this server must authenticate clients", cfg.host)
+            self.address = await http.server.listen(cfg.host, cfg.port)
+        set_title("stdio" if self.address is None else f"server :{self.address[1]}")
+        self._spawn(self.notifier.keep_alive())
+        self.notifier.status("starting: warming up the agent fleet")
+        self._install_signals()
+        await app.start()
+        # Stdio servers come one per client session, several on one stateDir: no admin socket unless asked.
+        if http is not None or cfg.stdio_control_socket:
+            # The default socket sits in our own state or runtime directory; a configured one may be anywhere.
+            self.control = ControlServer(self, control_socket(self.config), own_directory=not cfg.control_socket)
+            await self.control.start()
+        app.state = None
+        where = "stdio" if self.address is None else _url(*self.address)
+        self.notifier.ready(f"serving {where} with {len(app.registry.tools())} tools")
+        log.info(
+            "aqe-mcp %s %s %s (ready in %.0f ms, %d tools)",
+            __version__, "serving MCP on" if self.address is None else "listening on", where,
+            (time.perf_counter() - started) * 1000, len(app.registry.tools()),
+        )
+        stopped = asyncio.create_task(self._stopped.wait())
+        if http is None:
+            # stdio: the client closing stdin ends the server as a stop signal would.
+            stdin = asyncio.create_task(serve_stdio(app.dispatcher))
+            await asyncio.wait({stdin, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if stdin.done():
+                await self.drain_and_stop(DRAIN_DEADLINE_S)
+            stdin.cancel()
+        await stopped
+        return 0
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded (tests, benchmarks): the host process owns signals
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_term)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    def _on_term(self) -> None:
+        self._terms += 1
+        if self._terms > 1:
+            log.warning("second stop signal: exiting now")
+            self.close()
+            sys.exit(1)
+        self.begin_drain(DRAIN_DEADLINE_S)
+
+    def _on_hup(self) -> None:
+        self._spawn(self.reload())
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration and apply what changed; an invalid file keeps the running config."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                if self.source is None:
+                    raise ConfigError(["this server was started without a configuration file; nothing to re-read"])
+                report = await self.app.reconfigure(self.source())
+                self.reloads["ok"] += 1
+                report["ok"] = True
+                log.info(
+                    "reload: %d change(s) applied%s", len(report["applied"]),
+                    f"; restart needed for {', '.join(report['needsRestart'])}" if report["needsRestart"] else "",
+                )
+            except ConfigError as exc:
+                self.reloads["failed"] += 1
+                report = {"ok": False, "errors": exc.errors}
+                log.error("reload refused, the running configuration stays:\n%s", exc)
+            finally:
+                self.notifier.ready()
+            if self.app.monitor is not None:
+                self.app.monitor.count_reload(report["ok"])
+            self.last_reload = report
+            return report
+
+    def begin_drain(self, deadline_s: float) -> None:
+        if self.app.state != "draining":
+            self._spawn(self.drain_and_stop(deadline_s))
+
+    async def drain_and_stop(self, deadline_s: float) -> None:
+        """Stop taking new work, let requests in flight finish within the deadline, then close.
+
+        While draining, /readyz and new MCP requests answer 503 with Retry-After (the listener stays open so
+        clients are told, not refused); then the pool closes, the agents stop and the process exits 0.
+        """
+        self.app.state = "draining"
+        self.notifier.stopping()
+        log.info("draining: finishing requests in flight (deadline %.0f s)", deadline_s)
+        end = time.monotonic() + deadline_s
+        self.app.sessions.close_all()
+        http = self.app.http
+        if http is not None:
+            await http.server.wait_idle(deadline_s)
+            await http.server.shutdown(max(end - time.monotonic(), 0.0))
+        await self.app.stop(max(end - time.monotonic(), 1.0))
+        if self.control is not None:
+            await self.control.close()
+        self.close()
+        self._stopped.set()
+
+    def close(self) -> None:
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        self.app.close()
+        self.notifier.close()
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{host if ':' not in host else f'[{host}]'}:{port}/mcp"
+
+
+def run(config: Config, *, stdio: bool = False, source: Callable[[], Config] | None = None) -> int:
+    """Run the appliance until stopped; returns the process exit code."""
+    import uvloop
+
+    async def main() -> int:
+        return await Server(config, stdio=stdio, source=source).serve()
+
+    return uvloop.run(main())
