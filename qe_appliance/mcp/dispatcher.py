@@ -8,14 +8,10 @@ message at a time to `Dispatcher.handle` and write back the `Reply` it returns.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
-import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -23,12 +19,13 @@ import msgspec
 from qe_appliance import SERVER_NAME, __version__
 from qe_appliance._core.jsondepth import exceeds_depth
 from qe_appliance.mcp import jsonrpc as rpc
+from qe_appliance.mcp.calls import CallParams, ToolCalls
+from qe_appliance.mcp.headers import check_routing_headers
+from qe_appliance.mcp.inbound import ACCEPTED, Inbound, Reply
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.sessions import LOG_LEVELS, Session, SessionTable
 from qe_appliance.monitoring.monitor import Monitor
-from qe_appliance.registry import ToolRegistry, UnknownToolError
-from qe_appliance.sandbox import STDIO, Caller
-from qe_appliance.tools.base import ToolSpec, no_log, no_progress
+from qe_appliance.registry import ToolRegistry
 from qe_appliance.tools.runner import ToolRunner
 
 log = logging.getLogger("aqe_mcp.dispatch")
@@ -56,49 +53,7 @@ KNOWN_METHODS = frozenset(
         "prompts/list",
     }
 )
-REQUEST_CANCELLED = -32800
 DEFAULT_MAX_JSON_DEPTH = 64
-
-Send = Callable[[bytes], Awaitable[None]]
-
-
-@dataclass
-class Inbound:
-    """One inbound message as its transport saw it.
-
-    `headers` are lower-cased HTTP headers (None on stdio, which skips the header checks);
-    `duplicated` names headers sent more than once; `session` is the stdio connection's session;
-    `send` delivers a notification in-band before the reply (HTTP turns the reply into SSE);
-    `principal` is who the transport authenticated (None without auth): sessions are bound to it.
-    """
-
-    headers: Mapping[str, str] | None = None
-    duplicated: frozenset[str] = frozenset()
-    principal: str | None = None
-    session: Session | None = None
-    send: Send | None = None
-    # Filled in while handling, for metrics: the method (bounded to known names) and whether it failed.
-    method: str = "invalid"
-    error: bool = False
-
-
-@dataclass
-class Reply:
-    """What to send back: HTTP status, JSON body (None for 202) and extra headers."""
-
-    status: int = 200
-    body: bytes | None = None
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-ACCEPTED = Reply(202)
-
-
-class CallParams(msgspec.Struct):
-    name: Any = None
-    arguments: msgspec.Raw = msgspec.Raw(b"")
-    meta: Any = msgspec.field(default=None, name="_meta")
-
 
 class AnyParams(msgspec.Struct):
     meta: Any = msgspec.field(default=None, name="_meta")
@@ -108,49 +63,8 @@ class AnyParams(msgspec.Struct):
 _call_params = msgspec.json.Decoder(CallParams)
 _any_params = msgspec.json.Decoder(AnyParams)
 _plain = msgspec.json.Decoder()
-_B64 = re.compile(r"^=\?base64\?(.*)\?=$")
-_CANON_INT = re.compile(r"^-?[0-9]+(\.0+)?$")
 
 
-def decode_header_value(value: str | None) -> str | None:
-    """Trim optional whitespace and undo the `=?base64?...?=` wrapping; None when malformed."""
-    if value is None:
-        return None
-    value = value.strip(" \t")
-    if not value.startswith("=?"):
-        return value
-    m = _B64.fullmatch(value)
-    if m is None:
-        return value
-    try:
-        raw = base64.b64decode(m.group(1), validate=True)
-        return raw.decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-
-
-def _header_params(tool: ToolSpec) -> tuple[tuple[tuple[str, ...], str, Any], ...]:
-    """(property path, header token, JSON type) of every `x-mcp-header` property of a tool's input."""
-    found: list[tuple[tuple[str, ...], str, Any]] = []
-    stack: list[tuple[tuple[str, ...], Any]] = [((), tool.input_schema)]
-    while stack:
-        path, schema = stack.pop()
-        if not isinstance(schema, dict):
-            continue
-        token = schema.get("x-mcp-header")
-        if path and isinstance(token, str):
-            found.append((path, token, schema.get("type")))
-        for name, sub in (schema.get("properties") or {}).items():
-            stack.append(((*path, name), sub))
-    return tuple(found)
-
-
-def _render(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    return None
 
 
 def _params_object(raw: bytes) -> dict[str, Any]:
@@ -180,14 +94,14 @@ class Dispatcher:
         self.max_json_depth = max_json_depth
         # The appliance's Monitor when monitoring is enabled (requests, refusals, lookups; tools: the runner).
         self.monitor = monitor
-        self._header_params: dict[str, tuple[tuple[tuple[str, ...], str, Any], ...]] = {}
+        self.calls = ToolCalls(registry, runner, monitor)
         self._tool_pages: list[dict[str, Any]] = []
         self.set_registry(registry)
 
     def set_registry(self, registry: ToolRegistry) -> None:
         self.registry = registry
         self._tool_pages = [tool.wire() for tool in registry.tools()]
-        self._header_params = {tool.name: _header_params(tool) for tool in registry.tools()}
+        self.calls.set_registry(registry)
 
     def reconfigure(self, registry: ToolRegistry, max_json_depth: int) -> None:
         """A reload's registry and depth limit; sessions with an open stream hear tools/list_changed."""
@@ -242,9 +156,9 @@ class Dispatcher:
                     if exch.session is not None:
                         self._notification(method, raw_params, exch.session)
                     return ACCEPTED
-                version = self._modern_ladder(method, params, meta, exch)
+                self._modern_ladder(method, params, meta, exch)
                 result = await self._modern(method, msg_id, params, meta or {}, raw_params, exch)
-                return Reply(200, rpc.result_bytes(msg_id, self._stamp(result, version)))
+                return Reply(200, rpc.result_bytes(msg_id, self._stamp(result)))
             return await self._legacy(msg_id, is_request, method, params, meta, raw_params, exch)
         except RpcError as exc:
             exch.error = True
@@ -301,21 +215,9 @@ class Dispatcher:
                 rpc.INVALID_PARAMS, f"params._meta is missing the required envelope key(s): {', '.join(missing)}"
             )
         version = meta[rpc.META_PROTOCOL_VERSION]
-        headers = exch.headers
-        if headers is not None:
-            for name in ("mcp-protocol-version", "mcp-method", "mcp-name"):
-                if name in exch.duplicated:
-                    raise RpcError(rpc.HEADER_MISMATCH, f"the {name} header appears more than once")
-            if decode_header_value(headers.get("mcp-protocol-version")) != version:
-                raise RpcError(
-                    rpc.HEADER_MISMATCH,
-                    f"MCP-Protocol-Version header does not match params._meta protocol version ({version!r})",
-                )
-            if decode_header_value(headers.get("mcp-method")) != method:
-                raise RpcError(rpc.HEADER_MISMATCH, f"Mcp-Method header does not match the body's method {method!r}")
-            if method == "tools/call" and params.name is not None:
-                if decode_header_value(headers.get("mcp-name")) != params.name:
-                    raise RpcError(rpc.HEADER_MISMATCH, f"Mcp-Name header does not match params.name {params.name!r}")
+        if exch.headers is not None:
+            name = params.name if method == "tools/call" else None
+            check_routing_headers(exch.headers, exch.duplicated, version, method, name)
         if not isinstance(version, str):
             raise RpcError(rpc.INVALID_PARAMS, "the protocol-version envelope value must be a string")
         if version not in rpc.MODERN_VERSIONS:
@@ -332,7 +234,7 @@ class Dispatcher:
         if method == "tools/call":
             level = meta.get(rpc.META_LOG_LEVEL)
             log_level = LOG_LEVELS.index(level) if level in LOG_LEVELS else None
-            return await self._call_tool(True, params, meta, exch, log_level, exch.session, msg_id)
+            return await self.calls.call(True, params, meta, exch, log_level, exch.session, msg_id)
         if method == "tools/list":
             result = self._list_tools(params.cursor)
             result["ttlMs"] = LIST_TTL_MS
@@ -349,7 +251,7 @@ class Dispatcher:
         raise RpcError(rpc.METHOD_NOT_FOUND, f"method {method!r} is not available in protocol 2026-07-28")
 
     @staticmethod
-    def _stamp(result: dict[str, Any], version: str) -> dict[str, Any]:
+    def _stamp(result: dict[str, Any]) -> dict[str, Any]:
         result["resultType"] = "complete"
         meta = result.setdefault("_meta", {})
         meta[rpc.META_SERVER_INFO] = SERVER_INFO
@@ -386,7 +288,7 @@ class Dispatcher:
         if method == "tools/list":
             return Reply(200, rpc.result_bytes(msg_id, self._list_tools(params.cursor)))
         if method == "tools/call":
-            result = await self._call_tool(False, params, meta or {}, exch, session.log_level, session, msg_id)
+            result = await self.calls.call(False, params, meta or {}, exch, session.log_level, session, msg_id)
             return Reply(200, rpc.result_bytes(msg_id, result))
         if method == "logging/setLevel":
             level = _params_object(raw).get("level")
@@ -473,129 +375,6 @@ class Dispatcher:
             raise RpcError(
                 rpc.INVALID_PARAMS, "invalid cursor: pass back the nextCursor of a previous tools/list"
             ) from None
-
-    async def _call_tool(
-        self,
-        modern: bool,
-        params: CallParams,
-        meta: dict[str, Any],
-        exch: Inbound,
-        log_level: int | None,
-        session: Session | None,
-        msg_id: Any,
-    ) -> dict[str, Any]:
-        name = params.name
-        if not isinstance(name, str) or not name:
-            raise RpcError(rpc.INVALID_PARAMS, "tools/call needs params.name (the tool's name, a string)")
-        monitor = self.monitor
-        started = time.perf_counter()
-        try:
-            tool, fuzzy = self.registry.resolve(name)
-        except UnknownToolError as exc:
-            raise RpcError(rpc.INVALID_PARAMS, str(exc), {"name": name, "suggestions": exc.suggestions}) from None
-        if monitor is not None:
-            monitor.record_lookup(time.perf_counter() - started)
-        raw_args = bytes(params.arguments)
-        if raw_args == b"null":
-            raw_args = b""
-        arguments: bytes | Any = raw_args
-        if modern and exch.headers is not None and self._header_params.get(tool.name):
-            # A client mirrors only the headers of tools it listed: a typo it sent has none to mirror.
-            try:
-                arguments = _plain.decode(raw_args or b"{}")
-            except rpc.UNREADABLE:
-                pass  # the runner reports unreadable arguments in the caller's terms
-            else:
-                self._check_param_headers(tool, arguments, exch, absent_ok=fuzzy)
-        token = meta.get("progressToken")
-        send = exch.send
-        progress = no_progress if token is None or send is None else _progress_fn(token, send)
-        log_fn = no_log if log_level is None or send is None else _log_fn(log_level, send)
-        call = self.runner.call(tool, arguments, progress=progress, log=log_fn, caller=self._caller(exch))
-        if session is None:
-            outcome = await call
-        else:
-            # A separate task so notifications/cancelled can stop this call and only this call.
-            task = asyncio.ensure_future(call)
-            session.inflight[msg_id] = task
-            try:
-                outcome = await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if task.cancelled() and not (current and current.cancelling()):
-                    raise RpcError(REQUEST_CANCELLED, "request cancelled by the client") from None
-                raise
-            finally:
-                session.inflight.pop(msg_id, None)
-        result = outcome.wire()
-        if fuzzy:
-            result.setdefault("_meta", {}).update({"io.aqe/requestedTool": name, "io.aqe/resolvedTool": tool.name})
-        return result
-
-    def _caller(self, exch: Inbound) -> Caller:
-        """stdio has no headers; over HTTP a caller is authenticated when the server checks tokens (the
-        HTTP guard refuses /mcp without a valid one)."""
-        if exch.headers is None:
-            return STDIO
-        return Caller("http", authenticated=self.runner.services.config.server.auth.enabled)
-
-    def _check_param_headers(self, tool: ToolSpec, arguments: Any, exch: Inbound, absent_ok: bool) -> None:
-        """`Mcp-Param-*` headers must mirror the `x-mcp-header` arguments they claim to carry."""
-        assert exch.headers is not None
-        for path, token, json_type in self._header_params[tool.name]:
-            header = f"Mcp-Param-{token}"
-            key = header.lower()
-            raw = exch.headers.get(key)
-            value: Any = arguments
-            for part in path:
-                value = value.get(part) if isinstance(value, dict) else None
-            where = ".".join(path)
-            if raw is not None and key in exch.duplicated:
-                raise RpcError(rpc.HEADER_MISMATCH, f"{header} header appears more than once")
-            rendered = _render(value) if value is not None else None
-            if rendered is None:
-                if raw is not None:
-                    raise RpcError(rpc.HEADER_MISMATCH, f"{header} header is present but argument {where!r} is absent")
-                continue
-            if raw is None:
-                if absent_ok:
-                    continue
-                raise RpcError(rpc.HEADER_MISMATCH, f"{header} header is missing but argument {where!r} is present")
-            decoded = decode_header_value(raw)
-            if decoded is None:
-                raise RpcError(rpc.HEADER_MISMATCH, f"{header} header carries a malformed base64 value")
-            same = decoded == rendered
-            # Bounded length: int() refuses over 4300 digits, and no real argument comes near 40.
-            if not same and json_type == "integer" and len(decoded) <= 40 and _CANON_INT.fullmatch(decoded):
-                same = isinstance(value, int | float) and int(decoded.split(".")[0]) == value
-            if not same:
-                raise RpcError(rpc.HEADER_MISMATCH, f"{header} header does not match argument {where!r}")
-
-
-def _progress_fn(token: Any, send: Send) -> Callable[[float, float | None, str | None], Awaitable[None]]:
-    last = [float("-inf")]
-
-    async def progress(value: float, total: float | None = None, message: str | None = None) -> None:
-        if value <= last[0]:
-            return  # progress must increase; a repeat would confuse the client's bar
-        last[0] = value
-        params: dict[str, Any] = {"progressToken": token, "progress": value}
-        if total is not None:
-            params["total"] = total
-        if message is not None:
-            params["message"] = message
-        await send(rpc.notification_bytes("notifications/progress", params))
-
-    return progress
-
-
-def _log_fn(level: int, send: Send) -> Callable[[str, str], Awaitable[None]]:
-    async def emit(name: str, text: str) -> None:
-        if name in LOG_LEVELS and LOG_LEVELS.index(name) >= level:
-            params = {"level": name, "logger": SERVER_NAME, "data": text}
-            await send(rpc.notification_bytes("notifications/message", params))
-
-    return emit
 
 
 class SessionMissing(RpcError):

@@ -1,0 +1,141 @@
+"""tools/call in MCP terms: resolve the name (typos included), check the argument headers, hand the call to the
+runner with the caller's progress and log channels, make it cancellable on its session, and shape the result."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from qe_appliance import SERVER_NAME
+from qe_appliance.mcp import jsonrpc as rpc
+from qe_appliance.mcp.headers import HeaderParam, check_param_headers, header_params
+from qe_appliance.mcp.inbound import Inbound, Send
+from qe_appliance.mcp.jsonrpc import RpcError
+from qe_appliance.mcp.sessions import LOG_LEVELS, Session
+from qe_appliance.monitoring.monitor import Monitor
+from qe_appliance.registry import ToolRegistry, UnknownToolError
+from qe_appliance.sandbox import STDIO, Caller
+from qe_appliance.tools.base import no_log, no_progress
+from qe_appliance.tools.runner import ToolRunner
+
+REQUEST_CANCELLED = -32800
+
+_plain = msgspec.json.Decoder()
+
+
+class CallParams(msgspec.Struct):
+    name: Any = None
+    arguments: msgspec.Raw = msgspec.Raw(b"")
+    meta: Any = msgspec.field(default=None, name="_meta")
+
+
+class ToolCalls:
+    """The tools/call method of both eras."""
+
+    def __init__(self, registry: ToolRegistry, runner: ToolRunner, monitor: Monitor | None) -> None:
+        self.runner = runner
+        self.monitor = monitor
+        self.registry = registry
+        self._header_params: dict[str, tuple[HeaderParam, ...]] = {}
+        self.set_registry(registry)
+
+    def set_registry(self, registry: ToolRegistry) -> None:
+        self.registry = registry
+        self._header_params = {tool.name: header_params(tool) for tool in registry.tools()}
+
+    async def call(
+        self,
+        modern: bool,
+        params: CallParams,
+        meta: dict[str, Any],
+        exch: Inbound,
+        log_level: int | None,
+        session: Session | None,
+        msg_id: Any,
+    ) -> dict[str, Any]:
+        name = params.name
+        if not isinstance(name, str) or not name:
+            raise RpcError(rpc.INVALID_PARAMS, "tools/call needs params.name (the tool's name, a string)")
+        monitor = self.monitor
+        started = time.perf_counter()
+        try:
+            tool, fuzzy = self.registry.resolve(name)
+        except UnknownToolError as exc:
+            raise RpcError(rpc.INVALID_PARAMS, str(exc), {"name": name, "suggestions": exc.suggestions}) from None
+        if monitor is not None:
+            monitor.record_lookup(time.perf_counter() - started)
+        raw_args = bytes(params.arguments)
+        if raw_args == b"null":
+            raw_args = b""
+        arguments: bytes | Any = raw_args
+        if modern and exch.headers is not None and self._header_params.get(tool.name):
+            # A client mirrors only the headers of tools it listed: a typo it sent has none to mirror.
+            try:
+                arguments = _plain.decode(raw_args or b"{}")
+            except rpc.UNREADABLE:
+                pass  # the runner reports unreadable arguments in the caller's terms
+            else:
+                check_param_headers(
+                    self._header_params[tool.name], arguments, exch.headers, exch.duplicated, absent_ok=fuzzy
+                )
+        token = meta.get("progressToken")
+        send = exch.send
+        progress = no_progress if token is None or send is None else _progress_fn(token, send)
+        log_fn = no_log if log_level is None or send is None else _log_fn(log_level, send)
+        call = self.runner.call(tool, arguments, progress=progress, log=log_fn, caller=self._caller(exch))
+        if session is None:
+            outcome = await call
+        else:
+            # A separate task so notifications/cancelled can stop this call and only this call.
+            task = asyncio.ensure_future(call)
+            session.inflight[msg_id] = task
+            try:
+                outcome = await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if task.cancelled() and not (current and current.cancelling()):
+                    raise RpcError(REQUEST_CANCELLED, "request cancelled by the client") from None
+                raise
+            finally:
+                session.inflight.pop(msg_id, None)
+        result = outcome.wire()
+        if fuzzy:
+            result.setdefault("_meta", {}).update({"io.aqe/requestedTool": name, "io.aqe/resolvedTool": tool.name})
+        return result
+
+    def _caller(self, exch: Inbound) -> Caller:
+        """stdio has no headers; over HTTP a caller is authenticated when the server checks tokens (the
+        HTTP guard refuses /mcp without a valid one)."""
+        if exch.headers is None:
+            return STDIO
+        return Caller("http", authenticated=self.runner.services.config.server.auth.enabled)
+
+
+def _progress_fn(token: Any, send: Send) -> Callable[[float, float | None, str | None], Awaitable[None]]:
+    last = [float("-inf")]
+
+    async def progress(value: float, total: float | None = None, message: str | None = None) -> None:
+        if value <= last[0]:
+            return  # progress must increase; a repeat would confuse the client's bar
+        last[0] = value
+        params: dict[str, Any] = {"progressToken": token, "progress": value}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await send(rpc.notification_bytes("notifications/progress", params))
+
+    return progress
+
+
+def _log_fn(level: int, send: Send) -> Callable[[str, str], Awaitable[None]]:
+    async def emit(name: str, text: str) -> None:
+        if name in LOG_LEVELS and LOG_LEVELS.index(name) >= level:
+            params = {"level": name, "logger": SERVER_NAME, "data": text}
+            await send(rpc.notification_bytes("notifications/message", params))
+
+    return emit

@@ -1,0 +1,42 @@
+"""What a transport hands the dispatcher (one message and how it arrived) and what it writes back."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from qe_appliance.mcp.sessions import Session
+
+Send = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass
+class Inbound:
+    """One inbound message as its transport saw it.
+
+    `headers` are lower-cased HTTP headers (None on stdio, which skips the header checks);
+    `duplicated` names headers sent more than once; `session` is the stdio connection's session;
+    `send` delivers a notification in-band before the reply (HTTP turns the reply into SSE);
+    `principal` is who the transport authenticated (None without auth): sessions are bound to it.
+    """
+
+    headers: Mapping[str, str] | None = None
+    duplicated: frozenset[str] = frozenset()
+    principal: str | None = None
+    session: Session | None = None
+    send: Send | None = None
+    # Filled in while handling, for metrics: the method (bounded to known names) and whether it failed.
+    method: str = "invalid"
+    error: bool = False
+
+
+@dataclass
+class Reply:
+    """What to send back: HTTP status, JSON body (None for 202) and extra headers."""
+
+    status: int = 200
+    body: bytes | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+ACCEPTED = Reply(202)
