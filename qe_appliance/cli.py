@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from qe_appliance import __version__
 from qe_appliance.config import STRATEGIES
@@ -20,7 +21,7 @@ from qe_appliance.store.backup import add_parsers as add_state_commands
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n(run with --help to see the commands and flags)\n")
 

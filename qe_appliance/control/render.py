@@ -293,7 +293,7 @@ def tool(lookup: dict[str, Any]) -> RenderableType:
 def _type(schema: dict[str, Any], defs: dict[str, Any]) -> str:
     """A schema's type in a few words: `string (1+ chars) | null`, `integer 1..10000`, `one of a, b`."""
     if "$ref" in schema:
-        return schema["$ref"].rsplit("/", 1)[-1]
+        return str(schema["$ref"]).rsplit("/", 1)[-1]
     for key in ("anyOf", "oneOf"):
         if key in schema:
             return " | ".join(_type(option, defs) for option in schema[key])
@@ -336,7 +336,8 @@ def _schema(tree: Tree, schema: dict[str, Any], defs: dict[str, Any], depth: int
 def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     ref = schema.get("$ref")
     if isinstance(ref, str):
-        return defs.get(ref.rsplit("/", 1)[-1], {})
+        found: dict[str, Any] = defs.get(ref.rsplit("/", 1)[-1], {})
+        return found
     return schema
 
 

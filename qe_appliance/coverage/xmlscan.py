@@ -27,11 +27,12 @@ _TAG_REST: Final = re.compile(rb"""((?:[^>"']|"[^"]*"|'[^']*')*)>""")
 _ROOT: Final = re.compile(rb"<([A-Za-z_][\w:.-]*)")
 _INTS: Final = msgspec.json.Decoder(list[int])
 _NUMBERS: Final = msgspec.json.Decoder(list[float])
+# ExpatError.code is a number; pyexpat's XML_ERROR_* names are messages, mapped to numbers by errors.codes.
 _TRUNCATED: Final = {
-    errors.XML_ERROR_UNCLOSED_TOKEN,
-    errors.XML_ERROR_NO_ELEMENTS,
-    errors.XML_ERROR_PARTIAL_CHAR,
-    errors.XML_ERROR_UNCLOSED_CDATA_SECTION,
+    errors.codes[errors.XML_ERROR_UNCLOSED_TOKEN],
+    errors.codes[errors.XML_ERROR_NO_ELEMENTS],
+    errors.codes[errors.XML_ERROR_PARTIAL_CHAR],
+    errors.codes[errors.XML_ERROR_UNCLOSED_CDATA_SECTION],
 }
 
 
@@ -65,7 +66,7 @@ def run(expat: XMLParserType, data: bytes, fmt: str) -> None:
         last_line = data.rstrip().count(b"\n") + 1
         if exc.code in _TRUNCATED or (exc.lineno >= last_line and not data.rstrip().endswith(b">")):
             problem += "; the file ends early (truncated?)"
-        elif exc.lineno >= last_line and exc.code == errors.XML_ERROR_TAG_MISMATCH:
+        elif exc.lineno >= last_line and exc.code == errors.codes[errors.XML_ERROR_TAG_MISMATCH]:
             problem += "; elements are left open at the end (truncated?)"
         raise ReportError(fmt, where, problem) from None
 

@@ -362,7 +362,7 @@ class Fleet:
 
     async def _pick(self, category: str, deadline: float) -> str:
         while True:
-            agent_id = self.balancer.pick(category, time.monotonic())
+            agent_id: str | None = self.balancer.pick(category, time.monotonic())
             if agent_id is not None:
                 return agent_id
             serving = [a for a in self.agents.values() if category in AGENT_TYPES[a.type] and a.status != "draining"]

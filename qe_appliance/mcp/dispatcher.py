@@ -28,6 +28,8 @@ from qe_appliance.monitoring.monitor import Monitor
 from qe_appliance.registry import ToolRegistry
 from qe_appliance.tools.runner import ToolRunner
 
+__all__ = ["ACCEPTED", "Dispatcher", "Inbound", "Reply", "SessionMissing", "SessionUnknown"]
+
 log = logging.getLogger("aqe_mcp.dispatch")
 
 INSTRUCTIONS = (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -43,18 +42,18 @@ class _Collector(Collector):
 
 def _prometheus_family(family: Family) -> Metric:
     labels = list(family.labels)
-    metric: Any
     if family.kind == "histogram":
-        metric = HistogramMetricFamily(family.name, family.help, labels=labels)
+        histograms = HistogramMetricFamily(family.name, family.help, labels=labels)
         for values, histogram in family.samples:
-            metric.add_metric(list(values), buckets(histogram, family.bounds), histogram.total)
-    elif family.kind == "summary":
-        metric = SummaryMetricFamily(family.name, family.help, labels=labels)
+            histograms.add_metric(list(values), buckets(histogram, family.bounds), histogram.total)
+        return histograms
+    if family.kind == "summary":
+        summaries = SummaryMetricFamily(family.name, family.help, labels=labels)
         for values, (count, total) in family.samples:
-            metric.add_metric(list(values), count, total)
-    else:
-        kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
-        metric = kind(family.name, family.help, labels=labels)
-        for values, value in family.samples:
-            metric.add_metric(list(values), value)
+            summaries.add_metric(list(values), count, total)
+        return summaries
+    kind = CounterMetricFamily if family.kind == "counter" else GaugeMetricFamily
+    metric = kind(family.name, family.help, labels=labels)
+    for values, value in family.samples:
+        metric.add_metric(list(values), value)
     return metric

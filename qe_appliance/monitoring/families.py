@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +31,5 @@ def buckets(histogram: Any, bounds: tuple[float, ...]) -> list[tuple[str, float]
     from prometheus_client.utils import floatToGoString
 
     counts = histogram.cumulative(bounds)
-    return [(floatToGoString(bound), count) for bound, count in zip(bounds, counts, strict=True)] + [
-        ("+Inf", histogram.count)
-    ]
+    spell: Callable[[float], str] = floatToGoString  # prometheus_client.utils ships without annotations
+    return [(spell(bound), count) for bound, count in zip(bounds, counts, strict=True)] + [("+Inf", histogram.count)]

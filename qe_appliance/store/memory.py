@@ -352,7 +352,7 @@ class MemoryStore:
     def integrity_check(self) -> bool:
         """SQLite's integrity check plus FTS5's check that the search index matches the entries."""
         self._db.execute("INSERT INTO memory_fts (memory_fts) VALUES ('integrity-check')")
-        return self._db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        return bool(self._db.execute("PRAGMA integrity_check").fetchone() == ("ok",))
 
     def close(self) -> None:
         """Close the database; later calls raise sqlite3.ProgrammingError."""

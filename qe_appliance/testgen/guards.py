@@ -221,7 +221,8 @@ class _Walker:
                 self.generic_visit(node)
                 return node
 
-        return ast.fix_missing_locations(Inline().visit(_copy(cond)))
+        inlined: ast.expr = ast.fix_missing_locations(Inline().visit(_copy(cond)))
+        return inlined
 
     def names(self, conds: tuple[ast.expr, ...]) -> frozenset[str]:
         return frozenset(n.id for cond in conds for n in ast.walk(cond) if isinstance(n, ast.Name))
@@ -545,7 +546,8 @@ def _constant(node: ast.expr, facts: ModuleFacts) -> object | None:
     if isinstance(node, ast.Name):
         return facts.constants.get(node.id)
     try:
-        return ast.literal_eval(node)
+        value: object = ast.literal_eval(node)
+        return value
     except (ValueError, SyntaxError, TypeError):
         return None
 

@@ -178,7 +178,8 @@ def _with_defaults(cond: ast.expr, defaults: dict[str, object]) -> ast.expr:
                 return ast.copy_location(literal, node)
             return node
 
-    return ast.fix_missing_locations(Substitute().visit(copy.deepcopy(cond)))
+    substituted: ast.expr = ast.fix_missing_locations(Substitute().visit(copy.deepcopy(cond)))
+    return substituted
 
 
 def _call(plan: CallPlan, values: list[str]) -> str:

@@ -291,6 +291,7 @@ def _generic(node: ast.Subscript, facts: ModuleFacts, depth: int) -> TypeSpec | 
         return union(inner, NONE) if inner else None
     args = [from_annotation(item, facts, depth + 1) for item in items if not _is_ellipsis(item)]
     if last == "Union":
+        # all(args) rules out None, which mypy cannot see through a list.
         return union(*args) if args and all(args) else None  # type: ignore[arg-type]
     if any(arg is None for arg in args):
         return None

@@ -173,7 +173,7 @@ def _collect(records: list[dict[str, object]], names: list[str]) -> RunResult:
             name = _name(record.get("nodeid"))
             status = record.get("outcome")
             if name is not None and status in ("passed", "failed", "error", "skipped"):
-                outcomes[name] = TestOutcome(status, text)  # type: ignore[arg-type]
+                outcomes[name] = TestOutcome(status, text)
             running = None
     if running is not None and running not in outcomes:
         outcomes[running] = TestOutcome("error", "the run's deadline passed while this test ran")
