@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from qe_appliance.quality import junit
 from qe_appliance.services import Services
 from qe_appliance.store.patterns import PatternDraft
 from qe_appliance.tools import testgen as testgen_tool
-from qe_appliance.tools.base import ToolError, bare_context
+from qe_appliance.tools.base import Offload, ToolError, bare_context, in_thread
 from qe_appliance.tools.testgen import TEST_GENERATE, TOOLS, target_job
 from tests.fixtures.testgen.samples import MODULES
 from tests.fixtures.testgen.samples import ROOT as FIXTURES
@@ -46,10 +47,11 @@ def services(tmp_path: Path) -> Iterator[Services]:
     svc.close()
 
 
-def generate(services: Services, **arguments: Any) -> dict[str, Any]:
+def generate(services: Services, *, offload: Offload = in_thread, **arguments: Any) -> dict[str, Any]:
     """Call the tool as the dispatcher does; the result as the client sees it (camelCase JSON)."""
     args = msgspec.json.decode(msgspec.json.encode(arguments), type=SPEC.input_type)
-    result = asyncio.run(SPEC.handler(bare_context(services, TEST_GENERATE), args))
+    context = replace(bare_context(services, TEST_GENERATE), offload=offload)
+    result = asyncio.run(SPEC.handler(context, args))
     return msgspec.json.decode(msgspec.json.encode(result))
 
 
@@ -280,16 +282,15 @@ def test_learned_patterns_are_applied_and_their_outcomes_recorded(services: Serv
     assert unfit not in {use["id"] for use in text["patterns"]}
 
 
-def test_a_failing_job_reaches_the_caller_as_its_own_error(
-    services: Services, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def compute(tool_name: str, fn: Any, payload: Any) -> Any:
-        if fn is target_job:
+def test_a_failing_job_reaches_the_caller_as_its_own_error(services: Services) -> None:
+    async def offload(fn: Any, payload: Any) -> Any:
+        if fn is target_job.remote:
             raise ToolError("fleet saturated: 2 in flight of 2; retry later")
         return fn(payload)
 
-    monkeypatch.setattr(services, "compute", compute)
-    assert refused(services, path="shopkit.textutil") == "fleet saturated: 2 in flight of 2; retry later"
+    assert refused(services, offload=offload, path="shopkit.textutil") == (
+        "fleet saturated: 2 in flight of 2; retry later"
+    )
 
 
 def test_a_generator_fault_on_one_target_leaves_the_others(

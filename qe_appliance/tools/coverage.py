@@ -7,14 +7,12 @@ write the reports store on the event loop.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -30,12 +28,12 @@ from qe_appliance.coverage.model import (
     ranges_text,
     report_totals,
 )
-from qe_appliance.fleet.compute import compute
 from qe_appliance.store.database import retrying
 from qe_appliance.store.reports import StoredReport
 from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec
+from qe_appliance.tools.jobs import fleet_job
 from qe_appliance.tools.memory import store_failures
-from qe_appliance.workspace import InputError, Workspace, WorkspaceSpec
+from qe_appliance.workspace import Workspace, WorkspaceSpec
 
 COVERAGE_ANALYZE = "qe_coverage_analyze"
 COVERAGE_GAPS = "qe_coverage_gaps"
@@ -48,7 +46,6 @@ _CONTENT = "The coverage report itself, inline; or give path."
 _REPORTS = msgspec.msgpack.Decoder(Report)
 _ENCODER = msgspec.msgpack.Encoder()
 _REPORT_ID = re.compile(r"cov-[0-9a-f]{16}")
-T = TypeVar("T")
 
 
 class CoverageAnalyzeInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -195,36 +192,8 @@ class _GapsJob(msgspec.Struct, frozen=True):
     body: bytes | None
 
 
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """An InputError (a bad path, report or source file) becomes a ToolError: an isError result that
-    tells the caller what to fix, and not a fault of the agent that ran the job."""
-    try:
-        yield
-    except InputError as exc:
-        raise ToolError(str(exc)) from None
-
-
-def job(fn: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
-    """Register `fn` as a `@compute` job (msgpack bytes in, msgpack bytes out) that reports input errors."""
-
-    @functools.wraps(fn)
-    def run(payload: bytes) -> bytes:
-        with user_errors():
-            return fn(payload)
-
-    return compute(run)
-
-
-async def offload(ctx: ToolContext, job_fn: Callable[[bytes], bytes], work: Any, result_type: type[T]) -> T:
-    """Run a `@compute` job for this tool: the job and its result travel as msgpack bytes."""
-    raw = await ctx.compute(job_fn, _ENCODER.encode(work))
-    return msgspec.msgpack.decode(raw, type=result_type)
-
-
-@job
-def analyze_job(payload: bytes) -> bytes:
-    task = msgspec.msgpack.decode(payload, type=_AnalyzeJob)
+@fleet_job
+def analyze_job(task: _AnalyzeJob) -> _AnalyzeOutcome:
     args = task.args
     report, data = read_report(
         Workspace.from_spec(task.workspace), args.path, args.content, args.format, args.root
@@ -255,7 +224,7 @@ def analyze_job(payload: bytes) -> bytes:
         table_truncated=len(rows) > args.max_files,
     )
     meta = StoredReport(rid, report.format, report.root, args.path or "inline", time.time())
-    return _ENCODER.encode(_AnalyzeOutcome(result, meta, _ENCODER.encode(report)))
+    return _AnalyzeOutcome(result, meta, _ENCODER.encode(report))
 
 
 def _value(row: tuple[FileCoverage, Totals], key: SortKey) -> float | str | None:
@@ -283,9 +252,7 @@ def _sort_key(key: SortKey) -> Callable[[tuple[FileCoverage, Totals]], tuple[Any
 
 async def coverage_analyze(ctx: ToolContext, args: CoverageAnalyzeInput) -> CoverageAnalyzeResult:
     one_source(path=args.path, content=args.content)
-    outcome = await offload(
-        ctx, analyze_job, _AnalyzeJob(ctx.services.workspace.spec(), args), _AnalyzeOutcome
-    )
+    outcome = await analyze_job.run(ctx, _AnalyzeJob(ctx.services.workspace.spec(), args))
     reports = ctx.services.reports
     with store_failures(reports.path):
         await retrying(reports.put, outcome.meta, outcome.body)
@@ -312,9 +279,8 @@ def decode_report(body: bytes) -> Report:
     return _REPORTS.decode(body)
 
 
-@job
-def gaps_job(payload: bytes) -> bytes:
-    task = msgspec.msgpack.decode(payload, type=_GapsJob)
+@fleet_job
+def gaps_job(task: _GapsJob) -> CoverageGapsResult:
     args, workspace = task.args, Workspace.from_spec(task.workspace)
     if task.body is not None:
         report = decode_report(task.body)
@@ -338,7 +304,7 @@ def gaps_job(payload: bytes) -> bytes:
         gaps=kept[: args.limit],
         warnings=analysis.warnings,
     )
-    return _ENCODER.encode(result)
+    return result
 
 
 async def coverage_gaps(ctx: ToolContext, args: CoverageGapsInput) -> CoverageGapsResult:
@@ -348,9 +314,7 @@ async def coverage_gaps(ctx: ToolContext, args: CoverageGapsInput) -> CoverageGa
         body = await stored_report(ctx, args.report_id)
         if body is None:
             raise ToolError(f"{args.report_id!r} is not a reportId (they look like cov-0123456789abcdef)")
-    return await offload(
-        ctx, gaps_job, _GapsJob(ctx.services.workspace.spec(), args, body), CoverageGapsResult
-    )
+    return await gaps_job.run(ctx, _GapsJob(ctx.services.workspace.spec(), args, body))
 
 
 TOOLS: tuple[ToolSpec, ...] = (

@@ -26,7 +26,8 @@ from qe_appliance.quality.metrics import (
 )
 from qe_appliance.store.database import retrying
 from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec
-from qe_appliance.tools.coverage import decode_report, job, offload, read_report, stored_report, user_errors
+from qe_appliance.tools.coverage import decode_report, read_report, stored_report
+from qe_appliance.tools.jobs import fleet_job, user_errors
 from qe_appliance.tools.memory import store_failures
 from qe_appliance.workspace import Workspace, WorkspaceSpec
 
@@ -159,9 +160,8 @@ class _MetricsJob(msgspec.Struct, frozen=True):
     report_body: bytes | None
 
 
-@job
-def metrics_job(payload: bytes) -> bytes:
-    task = msgspec.msgpack.decode(payload, type=_MetricsJob)
+@fleet_job
+def metrics_job(task: _MetricsJob) -> QualityMetricsResult:
     args, workspace = task.args, Workspace.from_spec(task.workspace)
     target, base, files = python_files(workspace, args.path, args.include, args.exclude)
     joined: CoverageJoin | None = None
@@ -181,7 +181,7 @@ def metrics_job(payload: bytes) -> bytes:
         tests=read_junit(workspace, args.junit_xml) if args.junit_xml is not None else None,
         errors=measured.errors,
     )
-    return msgspec.msgpack.encode(result)
+    return result
 
 
 async def quality_metrics(ctx: ToolContext, args: QualityMetricsInput) -> QualityMetricsResult:
@@ -195,7 +195,7 @@ async def quality_metrics(ctx: ToolContext, args: QualityMetricsInput) -> Qualit
     work = _MetricsJob(
         services.workspace.spec(), args, stored[0].id if stored else None, stored[1] if stored else None
     )
-    return await offload(ctx, metrics_job, work, QualityMetricsResult)
+    return await metrics_job.run(ctx, work)
 
 
 def resolve_policy(ctx: ToolContext, args: QualityGateInput) -> tuple[str, GatePolicy]:
@@ -220,10 +220,9 @@ class _GateJob(msgspec.Struct, frozen=True):
     report_body: bytes | None
 
 
-@job
-def gate_job(payload: bytes) -> bytes:
+@fleet_job
+def gate_job(task: _GateJob) -> GateMetrics:
     """The metrics the policy judges, measured from the inputs that can give them."""
-    task = msgspec.msgpack.decode(payload, type=_GateJob)
     workspace, inputs, wanted = Workspace.from_spec(task.workspace), task.inputs, needs(task.policy)
     found = GateMetrics()
     report: Report | None = None
@@ -248,7 +247,7 @@ def gate_job(payload: bytes) -> bytes:
         found.failed_tests = tests.failures + tests.errors
         found.pass_rate = tests.pass_rate
         found.skipped_ratio = tests.skipped_ratio
-    return msgspec.msgpack.encode(found)
+    return found
 
 
 async def quality_gate(ctx: ToolContext, args: QualityGateInput) -> GateResult:
@@ -264,7 +263,7 @@ async def quality_gate(ctx: ToolContext, args: QualityGateInput) -> GateResult:
         given = args.inputs.coverage_report
         body = await stored_report(ctx, given) if given is not None else None
         work = _GateJob(ctx.services.workspace.spec(), policy, args.inputs, body)
-        metrics = await offload(ctx, gate_job, work, GateMetrics)
+        metrics = await gate_job.run(ctx, work)
     if args.metrics is not None:
         for field in args.metrics.__struct_fields__:
             value = getattr(args.metrics, field)

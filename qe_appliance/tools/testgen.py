@@ -27,7 +27,8 @@ from qe_appliance.testgen.source import parse, target_named, targets
 from qe_appliance.testgen.subject import DEFAULT_MODULE, Subject, check_module_name, display_name, locate
 from qe_appliance.testgen.verify import ImportFailed, RunSpec, run
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
-from qe_appliance.tools.coverage import job, offload, one_source
+from qe_appliance.tools.coverage import one_source
+from qe_appliance.tools.jobs import fleet_job
 from qe_appliance.workspace import Workspace, WorkspaceSpec
 
 TEST_GENERATE = "qe_test_generate"
@@ -53,7 +54,6 @@ PURPOSE: Final = (
 Text = Annotated[str, msgspec.Meta(min_length=1)]
 Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 TestStatus = Literal["passed", "failed", "error", "skipped", "not-run"]
-_ENCODER = msgspec.msgpack.Encoder()
 
 
 class GenerateTestsInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -235,10 +235,9 @@ class _Finished(msgspec.Struct, frozen=True):
     run: _Run | None
 
 
-@job
-def plan_job(payload: bytes) -> bytes:
+@fleet_job
+def plan_job(task: _PlanJob) -> _Planned:
     """Read the source, check it parses, and list the targets."""
-    task = msgspec.msgpack.decode(payload, type=_PlanJob)
     if task.path is not None:
         workspace = Workspace.from_spec(task.workspace)
         file, module, root = locate(workspace, task.path)
@@ -257,13 +256,12 @@ def plan_job(payload: bytes) -> bytes:
         )
     subject = Subject(module, facts.alias, filename, path, import_root)
     refs = [_TargetRef(t.name, t.kind, list(t.words)) for t in chosen]
-    return _ENCODER.encode(_Planned(subject, text, refs))
+    return _Planned(subject, text, refs)
 
 
-@job
-def target_job(payload: bytes) -> bytes:
+@fleet_job
+def target_job(task: _TargetJob) -> _TargetTests:
     """The tests of one target."""
-    task = msgspec.msgpack.decode(payload, type=_TargetJob)
     facts = parse(task.source, task.subject.module, task.subject.filename)
     try:
         tests, notes = target_tests(facts, target_named(facts, task.target), task.style, task.patterns)
@@ -273,13 +271,12 @@ def target_job(payload: bytes) -> bytes:
         traceback.print_exc(file=sys.stderr)
         failure = f"{type(exc).__name__}: {exc}"
         tests, notes = [], [f"{task.target}: no tests: the generator failed ({failure}); please report this"]
-    return _ENCODER.encode(_TargetTests(tests, notes))
+    return _TargetTests(tests, notes)
 
 
-@job
-def finish_job(payload: bytes) -> bytes:
+@fleet_job
+def finish_job(task: _FinishJob) -> _Finished:
     """Render the module (cut to maxTests) and, with verify, run it."""
-    task = msgspec.msgpack.decode(payload, type=_FinishJob)
     chosen = select(task.tests, task.max_tests)
     purpose = PURPOSE.format(module=task.subject.module, framework=task.framework)
     rendered = render(task.subject, task.framework, chosen, purpose)
@@ -303,9 +300,7 @@ def finish_job(payload: bytes) -> bytes:
         passing = [t for t, name in zip(kept, rendered.names, strict=True) if statuses[name][0] == "passed"]
         passing_text = render(task.subject, task.framework, passing, purpose).text
         outcome = _Run(statuses, round(result.seconds, 3), result.timed_out, result.problems, passing_text)
-    return _ENCODER.encode(
-        _Finished(rendered.text, kept, rendered.names, rendered.lines, rendered.dropped, outcome)
-    )
+    return _Finished(rendered.text, kept, rendered.names, rendered.lines, rendered.dropped, outcome)
 
 
 # ---- the handler ------------------------------------------------------------------------------------------
@@ -313,21 +308,14 @@ def finish_job(payload: bytes) -> bytes:
 
 async def generate_tests(ctx: ToolContext, args: GenerateTestsInput) -> GenerateTestsResult:
     one_source(source=args.source, path=args.path)
-    config = getattr(ctx.services, "config", None)
-    if args.verify and config is not None and (refused := refusal(config.server, ctx.caller)) is not None:
+    if args.verify and (refused := refusal(ctx.services.config.server, ctx.caller)) is not None:
         raise ToolError(refused)
     if args.module is not None and args.path is not None:
         raise ToolError("module names the import of inline source; a path gives its own, so leave module out")
     services = ctx.services
-    workspace: Workspace | None = getattr(services, "workspace", None)
-    if args.path is not None and workspace is None:
-        raise ToolError("this server has no workspace to read files from; give the code as source")
-    spec = workspace.spec() if workspace is not None else WorkspaceSpec((), 0)
-    planned = await offload(
-        ctx, plan_job, _PlanJob(spec, args.source, args.path, args.module, args.targets), _Planned
-    )
-    store: PatternStore | None = getattr(services, "patterns", None)
-    by_target, known = _patterns(store, args, planned.targets) if store is not None else ({}, {})
+    spec = services.workspace.spec()
+    planned = await plan_job.run(ctx, _PlanJob(spec, args.source, args.path, args.module, args.targets))
+    by_target, known = _patterns(services.patterns, args, planned.targets)
 
     # A step per target, and with verify two more: the pytest run starting and its result.
     total = len(planned.targets) + (2 if args.verify else 0)
@@ -339,7 +327,7 @@ async def generate_tests(ctx: ToolContext, args: GenerateTestsInput) -> Generate
             work = _TargetJob(
                 planned.subject, planned.source, ref.name, args.style, by_target.get(ref.name, [])
             )
-            results[ref.name] = await offload(ctx, target_job, work, _TargetTests)
+            results[ref.name] = await target_job.run(ctx, work)
         await ctx.progress(len(results), total, f"{ref.name}: {len(results[ref.name].tests)} tests")
 
     try:
@@ -368,11 +356,11 @@ async def generate_tests(ctx: ToolContext, args: GenerateTestsInput) -> Generate
         args.verify,
         _verify_seconds(ctx),
     )
-    finished = await offload(ctx, finish_job, finish, _Finished)
+    finished = await finish_job.run(ctx, finish)
     notes += [f"{entry}: left out (it did not parse; please report this)" for entry in finished.dropped]
     outcomes = _pattern_outcomes(finished)
     if finished.run is not None:
-        notes += await _record_outcomes(store, ctx, outcomes, known)
+        notes += await _record_outcomes(services.patterns, ctx, outcomes, known)
         counts = _counts(finished.run)
         await ctx.progress(
             total, total, f"{counts['passed']} passed, {counts['failed'] + counts['errors']} failed"
@@ -383,8 +371,7 @@ async def generate_tests(ctx: ToolContext, args: GenerateTestsInput) -> Generate
 def _verify_seconds(ctx: ToolContext) -> float:
     """The run's deadline: the tool's timeout (tools.qe_test_generate.timeoutMs) less a margin for
     starting pytest, reading the results and answering before the job itself times out."""
-    config = getattr(ctx.services, "config", None)
-    tool = config.tools.get(TEST_GENERATE) if config is not None else None
+    tool = ctx.services.config.tools.get(TEST_GENERATE)
     budget = tool.timeout_ms / 1000 if tool is not None else DEFAULT_TIMEOUT_S
     return max(budget - max(1.0, min(5.0, budget * 0.1)), budget / 2)
 
