@@ -78,6 +78,13 @@ def _diff(old: Any, new: Any, path: str) -> Iterator[tuple[str, Any, Any]]:
         yield path, old, new
 
 
+class HttpStats(msgspec.Struct, frozen=True):
+    """What `aqe-v3 mcp status` says of the HTTP front."""
+
+    connections: int
+    tokens: int
+
+
 class HttpFront:
     """The HTTP component: listener limits, Host/Origin policy, bearer tokens and rate limit (`server.*`)."""
 
@@ -116,10 +123,8 @@ class HttpFront:
     def connections(self) -> int:
         return len(self.server.connections)
 
-    def auth_summary(self) -> str:
-        """How many tokens are accepted (never the tokens)."""
-        count = len(self.guard.tokens)
-        return f"bearer tokens ({count} accepted)" if count else "off"
+    def stats(self) -> HttpStats:
+        return HttpStats(connections=len(self.server.connections), tokens=len(self.guard.tokens))
 
 
 class App:
@@ -212,11 +217,16 @@ class App:
         }
 
     def status(self) -> dict[str, Any]:
+        http = self.http.stats() if self.http is not None else None
+        if http is None:
+            auth = "not applicable (stdio)"
+        else:  # how many tokens are accepted, never the tokens
+            auth = f"bearer tokens ({http.tokens} accepted)" if http.tokens else "off"
         return {
             "tools": len(self.registry.tools()),
             "sessions": len(self.sessions),
-            "connections": self.http.connections if self.http is not None else 0,
-            "auth": self.http.auth_summary() if self.http is not None else "not applicable (stdio)",
+            "connections": http.connections if http is not None else 0,
+            "auth": auth,
             "agents": len(self.fleet.agents),
         }
 

@@ -156,7 +156,7 @@ class ControlServer:
 
     async def _pool_status(self, args: dict[str, Any]) -> Any:
         pool = self._fleet().pool
-        stats = pool.stats()
+        stats: dict[str, Any] = msgspec.to_builtins(pool.stats())
         stats["idleTimeoutMs"] = pool.idle_timeout_s * 1000
         stats["overrides"] = self.admin.overrides.under("pool")
         return stats

@@ -21,6 +21,26 @@ from qe_appliance.fleet import rpc
 from qe_appliance.fleet.waiters import WaitQueue
 
 
+class PoolStats(msgspec.Struct, rename="camel", frozen=True):
+    """The pool as `pool status`, qe_fleet_status and /metrics show it (camelCase on the wire)."""
+
+    available: int
+    in_use: int
+    total: int
+    max_connections: int
+    min_connections: int
+    acquires: int
+    hits: int
+    # None until the first acquire: nothing measured yet.
+    hit_rate: float | None
+    average_wait_ms: float | None
+    p95_wait_ms: float | None
+    timeouts: int
+    opened: int
+    closed: int
+    draining: bool
+
+
 class PoolTimeout(Exception):
     """No connection could be had within the deadline."""
 
@@ -253,22 +273,21 @@ class ConnectionPool:
         self._idle.clear()
         self._in_use.clear()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> PoolStats:
         waits = sorted(self._waits)
-        idle = sum(len(q) for q in self._idle.values())
-        return {
-            "available": idle,
-            "inUse": len(self._in_use),
-            "total": self.total,
-            "maxConnections": self.max_connections,
-            "minConnections": self.min_connections,
-            "acquires": self.acquires,
-            "hits": self.hits,
-            "hitRate": self.hits / self.acquires if self.acquires else None,
-            "averageWaitMs": self._wait_total / self.acquires * 1000 if self.acquires else None,
-            "p95WaitMs": waits[int(len(waits) * 0.95) - 1 if len(waits) > 1 else 0] * 1000 if waits else None,
-            "timeouts": self.timeouts,
-            "opened": self.opened,
-            "closed": self.closed_count,
-            "draining": self.draining,
-        }
+        return PoolStats(
+            available=sum(len(q) for q in self._idle.values()),
+            in_use=len(self._in_use),
+            total=self.total,
+            max_connections=self.max_connections,
+            min_connections=self.min_connections,
+            acquires=self.acquires,
+            hits=self.hits,
+            hit_rate=self.hits / self.acquires if self.acquires else None,
+            average_wait_ms=self._wait_total / self.acquires * 1000 if self.acquires else None,
+            p95_wait_ms=waits[int(len(waits) * 0.95) - 1 if len(waits) > 1 else 0] * 1000 if waits else None,
+            timeouts=self.timeouts,
+            opened=self.opened,
+            closed=self.closed_count,
+            draining=self.draining,
+        )

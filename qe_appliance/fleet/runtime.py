@@ -468,7 +468,7 @@ class Fleet:
             agents.append(entry)
         return {
             "agents": agents,
-            "pool": self.pool.stats(),
+            "pool": msgspec.to_builtins(self.pool.stats()),
             "balancer": {**msgspec.to_builtins(self.balancer.stats()), "saturated": self.saturated},
             "fleetId": self.fleet_id,
             "topology": self.topology,

@@ -18,8 +18,9 @@ import msgspec
 from qe_appliance import __version__
 from qe_appliance._core.histogram import Histogram
 from qe_appliance.config import Config
-from qe_appliance.monitoring import dashboard
 from qe_appliance.monitoring.alerts import WINDOW_S, AlertBook, Traffic, measure
+from qe_appliance.monitoring.dashboard import RECENT_ALERTS, History
+from qe_appliance.monitoring.dashboard import build as build_dashboard
 from qe_appliance.monitoring.families import Family, Kind, buckets
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class Monitor:
         self._pool_samples: deque[tuple[float, int, int]] = deque(maxlen=_POOL_SAMPLES)
         self._pool_recent = (0, 0)
         self._alerts = AlertBook()
-        self._history = dashboard.History()
+        self._history = History()
         # The Prometheus registry, built at the first scrape: prometheus_client takes ~40 ms to import, which
         # would otherwise sit on every start-up's critical path.
         self._exposition: Any = None
@@ -235,11 +236,12 @@ class Monitor:
 
     def prometheus(self) -> bytes:
         """Every metric in the Prometheus text exposition format (0.0.4), process metrics included."""
-        from qe_appliance.monitoring import exposition
+        # Imported at the first scrape: prometheus_client would cost every start-up ~40 ms.
+        from qe_appliance.monitoring.exposition import registry, render
 
         if self._exposition is None:
-            self._exposition = exposition.registry(self._families)
-        return exposition.render(self._exposition)
+            self._exposition = registry(self._families)
+        return render(self._exposition)
 
     def snapshot(self) -> dict[str, Any]:
         """The appliance's metrics as JSON-able data: {"generatedAt", "metrics": {name: family}}, with
@@ -256,7 +258,7 @@ class Monitor:
         return {
             "generatedAt": _iso(time.time()),
             "version": __version__,
-            **dashboard.build(
+            **build_dashboard(
                 self._traffic(),
                 self._config,
                 requests_total=self._all_requests.count,
@@ -265,7 +267,7 @@ class Monitor:
                 registry=registry,
                 fleet=fleet,
                 sessions=sessions,
-                alerts=self._alerts.listing(dashboard.RECENT_ALERTS),
+                alerts=self._alerts.listing(RECENT_ALERTS),
                 uptime_s=time.monotonic() - self._started_mono,
                 history=self._history.since(since),
             ),
