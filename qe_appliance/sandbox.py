@@ -51,10 +51,12 @@ _NETWORK_NOT_ISOLATED: Final = b"N"
 
 
 class ServerPolicy(Protocol):
-    """The part of `server.*` the policy reads."""
+    """The part of `server.*` the policy reads (read-only: the config Structs are frozen)."""
 
-    allow_code_execution: bool
-    allow_unauthenticated_code_execution: bool
+    @property
+    def allow_code_execution(self) -> bool: ...
+    @property
+    def allow_unauthenticated_code_execution(self) -> bool: ...
 
 
 @dataclass(frozen=True)
