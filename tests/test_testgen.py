@@ -47,7 +47,9 @@ def services(tmp_path: Path) -> Iterator[Services]:
 
 
 def generate(services: Services, **arguments: Any) -> dict[str, Any]:
-    """Call the tool as the dispatcher does; the result as the client sees it (camelCase JSON)."""
+    """Call the tool as the dispatcher does; the result as the client sees it (camelCase JSON). These tests
+    are of the static generator unless they ask for the observed one (tests/test_testgen_observed.py)."""
+    arguments.setdefault("oracle", "static")
     args = msgspec.json.decode(msgspec.json.encode(arguments), type=SPEC.input_type)
     result = asyncio.run(SPEC.handler(bare_context(services, TEST_GENERATE), args))
     return msgspec.json.decode(msgspec.json.encode(result))

@@ -92,8 +92,11 @@ class Outcome(msgspec.Struct):
 class Planner:
     """Builds CallPlans and tests for the targets of one module."""
 
-    def __init__(self, facts: ModuleFacts) -> None:
+    def __init__(self, facts: ModuleFacts, fallback: list[Value] | None = None) -> None:
         self.facts = facts
+        # Values for a parameter nothing types, when the caller observes what calls do instead of
+        # predicting it; without them such a parameter makes its callable untestable.
+        self.fallback = fallback or []
         self.values = ValueMaker(facts, self._construct)
         self._building: set[str] = set()
         self.refusal = ""  # why the last plan() returned None
@@ -197,6 +200,8 @@ class Planner:
                     values.append(value)
                     seen.add(value.code)
             kept = values[:MAX_CANDIDATES] + [v for v in values[MAX_CANDIDATES:] if v.pattern]
+            if not kept and param.default is None:
+                kept = list(self.fallback)
             plan = ParamPlan(param, spec, kept, param.default is None)
             if param.default is not None:
                 try:
