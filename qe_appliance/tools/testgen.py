@@ -46,8 +46,11 @@ MAX_DOMAIN_WORDS: Final = 96
 PATTERN_TYPES: Final = ("test-template", "edge-case")
 DEFAULT_TIMEOUT_S: Final = 60.0
 DEFAULT_BUDGET_S: Final = 10.0
-# Static tests kept beside observed ones: what the docs promise and the properties hypothesis checks.
-DOCUMENTED_KINDS: Final = frozenset({"doctest", "property", "roundtrip", "idempotent", "equivalence"})
+# Static tests kept beside observed ones: what the docs promise, the properties hypothesis checks, and
+# learned templates (all run before they are returned).
+DOCUMENTED_KINDS: Final = frozenset(
+    {"doctest", "property", "roundtrip", "idempotent", "equivalence", "pattern"}
+)
 STATIC_NOTE: Final = (
     "static tests: this server does not run callers' code (server.allowCodeExecution: false), so they predict "
     "behaviour from the source instead of observing it; review them before keeping them"
