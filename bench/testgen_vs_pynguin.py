@@ -41,6 +41,7 @@ from qe_appliance.tools.testgen import TEST_GENERATE, TOOLS  # noqa: E402
 
 CACHE = REPO / "bench" / ".cache"
 PYTHON_310 = Path("/root/.pyenv/versions/3.10.13/bin/python")
+MUTANT_SECONDS = 20.0
 # (requirement, module, file inside the unpacked distribution)
 MODULES: list[tuple[str, str, str]] = [
     ("pytimeparse==1.1.8", "pytimeparse.timeparse", "pytimeparse/timeparse.py"),
@@ -128,7 +129,7 @@ def _pynguin_run(venv: Path, root: Path, module: str, seconds: int, out: Path, e
 
 
 def run_tests(text: str, root: Path, target: Path, deselect: list[str] | None = None,
-              measure: bool = False) -> tuple[int, list[str], dict[str, float]]:
+              measure: bool = False, seconds: float = 300) -> tuple[int, list[str], dict[str, float]]:
     """(tests run, failing node ids, {line, branch} coverage of `target` in percent)."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -143,7 +144,7 @@ def run_tests(text: str, root: Path, target: Path, deselect: list[str] | None = 
                        "--data-file", str(work / ".coverage"), *command[1:]]
         env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
         try:
-            subprocess.run(command, cwd=work, env=env, capture_output=True, timeout=300, check=False)
+            subprocess.run(command, cwd=work, env=env, capture_output=True, timeout=seconds, check=False)
         except subprocess.TimeoutExpired:
             return 0, ["<timeout>"], {}
         failing, total = _junit(report)
@@ -195,7 +196,8 @@ def mutation_score(text: str, root: Path, file: str, deselect: list[str], mutant
             copy = Path(tmp) / "root"
             shutil.copytree(root, copy)
             (copy / file).write_text(mutant)
-            total, failing, _ = run_tests(text, copy, copy / file, deselect)
+            # A mutant that makes the tests hang is killed (as mutation tools count a timeout).
+            total, failing, _ = run_tests(text, copy, copy / file, deselect, seconds=MUTANT_SECONDS)
             remaining = [f for f in failing if f not in deselect]
             killed += bool(remaining) or total == 0
     return killed
