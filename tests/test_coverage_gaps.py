@@ -230,7 +230,9 @@ def test_untested_on_purpose_ranks_last_and_public_called_code_first(tmp_path: P
     (root / "pkg" / "vendor").mkdir()
     (root / "pkg" / "vendor" / "__init__.py").write_text("")
     (root / "pkg" / "vendor" / "six.py").write_text("def helper(x):\n    if x:\n        return 1\n    return 2\n")
-    (root / "pkg" / "use.py").write_text("from pkg.core import api\n\n\ndef go():\n    return api(1) + api(2) + api(3)\n")
+    (root / "pkg" / "use.py").write_text(
+        "from pkg.core import api\n\n\ndef go():\n    return api(1) + api(2) + api(3)\n"
+    )
     (root / "tests").mkdir()
     (root / "tests" / "test_core.py").write_text("def check(x):\n    if x:\n        return 1\n    return 2\n")
     (root / "drive.py").write_text("import pkg.core, pkg.use, pkg.vendor.six\nimport tests.test_core\n")

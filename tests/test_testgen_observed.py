@@ -176,3 +176,29 @@ def _inline(tmp_path: Path, source: str) -> Path:
     root.mkdir()
     (root / "module_under_test.py").write_text(source)
     return root
+
+
+def test_a_coverage_report_aims_generation_at_its_gaps(workspace: Path) -> None:
+    work = workspace / "work"
+    (work / "drive.py").write_text("from shadow import camel\n\ncamel('ab')\n")
+    subprocess.run(
+        [sys.executable, "-m", "coverage", "run", "--branch", "--include=shadow/*", "drive.py"],
+        cwd=work, check=True, capture_output=True,
+    )
+    subprocess.run([sys.executable, "-m", "coverage", "json", "-o", "coverage.json"], cwd=work, check=True,
+                   capture_output=True)
+    services = make_services(workspace)
+    try:
+        aimed = generate(services, path="shadow/camel.py", coverageReport="coverage.json", budgetSeconds=BUDGET)
+        plain = generate(services, path="shadow/camel.py", budgetSeconds=BUDGET)
+        with pytest.raises(ToolError, match="give the file as path"):
+            generate(services, source=CAMEL, coverageReport="coverage.json")
+    finally:
+        services.close()
+    before, after = aimed["measured"]["before"], aimed["measured"]["after"]
+    # Before: what the report says of the file (the import and one call of camel).
+    assert before["linesCovered"] < before["lines"] and before["branchesCovered"] < before["branches"]
+    assert after["linesCovered"] == after["lines"] and after["branchesCovered"] > before["branchesCovered"]
+    # What the report already covers needs no new test: camel's typical call is not repeated.
+    assert "test_camel_typical" in {t["name"] for t in plain["tests"]}
+    assert "test_camel_typical" not in {t["name"] for t in aimed["tests"]}

@@ -54,6 +54,16 @@ class Mutation(msgspec.Struct, frozen=True):
     survivors: list[str]
 
 
+class Focus(msgspec.Struct, frozen=True):
+    """A coverage report's view of the module: its executable and missed lines, and the line of every
+    branch point and of every point never taken. Generation aims at what it misses."""
+
+    lines: list[int]
+    missed: list[int]
+    branch_points: list[int]
+    missed_branch_lines: list[int]
+
+
 class Explored(msgspec.Struct, frozen=True):
     """The tests from observed calls and what was measured on the way."""
 
@@ -76,7 +86,7 @@ def explore(
     patterns: dict[str, list[LearnedPattern]],
     budget: float,
     full_mutation: bool,
-    covered_lines: list[int] | None,
+    focus: Focus | None,
 ) -> Explored:
     """Observe calls of the named targets within `budget` seconds."""
     planner = Planner(facts, fallback=[literal_value(v) for v in GENERIC[:6]])
@@ -106,7 +116,7 @@ def explore(
             "call_seconds": min(MAX_CALL_SECONDS, max(budget / 20, 0.2)),
             "mutate": True,
             "mutator": str(MUTATOR),
-            "covered_lines": covered_lines,
+            "focus": msgspec.to_builtins(focus) if focus is not None else None,
         }
         (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         limit = (MAX_MUTATION_SECONDS if full_mutation else budget) + GRACE_SECONDS

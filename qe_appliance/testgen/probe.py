@@ -529,39 +529,51 @@ def main(spec_path: str, out_path: str) -> None:
     file = next((f for f in measured if os.path.realpath(f) == path), None)
     lines: dict[int, set[int]] = {}
     arcs: dict[int, set[tuple[int, int]]] = {}
-    base_lines: set[int] = set(spec.get("covered_lines") or [])
+    base_lines: set[int] = set()
     base_arcs: set[tuple[int, int]] = set()
     if file is not None:
-        data.set_query_contexts(["import"])
+        data.set_query_contexts(["^import$"])
         base_lines |= set(data.lines(file) or [])
         base_arcs |= set(data.arcs(file) or [])
         for index in records:
-            data.set_query_contexts([f"c{index}"])
+            data.set_query_contexts([f"^c{index}$"])  # patterns: c2 alone would match c20..c29 too
             lines[index] = set(data.lines(file) or [])
             arcs[index] = set(data.arcs(file) or [])
     with open(path, encoding="utf-8", errors="replace") as handle:
         text = handle.read()
     statements, branch_arcs = totals(text)
+    focus = spec.get("focus")
+    # Aiming at a report's gaps: what the report covers counts as had, and a new arc counts only out of a
+    # line whose branches the report found missed, into a line it missed or out of the function (the report
+    # names lines, not arcs, so an arc into a covered line may be one it took).
+    aimed = set(focus["missed_branch_lines"]) if focus else None
+    missed = set(focus["missed"]) if focus else set()
+    have_lines = set(base_lines) | (set(focus["lines"]) - set(focus["missed"]) if focus else set())
+    have_arcs = set(base_arcs)
     # Greedy, in candidate order (simple values first): a call is kept when it reaches a line or an arc the
     # kept ones do not.
     kept: list[int] = []
     why: dict[int, str] = {}
-    have_lines, have_arcs = set(base_lines), set(base_arcs)
     for index in sorted(records):
         new_lines = lines.get(index, set()) - have_lines
-        new_arcs = arcs.get(index, set()) - have_arcs
+        new_arcs = {
+            a for a in arcs.get(index, set()) - have_arcs
+            if aimed is None or a[0] in aimed and (a[1] in missed or a[1] < 0)
+        }
         if new_lines or new_arcs:
             kept.append(index)
             why[index] = "coverage"
             have_lines |= lines.get(index, set())
             have_arcs |= arcs.get(index, set())
-    out["before"] = _figures(base_lines & statements | set(spec.get("covered_lines") or []) & statements,
-                             base_arcs, statements, branch_arcs)
+    before = _figures(base_lines, base_arcs, statements, branch_arcs)
     if spec["mutate"]:
         out["mutants"] = _mutate(spec, module, text, path, candidates, records, lines, kept, why, alias)
-        have_lines = set(base_lines).union(*(lines.get(i, set()) for i in kept))
-        have_arcs = set(base_arcs).union(*(arcs.get(i, set()) for i in kept))
-    out["after"] = _figures(have_lines & statements, have_arcs, statements, branch_arcs)
+        have_lines |= set().union(*(lines.get(i, set()) for i in kept))
+        have_arcs |= set().union(*(arcs.get(i, set()) for i in kept))
+    after = _figures(have_lines, have_arcs, statements, branch_arcs)
+    if focus:
+        before, after = _report_figures(focus, have_lines, have_arcs, branch_arcs)
+    out["before"], out["after"] = before, after
     out["ran"] = ran
     out["candidates"] = len(candidates)
     out["dropped"] = why_dropped
@@ -580,6 +592,30 @@ def _figures(lines: set[int], arcs: set[tuple[int, int]], statements: set[int],
     }
 
 
+def _report_figures(focus: dict[str, list[int]], have_lines: set[int], have_arcs: set[tuple[int, int]],
+                    branch_arcs: set[tuple[int, int]]) -> tuple[dict[str, int], dict[str, int]]:
+    """Coverage of the file by the report, and by the report together with the kept calls: a missed branch
+    point counts as taken once every branch arc out of its line ran."""
+    lines, missed = set(focus["lines"]), set(focus["missed"])
+    points, missed_points = focus["branch_points"], focus["missed_branch_lines"]
+    before = {
+        "lines": len(lines),
+        "lines_covered": len(lines - missed),
+        "branches": len(points),
+        "branches_covered": len(points) - len(missed_points),
+    }
+    done = {
+        line for line in set(missed_points)
+        if (out_of := {a for a in branch_arcs if a[0] == line}) and out_of <= have_arcs
+    }
+    after = {
+        **before,
+        "lines_covered": len(lines - (missed - have_lines)),
+        "branches_covered": before["branches_covered"] + sum(1 for line in missed_points if line in done),
+    }
+    return before, after
+
+
 def _mutate(spec: dict[str, Any], module: types.ModuleType, text: str, path: str,
             candidates: list[dict[str, Any]], records: dict[int, dict[str, Any]],
             lines: dict[int, set[int]], kept: list[int], why: dict[int, str], alias: str) -> dict[str, Any]:
@@ -590,6 +626,10 @@ def _mutate(spec: dict[str, Any], module: types.ModuleType, text: str, path: str
     mutator = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(mutator)
     all_mutants = mutator.mutants(ast.parse(text))
+    focus = spec.get("focus")
+    if focus:  # aiming at a report's gaps: the mutants of the lines it misses or whose branches it misses
+        aimed = set(focus["missed"]) | set(focus["missed_branch_lines"])
+        all_mutants = [m for m in all_mutants if m.line in aimed]
     deadline = time.monotonic() + spec["mutate_seconds"]
     killed = evaluated = 0
     survivors: list[str] = []

@@ -11,24 +11,27 @@ import asyncio
 import sqlite3
 import sys
 import traceback
+from pathlib import Path
 from typing import Annotated, Final, Literal
 
 import msgspec
 
 from qe_appliance.config import LearningConfig
+from qe_appliance.coverage.sources import locate
 from qe_appliance.sandbox import refusal
 from qe_appliance.store.database import StoreError, retrying
 from qe_appliance.store.patterns import Pattern, PatternDraft, PatternStore, UnknownPatternError, normalise
-from qe_appliance.testgen.explore import ChildFailed, Explored, Figures, Mutation, explore
+from qe_appliance.testgen.explore import ChildFailed, Explored, Figures, Focus, Mutation, explore
 from qe_appliance.testgen.generate import Style, target_tests
 from qe_appliance.testgen.learned import LearnedPattern
 from qe_appliance.testgen.model import Kind, TestCase
 from qe_appliance.testgen.render import Framework, render, select
 from qe_appliance.testgen.source import ModuleFacts, parse, target_named, targets
-from qe_appliance.testgen.subject import DEFAULT_MODULE, Subject, check_module_name, display_name, locate
+from qe_appliance.testgen.subject import DEFAULT_MODULE, Subject, check_module_name, display_name
+from qe_appliance.testgen.subject import locate as locate_module
 from qe_appliance.testgen.verify import ImportFailed, RunSpec, run
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
-from qe_appliance.tools.coverage import job, offload, one_source
+from qe_appliance.tools.coverage import decode_report, job, offload, one_source, read_report, stored_report
 from qe_appliance.workspace import Workspace, WorkspaceSpec
 
 CATEGORY = "test-generation"
@@ -129,6 +132,15 @@ class GenerateTestsInput(msgspec.Struct, rename="camel", forbid_unknown_fields=T
             ge=1, le=300, description="observed: time for running candidate calls and mutants (default 10)."
         ),
     ] = DEFAULT_BUDGET_S
+    coverage_report: Annotated[
+        Identifier | None,
+        msgspec.Meta(
+            description="Aim at the gaps of a coverage report: a report file in the workspace or a reportId "
+            "from qe_coverage_analyze. Tests are kept only for the lines and branches of path the report "
+            "misses, and measured gives the file's coverage by the report (before) and with the new tests "
+            "(after). Needs path and observed oracles."
+        ),
+    ] = None
     mutation_score: Annotated[
         bool,
         msgspec.Meta(
@@ -295,6 +307,7 @@ class _FinishJob(msgspec.Struct, frozen=True):
 
 
 class _ExploreJob(msgspec.Struct, frozen=True):
+    workspace: WorkspaceSpec
     subject: Subject
     source: str
     targets: list[str]
@@ -302,7 +315,8 @@ class _ExploreJob(msgspec.Struct, frozen=True):
     patterns: dict[str, list[LearnedPattern]]
     budget: float
     full_mutation: bool
-    covered_lines: list[int] | None
+    coverage_report: str | None
+    report_body: bytes | None
 
 
 class _ExploreOut(msgspec.Struct, frozen=True):
@@ -334,7 +348,7 @@ def plan_job(payload: bytes) -> bytes:
     task = msgspec.msgpack.decode(payload, type=_PlanJob)
     if task.path is not None:
         workspace = Workspace.from_spec(task.workspace)
-        file, module, root = locate(workspace, task.path)
+        file, module, root = locate_module(workspace, task.path)
         text = workspace.read_text(file)
         filename, path, import_root = display_name(workspace, file), str(file), str(root)
     else:
@@ -433,7 +447,7 @@ def explore_job(payload: bytes) -> bytes:
             task.patterns,
             task.budget,
             task.full_mutation,
-            task.covered_lines,
+            _focus(task),
         )
     except ChildFailed as exc:
         explored = None
@@ -452,6 +466,30 @@ def explore_job(payload: bytes) -> bytes:
         if explored is None:
             notes += static_notes
     return _ENCODER.encode(_ExploreOut(tests, notes, explored))
+
+
+def _focus(task: _ExploreJob) -> Focus | None:
+    """The report's entry for the module under test, when generation aims at a report's gaps."""
+    if task.coverage_report is None or task.subject.path is None:
+        return None
+    workspace = Workspace.from_spec(task.workspace)
+    if task.report_body is not None:
+        report = decode_report(task.report_body)
+    else:
+        report = read_report(workspace, task.coverage_report, None, "auto", None)[0]
+    wanted = Path(task.subject.path)
+    for entry in report.files:
+        if locate(workspace, entry.path, Path(report.root), report.source_dirs) == wanted:
+            return Focus(
+                list(entry.lines),
+                list(entry.missed),
+                list(entry.branch_points or ()),
+                list(entry.branch_missed or ()),
+            )
+    raise ToolError(
+        f"the coverage report has no entry for {task.subject.filename} (it covers {len(report.files)} files); "
+        "give the report of a run that imported it, or leave coverageReport out"
+    )
 
 
 def _static_tests(
@@ -475,13 +513,18 @@ async def generate_tests(ctx: ToolContext, args: GenerateTestsInput) -> Generate
         raise ToolError(refused)
     if args.oracle == "observed" and refused is not None:
         raise ToolError(f"{refused} (oracle: observed runs it; call again with oracle: static or without oracle)")
+    if args.coverage_report is not None and (args.path is None or not allowed or args.oracle == "static"):
+        raise ToolError(
+            "coverageReport aims observed tests at a file's gaps: give the file as path (not source), on a "
+            "server that allows code execution, without oracle: static"
+        )
     if args.module is not None and args.path is not None:
         raise ToolError("module names the import of inline source; a path gives its own, so leave module out")
     services = ctx.services
     workspace: Workspace | None = getattr(services, "workspace", None)
     if args.path is not None and workspace is None:
         raise ToolError("this server has no workspace to read files from; give the code as source")
-    spec = workspace.spec() if workspace is not None else WorkspaceSpec((), 0)
+    spec = _workspace_spec(ctx)
     planned = await offload(
         ctx, plan_job, _PlanJob(spec, args.source, args.path, args.module, args.targets), _Planned
     )
@@ -554,7 +597,9 @@ async def _generate_observed(
     """Observe calls within the budget, then run the tests with pytest and return those that pass."""
     names = [ref.name for ref in planned.targets]
     await ctx.progress(0, 3, f"observing calls of {len(names)} targets for up to {args.budget_seconds:g} s")
+    body = stored_report(ctx, args.coverage_report) if args.coverage_report is not None else None
     work = _ExploreJob(
+        _workspace_spec(ctx),
         planned.subject,
         planned.source,
         names,
@@ -562,7 +607,8 @@ async def _generate_observed(
         by_target,
         args.budget_seconds,
         args.mutation_score,
-        None,
+        args.coverage_report,
+        body,
     )
     out = await offload(ctx, explore_job, work, _ExploreOut)
     explored = out.explored
@@ -616,6 +662,11 @@ def _measured(explored: Explored, kept: int) -> Measured:
         after=_coverage(explored.after),
         mutants=mutants,
     )
+
+
+def _workspace_spec(ctx: ToolContext) -> WorkspaceSpec:
+    workspace: Workspace | None = getattr(ctx.services, "workspace", None)
+    return workspace.spec() if workspace is not None else WorkspaceSpec((), 0)
 
 
 def _verify_seconds(ctx: ToolContext) -> float:
