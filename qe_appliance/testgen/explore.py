@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import msgspec
 
-from qe_appliance.testgen.cases import Planner, _regex
+from qe_appliance.testgen.cases import Planner, message_pattern
 from qe_appliance.testgen.inputs import GENERIC, Candidate, candidates
 from qe_appliance.testgen.learned import LearnedPattern, edge_values
 from qe_appliance.testgen.model import Check, Kind, Line, Raises, Stmt, TestCase
@@ -170,7 +170,8 @@ def run_child(argv: list[str], work: Path, import_root: str, seconds: float) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_", "COVERAGE_"))}
     env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0")
     proc = subprocess.Popen(
-        [sys.executable, str(PROBE), *argv],
+        # -P: the child's own directory is not on its path, so no module of ours shadows one of the caller's.
+        [sys.executable, "-P", str(PROBE), *argv],
         cwd=work,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -209,7 +210,7 @@ def _test(candidate: Candidate, kept: dict[str, Any], subject: Subject) -> TestC
         if drained:
             call = f"list(itertools.islice({call}, 100))"
             imports.add("itertools")
-        match = _regex(message, False) if message else None
+        match = message_pattern(message, False) if message else None
         body.append(Raises(ref, match, [Line(call)]))
         rationale = f"Observed: {candidate.call} raises {ref.rsplit('.', 1)[-1]}; kept because {why}."
         kind: Kind = "raises"

@@ -23,7 +23,8 @@ import msgspec
 
 from qe_appliance.testgen.cases import CallPlan, Planner
 from qe_appliance.testgen.model import Line, Stmt, TestCase
-from qe_appliance.testgen.values import Value, label_of, literal_value, runtime_check
+from qe_appliance.testgen.strategies import runtime_check
+from qe_appliance.testgen.values import Value, label_of, literal_value
 
 MAX_TEMPLATES_PER_TARGET: Final = 5
 # The placeholders a test template may use, and what each becomes.
