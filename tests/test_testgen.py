@@ -173,6 +173,27 @@ def test_docstring_examples_become_asserts(services: Services) -> None:
     assert "assert pricing.split_bill(1000, 3) == [334, 333, 333]" in pricing
 
 
+def test_docstring_examples_keep_the_effects_of_earlier_lines(services: Services) -> None:
+    source = (
+        "def counter(start: int = 0):\n"
+        '    """\n'
+        "    >>> it = counter(5)\n"
+        "    >>> next(it)\n"
+        "    5\n"
+        "    >>> next(it)\n"
+        "    6\n"
+        '    """\n'
+        "    while True:\n"
+        "        yield start\n"
+        "        start += 1\n"
+    )
+    result = generate(services, source=source, verify=True)
+    doctests = [t for t in result["tests"] if t["kind"] == "doctest"]
+    assert len(doctests) == 2 and all(t["status"] == "passed" for t in doctests)
+    # The second check runs after the first next(it), as in the docstring.
+    assert "    next(it)\n    assert next(it) == 6" in result["module"]
+
+
 def test_property_tests_follow_the_ghostwriter_rules(services: Services) -> None:
     pricing = generate(services, path="shopkit.pricing", style="property")
     kinds = {(test["target"], test["kind"]) for test in pricing["tests"]}
