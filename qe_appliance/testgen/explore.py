@@ -5,6 +5,7 @@ to its arguments and to the instance."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ MAX_CALL_SECONDS: Final = 1.0
 GRACE_SECONDS: Final = 5.0
 MAX_MUTATION_SECONDS: Final = 600.0
 _PROBLEM_TAIL: Final = 1500
+MAX_CONSTANTS: Final = 40
 
 
 class ChildFailed(Exception):
@@ -116,6 +118,7 @@ def explore(
             "call_seconds": min(MAX_CALL_SECONDS, max(budget / 20, 0.2)),
             "mutate": True,
             "mutator": str(MUTATOR),
+            "constants": _source_constants(facts),
             "focus": msgspec.to_builtins(focus) if focus is not None else None,
         }
         (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
@@ -123,10 +126,13 @@ def explore(
         out = run_child([str(work / "spec.json"), str(work / "out.json")], work, root, limit)
     if out.get("import_error"):
         return Explored([], notes, len(ordered), 0, None, None, None, 0.0, out["import_error"])
-    tests = [_test(ordered[k["i"]], k, subject) for k in out["kept"]]
+    tests = [_test(msgspec.convert(k["candidate"], Candidate), k, subject) for k in out["kept"]]
     dropped = out.get("dropped", {})
-    if out["ran"] < len(ordered):
-        notes.append(f"{out['ran']} of {len(ordered)} candidate calls ran within budgetSeconds")
+    if out.get("cut_by_time"):
+        notes.append(
+            f"budgetSeconds ran out after {out['ran']} calls ({len(ordered)} planned, then the search): a "
+            "larger budget may find more, and the same call on a faster machine may keep other tests"
+        )
     if dropped:
         shown = ", ".join(f"{n} {why}" for why, n in sorted(dropped.items()))
         notes.append(f"calls not turned into tests (nothing stable to assert): {shown}")
@@ -141,6 +147,20 @@ def explore(
         mutation,
         out["seconds"],
     )
+
+
+def _source_constants(facts: ModuleFacts) -> list[object]:
+    """The short string and integer literals of the module, which the search combines with inputs."""
+    found: dict[tuple[str, object], None] = {}
+    for node in ast.walk(facts.tree):
+        if isinstance(node, ast.Constant) and type(node.value) in (int, str):
+            value = node.value
+            if isinstance(value, str) and not (0 < len(value) <= 12) or isinstance(value, int) and abs(value) > 10**6:
+                continue
+            found.setdefault((type(value).__name__, value), None)
+            if len(found) >= MAX_CONSTANTS:
+                break
+    return [value for _, value in found]
 
 
 def _interleave(rows: list[list[Candidate]]) -> list[list[Candidate]]:

@@ -42,6 +42,7 @@ class Candidate(msgspec.Struct, frozen=True):
     label: str
     setup: list[str]
     call: str
+    callee: str  # `call` is `callee(args...)`, or `callee` alone for a property; the search rebuilds it
     args: list[tuple[str | None, str, str | None]]
     imports: list[str]
     is_async: bool = False
@@ -218,6 +219,7 @@ def _candidate(plan: CallPlan, params: list[ParamPlan], combo: list[Value], fact
         label="_".join(labels)[:60] or "typical",
         setup=list(plan.setup),
         call=call,
+        callee=plan.callee if not plan.is_property else "",
         args=args,
         imports=sorted(imports),
         is_async=plan.is_async,

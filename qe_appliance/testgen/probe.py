@@ -500,10 +500,10 @@ def main(spec_path: str, out_path: str) -> None:
     why_dropped: dict[str, int] = {}
     deadline = started + spec["observe_seconds"]
     ran = 0
-    for index, candidate in enumerate(candidates):
-        if time.monotonic() > deadline:
-            break
-        ran += 1
+    reached: set[object] = set()
+
+    def attempt(index: int, candidate: dict[str, Any]) -> bool:
+        """Run and observe one candidate under its own coverage context; True when it was recorded."""
         cov.switch_context(f"c{index}")
         observer.imports = set()
         first = run_call(candidate, alias, module, spec["call_seconds"])
@@ -511,19 +511,49 @@ def main(spec_path: str, out_path: str) -> None:
         if record is None:
             reason = first.why or "no stable observation"
             why_dropped[reason] = why_dropped.get(reason, 0) + 1
-            continue
+            return False
         # Run again: only what happens both times is asserted (no clocks, randomness or leftover state).
         second = run_call(candidate, alias, module, spec["call_seconds"])
         if second.status != first.status:
             why_dropped["unstable"] = why_dropped.get("unstable", 0) + 1
-            continue
+            return False
         if record["raises"] is None:
             record["checks"] = [c for c in record["checks"] if holds(c, second.namespace)]
         elif not same_outcome(record, second):
             record["raises"][1] = None
         record["imports"] = sorted(observer.imports)
         records[index] = record
+        return True
+
+    for index, candidate in enumerate(candidates):
+        if time.monotonic() > deadline:
+            break
+        ran += 1
+        attempt(index, candidate)
+    # Coverage-guided search for the rest of the time: variants of the arguments of the calls that reached
+    # new code, run and kept the same way.
+    seen = {_key(c) for c in candidates}
+    seeds = sorted(records)
+    _new_coverage(cov, path, r"\d+", reached)  # what the first calls reached together
+    frontier = 0
+    while time.monotonic() < deadline and frontier < len(seeds):
+        seed = candidates[seeds[frontier]]
+        frontier += 1
+        for variant in _variants(seed, spec.get("constants", [])):
+            if time.monotonic() > deadline or len(candidates) >= MAX_SEARCHED + len(spec["candidates"]):
+                break
+            if _key(variant) in seen:
+                continue
+            seen.add(_key(variant))
+            candidates.append(variant)
+            ran += 1
+            index = len(candidates) - 1
+            if attempt(index, variant) and _new_coverage(cov, path, index, reached):
+                seeds.append(index)
     cov.stop()
+    # Calls and search are bounded by count, so the same module gives the same tests; the clock is a
+    # safety stop, and the caller is told when it cut the run short.
+    out["cut_by_time"] = time.monotonic() > deadline
     data = cov.get_data()
     measured = data.measured_files()
     file = next((f for f in measured if os.path.realpath(f) == path), None)
@@ -577,9 +607,100 @@ def main(spec_path: str, out_path: str) -> None:
     out["ran"] = ran
     out["candidates"] = len(candidates)
     out["dropped"] = why_dropped
-    out["kept"] = [{"i": i, "why": why[i], **records[i]} for i in sorted(kept)]
+    out["kept"] = [{"i": i, "why": why[i], "candidate": candidates[i], **records[i]} for i in sorted(kept)]
     out["seconds"] = round(time.monotonic() - started, 3)
     _write(out_path, out)
+
+
+MAX_SEARCHED = 1500
+_STR_SUFFIXES = ("_x", " y", "1", ":", ".", "-", "/", "s")
+
+
+def _key(candidate: dict[str, Any]) -> str:
+    return candidate["call"] + "\x00" + "\x00".join(a[1] for a in candidate["args"])
+
+
+def _new_coverage(cov: Any, path: str, index: int | str, reached: set[object]) -> bool:
+    """Whether the candidate just run reached a line or arc none before it did (and note what it did)."""
+    data = cov.get_data()
+    file = next((f for f in data.measured_files() if os.path.realpath(f) == path), None)
+    if file is None:
+        return False
+    data.set_query_contexts([f"^c{index}$"])
+    found = set(data.arcs(file) or ()) | set(data.lines(file) or ())
+    new = found - reached
+    reached |= found
+    return bool(new)
+
+
+def _variants(seed: dict[str, Any], constants: list[Any]) -> list[dict[str, Any]]:
+    """Candidates that differ from `seed` in one argument (a nearby value), or in two at once."""
+    if not seed.get("callee"):
+        return []
+    values: list[Any] = []
+    for _, code, _ in seed["args"]:
+        try:
+            values.append(ast.literal_eval(code))
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            values.append(_OPAQUE)
+    made: list[dict[str, Any]] = []
+    for position, value in enumerate(values):
+        if value is _OPAQUE:
+            continue
+        for other in _nearby(value, constants):
+            code = literal(other)
+            if code is not None and len(code) <= MAX_LITERAL:
+                made.append(_with_arg(seed, position, code))
+    # Two arguments at once: the first variant of each, pairwise.
+    firsts = [(i, next(iter(_nearby(v, constants)), _OPAQUE)) for i, v in enumerate(values) if v is not _OPAQUE]
+    for (i, a), (j, b) in itertools.combinations(firsts, 2):
+        ca, cb = literal(a), literal(b)
+        if ca is not None and cb is not None:
+            made.append(_with_arg(_with_arg(seed, i, ca), j, cb))
+    return made
+
+
+_OPAQUE = object()
+
+
+def _nearby(value: Any, constants: list[Any]) -> list[Any]:
+    kind = type(value)
+    if kind is bool:
+        return [not value]
+    if kind is int:
+        near = [value + 1, value - 1, -value, value * 2, value * 10, 0, 7, 100]
+        return near + [c for c in constants if type(c) is int]
+    if kind is float:
+        return [-value, value * 10, value / 10, 0.0, value + 0.5] + [float(c) for c in constants if type(c) is int]
+    if kind is str:
+        near = [value[:1], value[1:], value + value, value.upper(), value.lower(), value.title(),
+                value[::-1], " " + value, value + " ", value.replace("_", " "), value.replace(" ", "_"), "42"]
+        near += [value + suffix for suffix in _STR_SUFFIXES]
+        near += [value + c for c in constants if type(c) is str and c] + [c + value for c in constants
+                                                                         if type(c) is str and c]
+        near += [f"{value}{c}" for c in constants if type(c) is int][:5]
+        return [n for n in near if n != value]
+    if kind is bytes:
+        return [value[:1], value + value, b"", value.upper()]
+    if kind is list:
+        return [[], value + value[:1], value[:-1], list(reversed(value)), [value]] + [[c] for c in constants[:3]]
+    if kind is dict:
+        return [{}, {**value, "extra": 1}]
+    if kind is tuple:
+        return [(), value + value[:1], value[:-1]]
+    if value is None:
+        return [0, "", [], "abc"]
+    return []
+
+
+def _with_arg(seed: dict[str, Any], position: int, code: str) -> dict[str, Any]:
+    args = [list(a) for a in seed["args"]]
+    args[position][1] = code
+    parts = [
+        (f"{kw}={bind or value}" if kw else (bind or value)) for kw, value, bind in args
+    ]
+    label = f"{seed['label']}_v"[:60] if not seed["label"].endswith("_v") else seed["label"]
+    return {**seed, "args": args, "call": f"{seed['callee']}({', '.join(parts)})", "label": label}
 
 
 def _figures(lines: set[int], arcs: set[tuple[int, int]], statements: set[int],
