@@ -80,7 +80,8 @@ async def _exercise(client: Client, namespace: str) -> None:
     # Test generation answers on every transport with a module the client can save.
     generated = await client.call_tool("qe_test_generate", {"source": "def f(x: int) -> int:\n    return x\n"})
     assert not generated.is_error, _text(generated)
-    assert "def test_f_smoke" in generated.structured_content["module"]
+    # Observed: the test asserts what the call returned when it ran.
+    assert "result = module_under_test.f(1)\n    assert result == 1" in generated.structured_content["module"]
 
     with pytest.raises(MCPError) as err:
         await client.call_tool("qe_totally_unknown_thing", {})

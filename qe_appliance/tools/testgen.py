@@ -23,7 +23,7 @@ from qe_appliance.store.database import StoreError, retrying
 from qe_appliance.store.patterns import Pattern, PatternDraft, PatternStore, UnknownPatternError, normalise
 from qe_appliance.testgen.explore import ChildFailed, Explored, Figures, Focus, Mutation, explore
 from qe_appliance.testgen.generate import Style, target_tests
-from qe_appliance.testgen.learned import LearnedPattern
+from qe_appliance.testgen.learned import TEMPLATE_SYNTAX, LearnedPattern
 from qe_appliance.testgen.model import Kind, TestCase
 from qe_appliance.testgen.render import Framework, render, select
 from qe_appliance.testgen.source import ModuleFacts, parse, target_named, targets
@@ -847,12 +847,18 @@ TOOLS: tuple[ToolSpec, ...] = (
         name=TEST_GENERATE,
         title="Generate tests",
         description=(
-            "Write a runnable pytest (or unittest) module for Python code: boundary-value tests from type "
-            "annotations and defaults, pytest.raises cases for explicit raises, asserts from docstring "
-            "examples, and hypothesis property tests (round trips, idempotence, equivalence), informed by "
-            "learned test patterns. Returns the module text and a list of the generated tests; with "
-            "verify=true it also runs them with pytest, marks which pass, and records how the learned "
-            "patterns did."
+            "Write a runnable pytest (or unittest) module for Python code. Where the server allows running "
+            "callers' code (server.allowCodeExecution), candidate calls (from annotations, defaults, the "
+            "constants and raise conditions in the code, docstring examples and learned patterns, combined "
+            "across arguments and searched further for new coverage) run in a child process within "
+            "budgetSeconds; a call is kept when it reaches lines or branches the others do not or kills a "
+            "mutant they miss, and its test asserts what it returned, raised (pytest.raises with the "
+            "message) and changed. Only tests that pass on the code are returned; measured gives the "
+            "coverage of the module by the kept tests and the mutants they kill; coverageReport aims at a "
+            "report's gaps. Otherwise (or with oracle: static) tests are predicted from the source: boundary "
+            "values, raises cases, docstring asserts and hypothesis properties, labelled static. "
+            + TEMPLATE_SYNTAX
+            + " With verify=true the verification run's counts are returned too."
         ),
         category=CATEGORY,
         input_type=GenerateTestsInput,
