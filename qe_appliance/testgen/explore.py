@@ -54,6 +54,7 @@ class Mutation(msgspec.Struct, frozen=True):
     evaluated: int
     killed: int
     survivors: list[str]
+    checks_dropped: int = 0
 
 
 class Focus(msgspec.Struct, frozen=True):

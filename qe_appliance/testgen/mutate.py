@@ -1,5 +1,6 @@
 """A fast AST mutator: the mutants of a module (one small change each: an operator, a comparison, a
-constant, a condition, a return value), listed in a fixed order and applied to a fresh tree.
+constant, a condition, a return value, a call statement, an attribute assignment), listed in a fixed
+order and applied to a fresh tree.
 
 Standard library only: the observation child loads it by path, next to the module under test.
 """
@@ -97,6 +98,10 @@ def _options(node: ast.AST, parents: dict[int, ast.AST]) -> list[tuple[str, str]
     elif isinstance(node, ast.Return) and node.value is not None:
         if not (isinstance(node.value, ast.Constant) and node.value.value is None):
             found.append(("return:none", "return value -> None"))
+    elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        found.append(("stmt:drop", "call statement removed"))
+    elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Attribute) for t in node.targets):
+        found.append(("assign:none", "attribute assigned None"))
     elif isinstance(node, ast.Break | ast.Continue):
         other = "Continue" if isinstance(node, ast.Break) else "Break"
         found.append((f"jump:{other}", f"{type(node).__name__.lower()} -> {other.lower()}"))
@@ -138,6 +143,10 @@ def apply(tree: ast.Module, mutant: Mutant) -> ast.Module:
         node.test = ast.copy_location(ast.UnaryOp(op=ast.Not(), operand=node.test), node.test)
     elif kind == "return" and isinstance(node, ast.Return):
         node.value = ast.copy_location(ast.Constant(value=None), node)
+    elif kind == "stmt" and isinstance(node, ast.Expr):
+        _replace(tree, node, ast.copy_location(ast.Pass(), node))
+    elif kind == "assign" and isinstance(node, ast.Assign):
+        node.value = ast.copy_location(ast.Constant(value=None), node.value)
     elif kind == "jump" and isinstance(node, ast.Break | ast.Continue):
         _replace(tree, node, ast.copy_location(getattr(ast, arg)(), node))
     return ast.fix_missing_locations(tree)

@@ -754,6 +754,7 @@ def _mutate(spec: dict[str, Any], module: types.ModuleType, text: str, path: str
     deadline = time.monotonic() + spec["mutate_seconds"]
     killed = evaluated = 0
     survivors: list[str] = []
+    credited: dict[int, set[int]] = {}
     for mutant in all_mutants:
         if time.monotonic() > deadline:
             break
@@ -768,7 +769,7 @@ def _mutate(spec: dict[str, Any], module: types.ModuleType, text: str, path: str
         except BaseException:  # noqa: BLE001 - a mutant that breaks the import is killed by any test
             killed += 1
             continue
-        killer = _first_killer(order, candidates, records, alias, mutated, spec["call_seconds"])
+        killer = _first_killer(order, candidates, records, alias, mutated, spec["call_seconds"], credited)
         if killer is None:
             survivors.append(f"{mutant.line}: {mutant.description}")
             continue
@@ -776,7 +777,11 @@ def _mutate(spec: dict[str, Any], module: types.ModuleType, text: str, path: str
         if killer not in kept:
             kept.append(killer)
             why[killer] = "mutant"
+    # Assertions are cut to those that kill mutants only when every mutant ran: otherwise a check could be
+    # the only one that would have told an unevaluated mutant apart.
+    checks_dropped = minimise(records, kept, credited) if evaluated == len(all_mutants) else 0
     return {
+        "checks_dropped": checks_dropped,
         "total": len(all_mutants),
         "evaluated": evaluated,
         "killed": killed,
@@ -785,14 +790,38 @@ def _mutate(spec: dict[str, Any], module: types.ModuleType, text: str, path: str
 
 
 def _first_killer(order: list[int], candidates: list[dict[str, Any]], records: dict[int, dict[str, Any]],
-                  alias: str, mutated: types.ModuleType, seconds: float) -> int | None:
+                  alias: str, mutated: types.ModuleType, seconds: float,
+                  credited: dict[int, set[int]]) -> int | None:
+    """The first call (in `order`) whose test fails on the mutant. When it fails on its checks alone, the
+    checks that fail are credited with the kill (`credited`: call -> check indexes)."""
     for index in order:
         run = run_call(candidates[index], alias, mutated, seconds)
-        if run.status == "error" and run.why.startswith("setup"):
-            return index  # the test's own set-up fails on the mutant: it fails too
-        if run.status == "error" or not same_outcome(records[index], run):
+        record = records[index]
+        if run.status == "error" or not same_outcome(record, run):
+            if run.status == "returned" and record["raises"] is None:
+                failing = {i for i, check in enumerate(record["checks"]) if not holds(check, run.namespace)}
+                credited.setdefault(index, set()).update(failing)
+            else:
+                credited.setdefault(index, set()).add(-1)  # killed by its outcome, not one check
             return index
     return None
+
+
+def minimise(records: dict[int, dict[str, Any]], kept: list[int], credited: dict[int, set[int]]) -> int:
+    """Drop the checks of kept calls that told no mutant apart, keeping each call's first check (what it
+    returned); returns how many were dropped. Every mutant stays killed: its killer keeps a failing check."""
+    dropped = 0
+    for index in kept:
+        record = records[index]
+        if record["raises"] is not None or len(record["checks"]) <= 1:
+            continue
+        useful = credited.get(index, set())
+        # The first check, and after an isinstance() the first that looks at a value.
+        first = {0} | ({1} if record["checks"][0][1] == "isinstance" else set())
+        chosen = [c for i, c in enumerate(record["checks"]) if i in first or i in useful]
+        dropped += len(record["checks"]) - len(chosen)
+        record["checks"] = chosen
+    return dropped
 
 
 def _write(path: str, out: dict[str, Any]) -> None:

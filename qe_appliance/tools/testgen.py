@@ -223,6 +223,10 @@ class Mutants(msgspec.Struct, rename="camel", frozen=True):
     killed: Annotated[int, msgspec.Meta(description="Evaluated mutants the kept tests tell apart.")]
     score: Annotated[float, msgspec.Meta(description="killed / evaluated, in percent.")]
     survivors: Annotated[list[str], msgspec.Meta(description="Some surviving mutants: line: change.")]
+    assertions_dropped: Annotated[
+        int,
+        msgspec.Meta(description="Assertions left out because they told no mutant apart (when all ran)."),
+    ] = 0
 
 
 class Measured(msgspec.Struct, rename="camel", frozen=True):
@@ -652,7 +656,9 @@ def _measured(explored: Explored, kept: int) -> Measured:
     mutants = None
     if mutation is not None:
         score = round(100 * mutation.killed / mutation.evaluated, 2) if mutation.evaluated else 0.0
-        mutants = Mutants(mutation.total, mutation.evaluated, mutation.killed, score, mutation.survivors)
+        mutants = Mutants(
+            mutation.total, mutation.evaluated, mutation.killed, score, mutation.survivors, mutation.checks_dropped
+        )
     return Measured(
         candidates=explored.candidates,
         calls_run=explored.ran,
