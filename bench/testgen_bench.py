@@ -4,7 +4,8 @@
    keep-alive connection for shopkit/pricing.py (312 lines), without verify: by path in the default unit
    style, by path with style both, and with the same file sent inline. Client wall time per call, after
    warm-up calls that give every agent its parse cache.
-Both rows are of the static generator (`oracle: static`); bench/testgen_vs_pynguin.py measures the observed one.
+   Every row is of the static generator (`oracle: static`); bench/testgen_vs_pynguin.py measures the
+   observed one.
 
 2. Pass rate: every fixture module (the shopkit package and the standard-library copies) with verify, in
    the unit style and with both: how many generated tests pytest passes on the agent.
