@@ -127,6 +127,7 @@ def _pynguin_run(venv: Path, root: Path, module: str, seconds: int, out: Path, e
          module, "--output-path", str(out), "--algorithm", "DYNAMOSA", "--maximum-search-time", str(seconds),
          "--seed", "1"],
         env=env, capture_output=True, stdin=subprocess.DEVNULL, check=False, timeout=seconds * 3 + 60,
+        cwd=out,  # it writes a pynguin-report directory where it runs
     )
 
 
