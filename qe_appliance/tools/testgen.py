@@ -601,7 +601,7 @@ async def _generate_observed(
     """Observe calls within the budget, then run the tests with pytest and return those that pass."""
     names = [ref.name for ref in planned.targets]
     await ctx.progress(0, 3, f"observing calls of {len(names)} targets for up to {args.budget_seconds:g} s")
-    body = stored_report(ctx, args.coverage_report) if args.coverage_report is not None else None
+    body = await stored_report(ctx, args.coverage_report) if args.coverage_report is not None else None
     work = _ExploreJob(
         _workspace_spec(ctx),
         planned.subject,
@@ -639,7 +639,7 @@ async def _generate_observed(
     notes = list(out.notes)
     notes += [f"{entry}: left out (it did not parse; please report this)" for entry in finished.dropped]
     outcomes = _pattern_outcomes(finished)
-    notes += _record_outcomes(store, ctx, outcomes, known)
+    notes += await _record_outcomes(store, ctx, outcomes, known)
     await ctx.progress(3, 3, f"{len(finished.tests)} tests pass")
     result = _result(args, planned, finished, len(out.tests), known, outcomes, notes)
     measured = _measured(explored, len(finished.tests)) if explored is not None else None
