@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,10 @@ def test_the_untested_rebalance_method_is_the_riskiest_gap() -> None:
     top = analysis.gaps[0]
     assert (top.file, top.function, top.kind) == ("shop/inventory.py", "Inventory.rebalance", "method")
     assert (top.start_line, top.end_line) == (29, 47)
-    assert top.severity == "critical"
+    # Public, but no call site in the project reaches it: high rather than critical.
+    assert top.severity == "high" and top.factors.public is True and top.factors.call_sites == 0
+    assert top.score == {"size": 0.95, "uncovered": 0.95, "branches": 1.0, "complexity": 0.316, "api": 1.0,
+                         "calls": 0.0}
     source = (sample.root / "shop" / "inventory.py").read_text()
     radon_cc = {block.fullname: block.complexity for block in cc_visit(source)}
     assert top.factors.complexity == radon_cc["Inventory.rebalance"]
@@ -171,3 +175,92 @@ def test_the_three_coveragepy_formats_give_the_same_gaps(name: str) -> None:
     assert [(g.file, g.start_line, g.end_line, g.function) for g in gaps] == [
         (g.file, g.start_line, g.end_line, g.function) for g in reference
     ]
+
+
+PROJECT_MODULE = '''
+import abc
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from decimal import Decimal
+
+__all__ = ["api", "Base"]
+
+
+def api(x):
+    if x > 1:
+        x = x * 2
+        x = x + 1
+    return _helper(x)
+
+
+def _helper(x):
+    if x > 1:
+        x = x * 2
+        x = x + 1
+    return x
+
+
+def unused(x):  # pragma: no cover
+    if x > 1:
+        x = x * 2
+    return x
+
+
+class Base(abc.ABC):
+    @abc.abstractmethod
+    def run(self):
+        return 1
+
+    def later(self):
+        """Subclasses do this."""
+        raise NotImplementedError("later")
+
+
+if __name__ == "__main__":
+    print(api(3))
+'''
+
+
+def test_untested_on_purpose_ranks_last_and_public_called_code_first(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "core.py").write_text(PROJECT_MODULE)
+    (root / "pkg" / "vendor").mkdir()
+    (root / "pkg" / "vendor" / "__init__.py").write_text("")
+    (root / "pkg" / "vendor" / "six.py").write_text("def helper(x):\n    if x:\n        return 1\n    return 2\n")
+    (root / "pkg" / "use.py").write_text(
+        "from pkg.core import api\n\n\ndef go():\n    return api(1) + api(2) + api(3)\n"
+    )
+    (root / "tests").mkdir()
+    (root / "tests" / "test_core.py").write_text("def check(x):\n    if x:\n        return 1\n    return 2\n")
+    (root / "drive.py").write_text("import pkg.core, pkg.use, pkg.vendor.six\nimport tests.test_core\n")
+    # coverage.py leaves `# pragma: no cover` lines out of its reports; other tools do not.
+    (root / ".coveragerc").write_text("[report]\nexclude_lines =\n    matches_nothing_here\n")
+    subprocess.run(
+        [sys.executable, "-m", "coverage", "run", "--branch", "--include=pkg/*,tests/*", "drive.py"],
+        cwd=root, check=True, capture_output=True,
+    )
+    subprocess.run([sys.executable, "-m", "coverage", "json", "-o", "coverage.json"], cwd=root, check=True,
+                   capture_output=True)
+    analysis = python_gaps(root)
+    by_function = {(g.file, g.function): g for g in analysis.gaps}
+    reasons = {g.ranked_last for g in analysis.gaps}
+    assert {
+        "__main__ block",
+        "pragma: no cover",
+        "abstract method",
+        "NotImplementedError stub",
+        "vendored or third-party copy",
+        "test file",
+    } <= reasons
+    order = [g.ranked_last is not None for g in analysis.gaps]
+    assert order == sorted(order)  # every ranked-last gap after every other
+    api, helper = by_function[("pkg/core.py", "api")], by_function[("pkg/core.py", "_helper")]
+    assert api.ranked_last is None and helper.ranked_last is None
+    assert (api.factors.public, api.factors.call_sites) == (True, 4)  # three in use.py, one in __main__
+    assert (helper.factors.public, helper.factors.call_sites) == (False, 1)
+    assert analysis.gaps.index(api) < analysis.gaps.index(helper)
+    assert api.score["api"] == 1.0 and helper.score["api"] == 0.0
+    assert all(g.severity == "low" for g in analysis.gaps if g.ranked_last)

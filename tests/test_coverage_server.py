@@ -55,8 +55,9 @@ async def test_analyze_gaps_metrics_and_gate_through_the_official_client(
         assert (top["file"], top["function"], top["severity"]) == (
             "shop/inventory.py",
             "Inventory.rebalance",
-            "critical",
+            "high",  # public, but no call site in the project reaches it
         )
+        assert top["factors"]["public"] is True and top["factors"]["callSites"] == 0
         assert top["suggestedTest"] == "tests/test_inventory.py"
 
         metrics = await client.call_tool("qe_quality_metrics", {"path": "shop", "junitXml": "junit.xml"})

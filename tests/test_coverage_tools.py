@@ -83,7 +83,7 @@ def test_gaps_from_a_stored_report_or_a_path_agree_and_filter(services: SimpleNa
     assert by_id["gapsTotal"] == len(by_id["gaps"]) == sum(by_id["severities"].values())
     risky = call(services, "qe_coverage_gaps", {"reportId": analyzed["reportId"], "minRisk": 0.5, "limit": 2})
     assert len(risky["gaps"]) == 2 and all(gap["risk"] >= 0.5 for gap in risky["gaps"])
-    assert risky["gaps"][0]["severity"] == "critical"
+    assert risky["gaps"][0]["severity"] == "high"
 
 
 @pytest.mark.parametrize(

@@ -275,6 +275,24 @@ def test_learn_pattern_tool_creates_merges_and_reports_outcomes(services: Servic
     assert services.patterns.best("python", framework="pytest")[0].id == pid
 
 
+def test_a_corrected_template_replaces_the_broken_one_instead_of_merging(services: Services) -> None:
+    broken = "def test_${name}_runs():\n    assert ${call} is None\n"
+    template = {"patternType": "test-template", "domain": "parsing", "pattern": broken}
+    first = call(services, "qe_learn_pattern", teach_args(**template))
+    pid = first["pattern"]["id"]
+    call(services, "qe_learn_pattern", teach_args(outcome={"patternId": pid, "success": False}, **template))
+    fixed = "def test_${name}_runs():\n    assert ${call} is not None\n"
+    # Taught plainly, the fix is a near-duplicate and would merge into the broken text.
+    replaced = call(
+        services, "qe_learn_pattern", teach_args(**{**template, "pattern": fixed}, replaces=pid)
+    )
+    assert replaced["action"] == "replaced" and replaced["pattern"]["id"] == pid
+    assert replaced["pattern"]["pattern"] == fixed
+    assert (replaced["pattern"]["usageCount"], replaced["pattern"]["successCount"]) == (0, 0)
+    status = call(services, "qe_learn_status", {})
+    assert status["totals"]["patterns"] == 1 and status["recentEvents"][0]["kind"] == "replaced"
+
+
 def test_learning_rules_come_from_the_config(tmp_path: pathlib.Path) -> None:
     config = Config(
         server=ServerConfig(state_dir=str(tmp_path)),
@@ -305,6 +323,15 @@ def test_learning_rules_come_from_the_config(tmp_path: pathlib.Path) -> None:
         (teach_args(language="\t"), "language is blank"),
         (teach_args(framework=" "), "framework is blank"),
         (teach_args(pattern=" \n "), "pattern is blank"),
+        (
+            teach_args(patternType="test-template", pattern="def test_x():\n    assert $cal is not None\n"),
+            r"unknown placeholder \$cal; the placeholders are \$call, \$function",
+        ),
+        (
+            teach_args(patternType="test-template", pattern="def test_x():\n    assert $call != '$'\n"),
+            r"a \$ on line 2 starts no placeholder \(write \$\$ for a literal \$\)",
+        ),
+        (teach_args(replaces="pat_missing"), "no pattern has id 'pat_missing' to replace"),
     ],
 )
 def test_learn_pattern_refuses_what_it_cannot_use(

@@ -80,7 +80,13 @@ async def _exercise(client: Client, namespace: str) -> None:
     # Test generation answers on every transport with a module the client can save.
     generated = await client.call_tool("qe_test_generate", {"source": "def f(x: int) -> int:\n    return x\n"})
     assert not generated.is_error, _text(generated)
-    assert "def test_f_smoke" in generated.structured_content["module"]
+    # Over stdio the caller's code may run: the test asserts what the call returned. Over HTTP without a
+    # token it may not (server.auth), so the tests are static and say why.
+    content = generated.structured_content
+    if content["oracle"] == "observed":
+        assert "result = module_under_test.f(1)\n    assert result == 1" in content["module"]
+    else:
+        assert "def test_f_smoke" in content["module"] and content["notes"][0].startswith("static tests: ")
 
     with pytest.raises(MCPError) as err:
         await client.call_tool("qe_totally_unknown_thing", {})

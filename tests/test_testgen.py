@@ -48,7 +48,9 @@ def services(tmp_path: Path) -> Iterator[Services]:
 
 
 def generate(services: Services, *, offload: Offload = in_thread, **arguments: Any) -> dict[str, Any]:
-    """Call the tool as the dispatcher does; the result as the client sees it (camelCase JSON)."""
+    """Call the tool as the dispatcher does; the result as the client sees it (camelCase JSON). These tests
+    are of the static generator unless they ask for the observed one (tests/test_testgen_observed.py)."""
+    arguments.setdefault("oracle", "static")
     args = msgspec.json.decode(msgspec.json.encode(arguments), type=SPEC.input_type)
     context = replace(bare_context(services, TEST_GENERATE), offload=offload)
     result = asyncio.run(SPEC.handler(context, args))
@@ -171,6 +173,27 @@ def test_docstring_examples_become_asserts(services: Services) -> None:
     assert "assert buffer.getvalue() == '59s\\n1h\\n'" in module
     pricing = generate(services, path="shopkit.pricing", targets=["split_bill"])["module"]
     assert "assert pricing.split_bill(1000, 3) == [334, 333, 333]" in pricing
+
+
+def test_docstring_examples_keep_the_effects_of_earlier_lines(services: Services) -> None:
+    source = (
+        "def counter(start: int = 0):\n"
+        '    """\n'
+        "    >>> it = counter(5)\n"
+        "    >>> next(it)\n"
+        "    5\n"
+        "    >>> next(it)\n"
+        "    6\n"
+        '    """\n'
+        "    while True:\n"
+        "        yield start\n"
+        "        start += 1\n"
+    )
+    result = generate(services, source=source, verify=True)
+    doctests = [t for t in result["tests"] if t["kind"] == "doctest"]
+    assert len(doctests) == 2 and all(t["status"] == "passed" for t in doctests)
+    # The second check runs after the first next(it), as in the docstring.
+    assert "    next(it)\n    assert next(it) == 6" in result["module"]
 
 
 def test_property_tests_follow_the_ghostwriter_rules(services: Services) -> None:

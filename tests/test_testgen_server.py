@@ -51,7 +51,9 @@ async def test_generate_and_verify_on_the_fleet_with_progress_per_target(
     async with Client(testgen_server.url) as client:
         before = await completed_on_agents(client)
         result = await client.call_tool(
-            "qe_test_generate", {"path": "shopkit/textutil.py", "verify": True}, progress_callback=on_progress
+            "qe_test_generate",
+            {"path": "shopkit/textutil.py", "verify": True, "oracle": "static"},
+            progress_callback=on_progress,
         )
         # The reading, each target's generation and the rendering with its pytest run were agent jobs.
         assert await completed_on_agents(client) - before == len(result.structured_content["targets"]) + 2
@@ -72,6 +74,34 @@ async def test_generate_and_verify_on_the_fleet_with_progress_per_target(
     assert verification["passed"] + verification["failed"] + verification["errors"] == len(generated["tests"])
     assert verification["passed"] > 0.9 * len(generated["tests"])
     assert all(test["status"] in ("passed", "failed", "error") for test in generated["tests"])
+    assert "Traceback" not in testgen_server.log
+
+
+async def test_observed_tests_on_the_fleet_pass_and_report_what_was_measured(
+    testgen_server: ServerProcess,
+) -> None:
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append((value, total, message))
+
+    async with Client(testgen_server.url) as client:
+        before = await completed_on_agents(client)
+        result = await client.call_tool(
+            "qe_test_generate",
+            {"path": "shopkit/textutil.py", "budgetSeconds": 3},
+            progress_callback=on_progress,
+        )
+        # Reading, observing, and the pytest run: three jobs on the agents.
+        assert await completed_on_agents(client) - before == 3
+    assert not result.is_error, text(result)
+    generated = result.structured_content
+    assert generated["oracle"] == "observed"
+    assert [value for value, _, _ in progress] == [0, 1, 3]
+    measured = generated["measured"]
+    assert measured["testsKept"] == len(generated["tests"]) > 0
+    assert measured["after"]["linesCovered"] > measured["before"]["linesCovered"]
+    assert 0 < measured["mutants"]["killed"] <= measured["mutants"]["evaluated"]
     assert "Traceback" not in testgen_server.log
 
 

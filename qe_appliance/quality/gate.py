@@ -94,6 +94,12 @@ _CRITERIA: Final[tuple[tuple[str, str, Literal[">=", "<="], str], ...]] = (
 )
 
 
+def exact_percent(covered: int, total: int) -> float | None:
+    """covered / total in percent, unrounded: the gate compares this (76.0486 must fail a 76.049 minimum);
+    reports round for display only. None for 0 of 0."""
+    return 100.0 * covered / total if total else None
+
+
 def needs(policy: GatePolicy) -> set[str]:
     """The metric fields the policy judges."""
     return {metric for field, metric, *_ in _CRITERIA if getattr(policy, field) is not None}

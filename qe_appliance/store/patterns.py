@@ -21,7 +21,7 @@ PatternType = Literal["test-template", "assertion", "mock", "edge-case", "flaky-
 PATTERN_TYPES: tuple[str, ...] = get_args(PatternType)
 Tier = Literal["short-term", "long-term"]
 TIERS: tuple[str, ...] = get_args(Tier)
-EventKind = Literal["created", "merged", "outcome", "promoted"]
+EventKind = Literal["created", "merged", "outcome", "promoted", "replaced"]
 
 # The event log is for "what happened lately", so only the newest events are kept.
 EVENTS_KEPT = 1000
@@ -157,7 +157,7 @@ class LearningStatus(msgspec.Struct, frozen=True, rename="camel"):
 class LearnResult(msgspec.Struct, frozen=True, rename="camel"):
     """The outcome of teaching one pattern (and of the outcome reported with it, if any)."""
 
-    action: Literal["created", "merged"]
+    action: Literal["created", "merged", "replaced"]
     similarity: float | None
     pattern: Pattern
     outcome_pattern: Pattern | None
@@ -276,6 +276,41 @@ class PatternStore:
             outcome_pattern=None if outcome is None else self.get(outcome[0]),
             promoted=promoted,
         )
+
+    def replace(self, pattern_id: str, draft: PatternDraft) -> LearnResult:
+        """Give a stored pattern corrected text (and the draft's type, domain, language, framework,
+        example and confidence). Its uses and successes start again from zero: they were the broken text's.
+        Never merges into another pattern. UnknownPatternError when no pattern has the id."""
+        now = time.time()
+        with transaction(self._db):
+            if self.get(pattern_id) is None:
+                raise UnknownPatternError(
+                    f"no pattern has id {pattern_id!r} to replace; use an id returned by qe_learn_pattern or "
+                    "listed by qe_learn_status"
+                )
+            self._db.execute(
+                "UPDATE patterns SET text = :text, norm = :norm, pattern_type = :pattern_type, "
+                "domain = :domain, language = :language, framework = :framework, example = :example, "
+                "confidence = :confidence, times_taught = 1, usage_count = 0, success_count = 0, "
+                "quality = :quality, tier = 'short-term', promoted_at = NULL, updated_at = :now WHERE id = :id",
+                {
+                    "id": pattern_id,
+                    "text": draft.text,
+                    "norm": normalise(draft.text),
+                    "pattern_type": draft.pattern_type,
+                    "domain": normalise(draft.domain),
+                    "language": normalise(draft.language),
+                    "framework": None if draft.framework is None else normalise(draft.framework),
+                    "example": draft.example,
+                    "confidence": draft.confidence,
+                    "quality": quality_score(draft.confidence, 0, 0),
+                    "now": now,
+                },
+            )
+            self._event(now, "replaced", pattern_id, "text replaced; uses and successes start again")
+        replaced = self.get(pattern_id)
+        assert replaced is not None
+        return LearnResult(action="replaced", similarity=None, pattern=replaced, outcome_pattern=None, promoted=[])
 
     def _near_duplicate(self, fields: dict[str, Any], threshold: float) -> tuple[str, float] | None:
         rows = self._db.execute(

@@ -15,17 +15,9 @@ import msgspec
 from qe_appliance.testgen.guards import Exit, describe, find_exits, thresholds, truth
 from qe_appliance.testgen.model import Check, Expect, Kind, Line, Raises, Stmt, TestCase
 from qe_appliance.testgen.source import FunctionInfo, ModuleFacts, Param, Target, dotted
-from qe_appliance.testgen.values import (
-    Code,
-    Opaque,
-    TypeSpec,
-    Value,
-    ValueMaker,
-    from_annotation,
-    param_type,
-    runtime_check,
-    strategy,
-)
+from qe_appliance.testgen.strategies import Code, runtime_check, strategy
+from qe_appliance.testgen.typespec import TypeSpec, from_annotation, param_type
+from qe_appliance.testgen.values import Opaque, Value, ValueMaker
 
 MAX_CANDIDATES: Final = 8
 MAX_COMBINATIONS: Final = 2000
@@ -92,8 +84,11 @@ class Outcome(msgspec.Struct):
 class Planner:
     """Builds CallPlans and tests for the targets of one module."""
 
-    def __init__(self, facts: ModuleFacts) -> None:
+    def __init__(self, facts: ModuleFacts, fallback: list[Value] | None = None) -> None:
         self.facts = facts
+        # Values for a parameter nothing types, when the caller observes what calls do instead of
+        # predicting it; without them such a parameter makes its callable untestable.
+        self.fallback = fallback or []
         self.values = ValueMaker(facts, self._construct)
         self._building: set[str] = set()
         self.refusal = ""  # why the last plan() returned None
@@ -197,6 +192,8 @@ class Planner:
                     values.append(value)
                     seen.add(value.code)
             kept = values[:MAX_CANDIDATES] + [v for v in values[MAX_CANDIDATES:] if v.pattern]
+            if not kept and param.default is None:
+                kept = list(self.fallback)
             plan = ParamPlan(param, spec, kept, param.default is None)
             if param.default is not None:
                 try:
@@ -503,7 +500,7 @@ class Planner:
         assert exit_.exc is not None
         match = None
         if exit_.message and exact:
-            match = _regex(exit_.message, exit_.message_prefix)
+            match = message_pattern(exit_.message, exit_.message_prefix)
         if plan.is_async:
             call = f"asyncio.run({call})"
             imports = imports | {"asyncio"}
@@ -563,7 +560,7 @@ def _fits(value: Value, spec: TypeSpec | None) -> bool:
     return py is None and "none" in kinds
 
 
-def _regex(message: str, prefix: bool) -> str:
+def message_pattern(message: str, prefix: bool) -> str:
     """A `match=` pattern for an exception message: the whole literal (its first line), or its literal
     prefix."""
     lines = message.strip().splitlines()

@@ -119,15 +119,14 @@ def docstring_tests(doc: Docstring, facts: ModuleFacts) -> tuple[list[TestCase],
 
 
 def _replay(tree: ast.Module, code: str, stmt: Stmt) -> Stmt | None:
-    """How a checked example reappears before later ones: an expected exception is expected again; a call
-    of a method on a name the examples made (`stack.pop()`) is replayed for its effect; a plain expression
-    has none worth replaying."""
+    """How a checked example reappears before later ones: an expected exception is expected again; an
+    expression with a call in it (`stack.pop()`, `next(it)`) is replayed for its effect, which later
+    examples may rely on; an expression without one has no effect to replay."""
     if isinstance(stmt, Raises):
         return stmt
     body = tree.body
     if len(body) == 1 and isinstance(body[0], ast.Expr):
-        call = body[0].value
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+        if not any(isinstance(node, ast.Call) for node in ast.walk(body[0].value)):
             return None
     return Line(code)
 

@@ -15,7 +15,8 @@ from typing import Any, Final, Literal
 import msgspec
 
 from qe_appliance.testgen.source import FunctionInfo, ModuleFacts, dotted, own_nodes
-from qe_appliance.testgen.values import Opaque, TypeSpec, Value, label_of, literal_value
+from qe_appliance.testgen.typespec import TypeSpec
+from qe_appliance.testgen.values import Opaque, Value, label_of, literal_value
 
 Truth = Literal["true", "false", "unknown", "error"]
 

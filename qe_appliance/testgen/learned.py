@@ -9,7 +9,8 @@ pattern is test code with placeholders, filled in for every target it fits:
     $module    the module as the tests name it
     $returns   the isinstance() type of the declared result (the template fits only annotated targets)
 
-A template fits when every placeholder it uses has a value and the filled-in code parses."""
+`${name}` is the same as `$name` (for a placeholder followed by letters); `$$` is a literal `$`. A template
+fits when every placeholder it uses has a value and the filled-in code parses."""
 
 from __future__ import annotations
 
@@ -22,9 +23,24 @@ import msgspec
 
 from qe_appliance.testgen.cases import CallPlan, Planner
 from qe_appliance.testgen.model import Line, Stmt, TestCase
-from qe_appliance.testgen.values import Value, label_of, literal_value, runtime_check
+from qe_appliance.testgen.strategies import runtime_check
+from qe_appliance.testgen.values import Value, label_of, literal_value
 
 MAX_TEMPLATES_PER_TARGET: Final = 5
+# The placeholders a test template may use, and what each becomes.
+TEMPLATE_FIELDS: Final = {
+    "call": "the call with typical arguments, e.g. pricing.net_price(1.5, 1)",
+    "function": "what is called, e.g. pricing.net_price",
+    "args": "the typical arguments, e.g. 1.5, 1",
+    "name": "the target's name, e.g. net_price",
+    "module": "the module as the tests name it",
+    "returns": "the isinstance() type of the declared result (only annotated targets)",
+}
+TEMPLATE_SYNTAX: Final = (
+    "A test-template is test code with placeholders "
+    + ", ".join(f"${name} ({what})" for name, what in TEMPLATE_FIELDS.items())
+    + "; ${name} is the same as $name, and $$ is a literal $."
+)
 _SPECIAL_FLOATS: Final = {
     "float('nan')": float("nan"),
     "float('inf')": float("inf"),
@@ -59,6 +75,19 @@ def edge_values(patterns: list[LearnedPattern]) -> list[Value]:
                 continue
         found.append(Value(value.code, value.py, f"learned_{label_of(value.py)}", value.imports, pattern.id))
     return found
+
+
+def template_problems(text: str) -> list[str]:
+    """What is wrong with a test template's placeholders: unknown names, and a `$` that starts none."""
+    problems: list[str] = []
+    for match in string.Template.pattern.finditer(text):
+        name = match.group("named") or match.group("braced")
+        if name is not None and name not in TEMPLATE_FIELDS:
+            problems.append(f"unknown placeholder ${name}")
+        elif match.group("invalid") is not None:
+            line = text.count("\n", 0, match.start()) + 1
+            problems.append(f"a $ on line {line} starts no placeholder (write $$ for a literal $)")
+    return problems
 
 
 def template_tests(planner: Planner, plan: CallPlan, patterns: list[LearnedPattern]) -> list[TestCase]:

@@ -8,7 +8,16 @@ from typing import Literal
 import msgspec
 
 Kind = Literal[
-    "smoke", "boundary", "raises", "doctest", "property", "roundtrip", "idempotent", "equivalence", "pattern"
+    "smoke",
+    "boundary",
+    "raises",
+    "doctest",
+    "property",
+    "roundtrip",
+    "idempotent",
+    "equivalence",
+    "pattern",
+    "regression",
 ]
 CheckOp = Literal["eq", "is", "isinstance", "in", "true", "approx"]
 
@@ -16,6 +25,7 @@ CheckOp = Literal["eq", "is", "isinstance", "in", "true", "approx"]
 PRIORITY: dict[str, int] = {
     "doctest": 0,
     "raises": 1,
+    "regression": 1,
     "smoke": 2,
     "pattern": 3,
     "roundtrip": 4,

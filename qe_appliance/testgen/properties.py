@@ -21,7 +21,8 @@ from qe_appliance.testgen.cases import CallPlan, Planner
 from qe_appliance.testgen.guards import allowed_values, truth
 from qe_appliance.testgen.model import Check, Expect, Line, Stmt, TestCase
 from qe_appliance.testgen.source import RESERVED, ModuleFacts, qualify, words
-from qe_appliance.testgen.values import Code, literal_value
+from qe_appliance.testgen.strategies import Code
+from qe_appliance.testgen.values import literal_value
 
 RelationKind = Literal["roundtrip", "idempotent", "equivalence"]
 

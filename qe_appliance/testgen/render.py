@@ -264,7 +264,9 @@ def _definition_lines(tree: ast.Module) -> dict[str, int]:
 
 def _header(subject: Subject, framework: Framework, imports: set[str], purpose: str, code: str) -> str:
     stdlib = sorted(
-        imports - _THIRD_PARTY - {"unittest"} | ({"unittest"} if framework == "unittest" else set())
+        imports - _THIRD_PARTY - {"unittest"}
+        | ({"unittest"} if framework == "unittest" else set())
+        | subject.import_needs
     )
     lines = [f'"""{purpose}"""', ""]
     lines += [f"import {name}" for name in stdlib]

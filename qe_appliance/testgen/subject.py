@@ -28,9 +28,18 @@ class Subject(msgspec.Struct, frozen=True):
     import_root: str | None = None
 
     def import_line(self) -> str:
+        """The statement that binds the module under test. A submodule is looked up by its full name: `from
+        pkg import mod` would bind whatever `pkg` exports as `mod`, and a package that re-exports a function
+        of the same name (`from .mod import mod`) hands the tests the function instead."""
         package, _, last = self.module.rpartition(".")
-        suffix = f" as {self.alias}" if self.alias != last else ""
-        return f"from {package} import {last}{suffix}" if package else f"import {last}{suffix}"
+        if package:
+            return f"{self.alias} = importlib.import_module({self.module!r})"
+        return f"import {last} as {self.alias}" if self.alias != last else f"import {last}"
+
+    @property
+    def import_needs(self) -> set[str]:
+        """The modules the import line itself needs imported first."""
+        return {"importlib"} if "." in self.module else set()
 
 
 def check_module_name(name: str) -> str:

@@ -18,6 +18,7 @@ from qe_appliance.store.patterns import (
     UnknownPatternError,
     normalise,
 )
+from qe_appliance.testgen.learned import TEMPLATE_FIELDS, TEMPLATE_SYNTAX, template_problems
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
 from qe_appliance.tools.memory import store_failures
 
@@ -44,7 +45,12 @@ class LearnPatternInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
 
     pattern: Annotated[
         str,
-        msgspec.Meta(min_length=1, max_length=65_536, description="The pattern as text or a code template."),
+        msgspec.Meta(
+            min_length=1,
+            max_length=65_536,
+            description="The pattern as text or a code template. " + TEMPLATE_SYNTAX + " An edge-case is a "
+            "Python literal tried as a value of every parameter of its type, e.g. '' or float('nan').",
+        ),
     ]
     pattern_type: Annotated[PatternType, msgspec.Meta(description="What kind of pattern this is.")]
     domain: Annotated[Domain, msgspec.Meta(description=_DOMAIN)]
@@ -57,6 +63,13 @@ class LearnPatternInput(msgspec.Struct, rename="camel", forbid_unknown_fields=Tr
     example: Annotated[
         Annotated[str, msgspec.Meta(min_length=1, max_length=65_536)] | None,
         msgspec.Meta(description="A concrete use of the pattern."),
+    ] = None
+    replaces: Annotated[
+        Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None,
+        msgspec.Meta(
+            description="Id of a stored pattern this one corrects: its text (and the other fields) are "
+            "replaced and its uses and successes start again, instead of merging into it."
+        ),
     ] = None
     outcome: Annotated[
         PatternOutcome | None,
@@ -94,11 +107,20 @@ async def learn_pattern(ctx: ToolContext, args: LearnPatternInput) -> LearnResul
         framework=None if args.framework is None else _name("framework", args.framework),
         example=args.example,
     )
+    if args.pattern_type == "test-template":
+        problems = template_problems(args.pattern)
+        if problems:
+            known = ", ".join(f"${name}" for name in TEMPLATE_FIELDS)
+            raise ToolError(f"the template has {'; '.join(problems)}; the placeholders are {known}")
     store: PatternStore = ctx.services.patterns
     rules: LearningConfig = ctx.services.config.learning
     outcome = None if args.outcome is None else (args.outcome.pattern_id, args.outcome.success)
+    if args.replaces is not None and outcome is not None:
+        raise ToolError("replaces corrects a pattern and starts its record again; report outcomes separately")
     try:
         with store_failures(store.path):
+            if args.replaces is not None:
+                return await retrying(store.replace, args.replaces, draft)
             return await retrying(store.learn, draft, rules, outcome)
     except UnknownPatternError as exc:
         raise ToolError(str(exc)) from None
@@ -121,8 +143,9 @@ TOOLS: tuple[ToolSpec, ...] = (
             "Store a reusable testing pattern (test template, assertion, mock, edge case, flaky-test fix or "
             "anti-pattern) for a domain and language; a near-duplicate of the same language, type, domain "
             "and framework is merged instead of added, and an outcome updates a pattern's usage and success "
-            "rate. "
-            "Returns the pattern with its quality score (0.3 confidence + 0.2 min(uses/100, 1) + 0.5 success "
+            "rate; replaces gives a stored pattern corrected text instead of merging. "
+            + TEMPLATE_SYNTAX
+            + " Returns the pattern with its quality score (0.3 confidence + 0.2 min(uses/100, 1) + 0.5 success "
             "rate) and tier (short-term, or long-term after enough successful uses)."
         ),
         input_type=LearnPatternInput,

@@ -15,7 +15,7 @@ from rapidfuzz import process
 from qe_appliance.coverage.gaps import find_gaps
 from qe_appliance.coverage.model import Report, report_totals
 from qe_appliance.quality import junit
-from qe_appliance.quality.gate import GateMetrics, GatePolicy, GateResult, evaluate, needs
+from qe_appliance.quality.gate import GateMetrics, GatePolicy, GateResult, evaluate, exact_percent, needs
 from qe_appliance.quality.metrics import (
     CoverageJoin,
     FileMetrics,
@@ -232,8 +232,9 @@ def gate_job(task: _GateJob) -> GateMetrics:
         else:
             report = read_report(workspace, inputs.coverage_report, None, "auto", None)[0]
         totals = report_totals(report.files)
-        found.line_coverage = totals.lines.percent
-        found.branch_coverage = totals.branches.percent if totals.branches else None
+        found.line_coverage = exact_percent(totals.lines.covered, totals.lines.total)
+        branches = totals.branches
+        found.branch_coverage = exact_percent(branches.covered, branches.total) if branches else None
     if inputs.source_path is not None and wanted & {"max_complexity", "maintainability"}:
         _, base, files = python_files(workspace, inputs.source_path)
         source_totals = measure(workspace, files, base).totals
