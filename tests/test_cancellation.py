@@ -76,8 +76,7 @@ def _assert_stopped(server: ServerProcess, subject: str) -> None:
 
 
 def _generate(subject: str) -> dict[str, Any]:
-    # Static: these tests are about the verify run's pytest process (the observation child is not yet on the
-    # cancellation path).
+    # Static: these tests are about the verify run's pytest process (the observation child has its own test).
     return {"source": HANG, "module": subject, "verify": True, "oracle": "static"}
 
 
@@ -106,6 +105,18 @@ async def test_a_cancelled_verify_call_stops_its_pytest_run(server: ServerProces
         # The fleet still serves: the next call runs.
         again = await client.call_tool("qe_test_generate", {"source": "def one() -> int:\n    return 1\n"})
         assert not again.is_error
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_observed_call_stops_its_observation_child(server: ServerProcess) -> None:
+    subject = _subject()
+    arguments = {"source": HANG, "module": subject, "oracle": "observed", "budgetSeconds": 20}
+    async with Client(server.url) as client:
+        async with anyio.create_task_group() as group:
+            group.start_soon(client.call_tool, "qe_test_generate", arguments)
+            await anyio.to_thread.run_sync(_wait_for, lambda: _runs_of(subject), 30, "no observation started")
+            group.cancel_scope.cancel()
+        await anyio.to_thread.run_sync(_assert_stopped, server, subject)
 
 
 def test_closing_the_connection_stops_the_pytest_run(server: ServerProcess) -> None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
+from qe_appliance.sandbox import Cancelled, Limits, run_sandboxed
 from qe_appliance.testgen.cases import Planner, message_pattern
 from qe_appliance.testgen.inputs import GENERIC, Candidate, candidates
 from qe_appliance.testgen.learned import LearnedPattern, edge_values
@@ -124,7 +125,7 @@ def explore(
         }
         (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         limit = (MAX_MUTATION_SECONDS if full_mutation else budget) + GRACE_SECONDS
-        out = run_child([str(work / "spec.json"), str(work / "out.json")], work, root, limit)
+        out = run_child([str(work / "spec.json"), str(work / "out.json")], work, subject.module, limit)
     if out.get("import_error"):
         return Explored([], notes, len(ordered), 0, None, None, None, 0.0, out["import_error"])
     tests = [_test(msgspec.convert(k["candidate"], Candidate), k, subject) for k in out["kept"]]
@@ -185,31 +186,31 @@ def _module_file(subject: Subject, source: str, work: Path) -> tuple[str, str]:
     return str(directory / f"{last}.py"), str(root)
 
 
-def run_child(argv: list[str], work: Path, import_root: str, seconds: float) -> dict[str, Any]:
-    """Run the observation child: its own process group, killed at `seconds`. The one place the child is
-    started, to move onto the shared sandbox runner."""
+def run_child(argv: list[str], work: Path, module: str, seconds: float) -> dict[str, Any]:
+    """Run the observation child in the sandbox every run of callers' code shares (its own process group,
+    CPU/memory/file-size limits, no network where the platform allows; killed at `seconds` or when the
+    call is cancelled)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_", "COVERAGE_"))}
-    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0")
-    proc = subprocess.Popen(
+    # AQE_TESTGEN_SUBJECT names the module under test, as for verify runs, so ps/proc tell the runs apart.
+    env.update(PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0", AQE_TESTGEN_SUBJECT=module)
+    log_file = work / "observe.log"
+    ran = run_sandboxed(
         # -P: the child's own directory is not on its path, so no module of ours shadows one of the caller's.
         [sys.executable, "-P", str(PROBE), *argv],
-        cwd=work,
+        work,
         env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
+        timeout_s=seconds,
+        limits=Limits(cpu_seconds=math.ceil(seconds) + 1),
+        output=log_file,
     )
-    try:
-        _, err = proc.communicate(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise ChildFailed(f"observing the calls took longer than {seconds:.0f} s and was stopped") from None
+    if ran.cancelled:
+        raise Cancelled("observing the calls was cancelled")
+    if ran.timed_out or ran.returncode == -signal.SIGXCPU:
+        raise ChildFailed(f"observing the calls took longer than {seconds:.0f} s and was stopped")
     out_file = Path(argv[1])
-    if proc.returncode != 0 or not out_file.exists():
-        tail = err.decode(errors="replace")[-_PROBLEM_TAIL:].strip()
-        raise ChildFailed(f"the observation process exited with code {proc.returncode}: {tail}")
+    if ran.returncode != 0 or not out_file.exists():
+        tail = log_file.read_text(errors="replace")[-_PROBLEM_TAIL:].strip()
+        raise ChildFailed(f"the observation process exited with code {ran.returncode}: {tail}")
     result: dict[str, Any] = json.loads(out_file.read_text(encoding="utf-8"))
     return result
 
