@@ -224,6 +224,34 @@ def test_bad_tool_fields_are_each_reported(tmp_path: Path) -> None:
     assert len(errors) == 4
 
 
+
+def test_tool_modes_have_their_own_targets_and_are_checked(tmp_path: Path) -> None:
+    tools = load_config(write(tmp_path, """
+        tools:
+          qe_test_generate: {modes: {verify: {targetLatencyMs: 30000}}}
+          qe_memory_search: {modes: {bulk: {targetLatencyMs: 400}}}
+    """)).tools
+    assert tools["qe_test_generate"].target_ms("") == 500 and tools["qe_test_generate"].target_ms("verify") == 30000
+    assert tools["qe_memory_search"].target_ms("bulk") == 400
+    assert Config().tools["qe_test_generate"].target_ms("verify") == 10_000  # the default for verify runs
+    errors = errors_of(
+        tmp_path,
+        """
+        tools:
+          qe_test_generate:
+            modes:
+              verify: {targetLatencyMs: -1}
+              Bad-Name: {targetLatencyMs: 10}
+              fast: {}
+    """,
+    )
+    assert any(":5: tools.qe_test_generate.modes.verify.targetLatencyMs: must be greater than 0" in e for e in errors)
+    assert any(":6: tools.qe_test_generate.modes.Bad-Name: `Bad-Name` is not a valid mode name" in e for e in errors)
+    assert any(":7: tools.qe_test_generate.modes.fast.targetLatencyMs: missing; this key is required" in e
+               for e in errors)
+    assert len(errors) == 3
+
+
 # --- file-level errors -------------------------------------------------------------------------------
 
 

@@ -84,11 +84,12 @@ def value(samples: dict[str, list[Sample]], name: str, **labels: str) -> float:
 def busy_monitor(sources: Sources | None = None) -> Monitor:
     monitor = Monitor(Config(), sources)
     for i in range(100):
-        monitor.record_request("tools/call", 0.002 + i / 10_000, error=i < 3)
-        monitor.record_tool("qe_memory_store", 0.001 + i / 10_000, "server-error" if i < 2 else "ok")
+        monitor.record_request("tools/call", 0.002 + i / 10_000, error="caller" if i < 3 else None)
+        monitor.record_tool("qe_memory_store", 0.001 + i / 10_000,
+                            "server-error" if i < 2 else "caller-error" if i < 7 else "ok")
         monitor.record_lookup(4e-6)
         monitor.record_http(200)
-    monitor.record_request("tools/list", 0.0004, error=False)
+    monitor.record_request("tools/list", 0.0004, error=None)
     monitor.record_http(404)
     monitor.count_reload(True)
     monitor.count_reload(False)
@@ -103,15 +104,18 @@ def test_exposition_counts_requests_tools_and_http_by_bounded_labels() -> None:
     samples = scrape(busy_monitor())
     assert value(samples, "aqe_mcp_requests_total", method="tools/call") == 100
     assert value(samples, "aqe_mcp_requests_total", method="tools/list") == 1
-    assert value(samples, "aqe_mcp_request_errors_total", method="tools/call") == 3
+    assert value(samples, "aqe_mcp_request_errors_total", method="tools/call", kind="caller") == 3
+    assert value(samples, "aqe_mcp_request_errors_total", method="tools/call", kind="server") == 0
     assert value(samples, "aqe_mcp_tool_calls_total", tool="qe_memory_store") == 100
-    assert value(samples, "aqe_mcp_tool_errors_total", tool="qe_memory_store") == 2
+    assert value(samples, "aqe_mcp_tool_errors_total", tool="qe_memory_store", kind="server") == 2
+    assert value(samples, "aqe_mcp_tool_errors_total", tool="qe_memory_store", kind="caller") == 5
     assert value(samples, "aqe_mcp_http_responses_total", status="200") == 100
     assert value(samples, "aqe_mcp_http_responses_total", status="404") == 1
     assert value(samples, "aqe_mcp_config_reloads_total", result="ok") == 2
     assert value(samples, "aqe_mcp_config_reloads_total", result="failed") == 1
     assert value(samples, "aqe_mcp_build_info", version="3.0.0") == 1
-    assert value(samples, "aqe_mcp_tool_target_latency_seconds", tool="qe_memory_retrieve") == 0.01
+    assert value(samples, "aqe_mcp_tool_target_latency_seconds", tool="qe_memory_retrieve", mode="default") == 0.01
+    assert value(samples, "aqe_mcp_tool_target_latency_seconds", tool="qe_test_generate", mode="verify") == 10.0
     assert value(samples, "aqe_mcp_alerts_firing", alert="p95_response_time") == 0
     assert "process_resident_memory_bytes" in samples
 
@@ -215,7 +219,9 @@ def test_dashboard_shows_latency_against_targets_pool_lookups_rates_and_agents()
     assert board["toolLookup"]["averageMs"] == pytest.approx(0.004)
     assert board["toolLookup"]["cacheHitRate"] == 0.75
     assert board["requests"]["total"] == 101 and board["requests"]["perSecond"] > 0
-    assert board["errors"]["rate"] == pytest.approx(5 / 101)
+    # Two server faults count; the three requests and five tool calls the callers got wrong do not.
+    assert board["errors"]["rate"] == pytest.approx(2 / 101)
+    assert board["errors"]["callerRecent"] == 8
     assert [agent["status"] for agent in board["agents"]] == ["available", "ejected"]
     assert board["sessions"] == 0
     assert board["intervalMs"] == 1000
@@ -233,7 +239,7 @@ def test_dashboard_without_fleet_or_traffic_has_no_numbers_to_invent() -> None:
 
 def slow_calls(monitor: Monitor, seconds: float, count: int = 2 * MIN_SAMPLES) -> None:
     for _ in range(count):
-        monitor.record_request("tools/call", seconds, error=False)
+        monitor.record_request("tools/call", seconds, error=None)
         monitor.record_tool("qe_memory_store", seconds, "ok")
 
 
@@ -281,10 +287,14 @@ def test_a_slow_p95_goes_pending_then_firing_then_resolved(caplog: pytest.LogCap
         assert alert["breach"]["value"] == pytest.approx(300, rel=0.01)
 
 
+NOT_COUNTED = "server faults only, 0 caller errors not counted"
+BREACHED = f"error rate 0.372 (16 of 43 requests; {NOT_COUNTED})"
+
+
 def traffic(requests: int, failed: int) -> Traffic:
     empty = Histogram()
-    return Traffic(span_s=60.0, tool_calls=empty, tools={}, lookups=empty, requests=requests, failed=failed,
-                   pool_acquires=0, pool_hits=0)
+    return Traffic(span_s=60.0, tool_calls=empty, plain_calls=empty, tools={}, tool_modes={}, lookups=empty,
+                   requests=requests, failed=failed, caller_failed=0, pool_acquires=0, pool_hits=0)
 
 
 def test_resolved_and_inactive_messages_describe_the_current_reading(caplog: pytest.LogCaptureFixture) -> None:
@@ -292,7 +302,7 @@ def test_resolved_and_inactive_messages_describe_the_current_reading(caplog: pyt
     with caplog.at_level(logging.INFO, logger="aqe_mcp.alerts"):
         book.update(measure(Config(), traffic(43, 16)), T0)
         book.update(measure(Config(), traffic(43, 16)), T0 + HOLD_S)
-        assert book.listing(0)["firing"][0]["summary"].startswith("error rate 0.372 (16 of 43 requests)")
+        assert book.listing(0)["firing"][0]["summary"].startswith(BREACHED)
         # The window then holds only successes: the alert resolves on that reading.
         book.update(measure(Config(), traffic(43, 0)), T0 + 60)
         [resolved] = book.update(measure(Config(), traffic(40, 1)), T0 + 60 + HOLD_S)
@@ -300,10 +310,12 @@ def test_resolved_and_inactive_messages_describe_the_current_reading(caplog: pyt
         book.update(measure(Config(), traffic(40, 10)), T0 + 200)
         [inactive] = book.update(measure(Config(), traffic(40, 0)), T0 + 201)
     assert resolved["state"] == "resolved" and resolved["value"] == pytest.approx(1 / 40)
-    assert resolved["summary"].startswith("error rate 0.025 (1 of 40 requests) over the last 60 s is not above 0.05")
+    assert resolved["summary"].startswith(
+        f"error rate 0.025 (1 of 40 requests; {NOT_COUNTED}) over the last 60 s is not above 0.05"
+    )
     assert " is above" not in resolved["summary"]
-    assert resolved["breach"]["summary"].startswith("error rate 0.372 (16 of 43 requests)")
-    assert inactive["state"] == "inactive" and "(0 of 40 requests)" in inactive["summary"]
+    assert resolved["breach"]["summary"].startswith(BREACHED)
+    assert inactive["state"] == "inactive" and "(0 of 40 requests;" in inactive["summary"]
     lines = [r.message for r in caplog.records if "resolved" in r.message or "inactive" in r.message]
     assert len(lines) == 2 and all(" is above" not in line for line in lines), lines
     assert "1 of 40 requests" in lines[0] and "0 of 40 requests" in lines[1]
@@ -355,22 +367,47 @@ def test_a_firing_alert_stays_firing_while_the_breach_flaps_inside_the_hold_wind
     assert [alert["name"] for alert in monitor.alerts()["resolved"]] == ["pool_hit_rate"]
 
 
-def test_error_rate_alert_counts_rpc_errors_and_failed_tool_calls() -> None:
+def test_error_rate_alert_counts_server_faults_not_callers_mistakes() -> None:
     monitor = Monitor(Config())
     for i in range(40):
-        monitor.record_request("tools/call", 0.001, error=i < 2)
-        monitor.record_tool("qe_memory_store", 0.001, "server-error" if 2 <= i < 4 else "ok")
+        monitor.record_request("tools/call", 0.001, error="server" if i < 2 else "caller" if i < 10 else None)
+        outcome = "server-error" if 2 <= i < 4 else "caller-error" if 4 <= i < 20 else "ok"
+        monitor.record_tool("qe_memory_store", 0.001, outcome)
     transitions = monitor.evaluate(T0)
     [alert] = transitions
     assert (alert["name"], alert["state"]) == ("error_rate", "pending")
     assert alert["value"] == pytest.approx(4 / 40)
-    assert "4 of 40 requests" in alert["summary"]
+    assert "4 of 40 requests; server faults only, 24 caller errors not counted" in alert["summary"]
+
+
+def test_callers_mistakes_alone_page_nobody() -> None:
+    monitor = Monitor(Config())
+    for _ in range(40):
+        monitor.record_request("tools/call", 0.001, error="caller")
+        monitor.record_tool("qe_memory_store", 0.001, "caller-error")
+    assert monitor.evaluate(T0) == [] and monitor.evaluate(T0 + HOLD_S) == []
+
+
+def test_a_mode_is_judged_against_its_own_target() -> None:
+    monitor = Monitor(Config())
+    for _ in range(MIN_SAMPLES):
+        monitor.record_tool("qe_test_generate", 2.0, "ok", "verify")  # within verify's 10 s
+        monitor.record_tool("qe_test_generate", 0.1, "ok")  # within the design's 500 ms
+    assert monitor.evaluate(T0) == []
+    samples = scrape(monitor)
+    count = [s for s in samples["aqe_mcp_tool_duration_seconds_count"] if s.labels["tool"] == "qe_test_generate"]
+    assert {s.labels["mode"]: s.value for s in count} == {"default": MIN_SAMPLES, "verify": MIN_SAMPLES}
+    for _ in range(MIN_SAMPLES):
+        monitor.record_tool("qe_test_generate", 20.0, "ok", "verify")
+    [alert] = monitor.evaluate(T0 + 1)
+    assert (alert["name"], alert["tool"], alert["mode"]) == ("tool_latency", "qe_test_generate", "verify")
+    assert "tools.qe_test_generate.modes.verify.targetLatencyMs" in alert["summary"]
 
 
 def test_too_few_samples_raise_no_alert() -> None:
     monitor = Monitor(Config())
     slow_calls(monitor, 5.0, count=MIN_SAMPLES - 2)
-    monitor.record_request("tools/call", 0.001, error=True)  # 1 failed of 9: too few to call it a rate
+    monitor.record_request("tools/call", 0.001, error="server")  # 1 failed of 9: too few to call it a rate
     assert monitor.evaluate(T0) == []
 
 
@@ -384,7 +421,7 @@ def test_a_disabled_tool_raises_no_latency_alert() -> None:
 def test_resolved_alerts_are_listed_newest_first_and_limited() -> None:
     monitor = Monitor(with_p95_threshold(100.0))
     for _ in range(MIN_SAMPLES):
-        monitor.record_request("tools/call", 0.3, error=False)
+        monitor.record_request("tools/call", 0.3, error=None)
         monitor.record_tool("qe_quality_gate", 0.3, "ok")  # within its 500 ms target
     now = T0
     for _ in range(3):

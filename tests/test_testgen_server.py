@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 from mcp import Client
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ServerProcess, start_server
 from tests.fixtures.testgen.samples import ROOT as FIXTURES
+from tests.test_http_edges import request
 
 pytestmark = pytest.mark.anyio
 
@@ -119,3 +121,43 @@ async def test_bad_input_through_the_server(testgen_server: ServerProcess) -> No
         assert "RuntimeError: no config" in text(unimportable) and "Traceback" not in text(unimportable)
         wrong = await client.call_tool("qe_test_generate", {"source": "def f(): pass", "style": "fuzzy"})
         assert wrong.is_error and "style" in text(wrong)
+
+
+async def test_metrics_tell_callers_mistakes_from_server_faults_and_verify_runs_apart(
+    testgen_server: ServerProcess,
+) -> None:
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, _, raw = request(testgen_server, "GET", "/metrics")
+        assert status == 200
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(raw.decode()) for s in f.samples
+        }
+
+    def errors(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], kind: str) -> float:
+        return samples.get(("aqe_mcp_tool_errors_total", (("kind", kind), ("tool", "qe_test_generate"))), 0.0)
+
+    def calls(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], mode: str) -> float:
+        key = ("aqe_mcp_tool_duration_seconds_count", (("mode", mode), ("tool", "qe_test_generate")))
+        return samples.get(key, 0.0)
+
+    before = scrape()
+    async with Client(testgen_server.url) as client:
+        for _ in range(3):
+            wrong = await client.call_tool("qe_test_generate", {"source": "def f(): pass", "style": "fuzzy"})
+            assert wrong.is_error
+        verified = await client.call_tool(
+            "qe_test_generate", {"source": "def f(x: int) -> int:\n    return x\n", "verify": True}
+        )
+        assert not verified.is_error, text(verified)
+        plain = await client.call_tool("qe_test_generate", {"source": "def f(x: int) -> int:\n    return x\n"})
+        assert not plain.is_error, text(plain)
+    after = scrape()
+    # Bad arguments are the caller's mistakes: counted as such, never as the server's faults.
+    assert errors(after, "caller") - errors(before, "caller") == 3
+    assert errors(after, "server") == errors(before, "server")
+    # The verify run is timed under its own mode (and judged against its own target, 10 s by default).
+    assert calls(after, "verify") - calls(before, "verify") == 1
+    assert calls(after, "default") - calls(before, "default") == 4
+    target = ("aqe_mcp_tool_target_latency_seconds", (("mode", "verify"), ("tool", "qe_test_generate")))
+    assert after[target] == 10.0

@@ -307,7 +307,10 @@ class _Checker:
             if field.encode_name in raw:
                 key_path = (*path, field.encode_name)
                 values[field.name] = self.decode(raw[field.encode_name], field.type, key_path,
-                                                 getattr(current, field.name))
+                                                 getattr(current, field.name, None))
+            elif current is None:  # a new entry of an open mapping: no default to fall back on
+                self.fail((*path, field.encode_name), "missing; this key is required")
+                values[field.name] = _INVALID
             else:
                 values[field.name] = getattr(current, field.name)
         given = frozenset(field.name for field in info.fields if field.encode_name in raw)
@@ -330,19 +333,23 @@ class _Checker:
             # A closed set of names (fleet.agents): the file's mapping replaces the default one.
             names: list[Any] = list(info.key_type.values)
             result: dict[Any, Any] = {}
-        elif isinstance(info.value_type, mi.StructType) and _open_mapping(info.value_type):
-            # Any name may be added (quality.policies); each entry stands alone and replaces a default
-            # entry of the same name.
+        elif isinstance(info.value_type, mi.StructType) and _open_mapping(info.value_type, info.key_type):
+            # Any name may be added (quality.policies, tools.<name>.modes); each entry stands alone and
+            # replaces a default entry of the same name.
             names = []
             result = dict(current)
-            fresh = info.value_type.cls
+            fresh = _fresh(info.value_type)
         else:
             # Only names that have a default entry exist; an entry overrides some fields of that default.
             names = list(current)
             result = dict(current)
+        pattern = getattr(info.key_type, "pattern", None)
         for key, entry in raw.items():
             if (fresh is None and key not in names) or not isinstance(key, str):
                 self._unknown(path, key, [str(n) for n in names], noun)
+                result[key] = _INVALID
+            elif pattern is not None and not re.search(pattern, key):
+                self.fail((*path, key), f"`{key}` is not a valid {noun} name: it must match {pattern}")
                 result[key] = _INVALID
             else:
                 base = fresh() if fresh is not None else current.get(key)
@@ -384,9 +391,17 @@ class _Checker:
         self.fail((*path, key), f"unknown {noun} `{key}`; {hint}")
 
 
-def _open_mapping(value: mi.StructType) -> bool:
-    """Named entries of a struct whose every field has a default: any name can be defined."""
-    return not any(field.required for field in value.fields)
+def _open_mapping(value: mi.StructType, key: mi.Type) -> bool:
+    """Named entries of a struct whose every field has a default, or whose names the schema constrains by a
+    pattern (tools.<name>.modes): any name can be defined."""
+    return not any(field.required for field in value.fields) or getattr(key, "pattern", None) is not None
+
+
+def _fresh(value: mi.StructType) -> Callable[[], Any]:
+    """A new entry's starting point: its defaults, or None when it has required keys (each must be given)."""
+    if any(field.required for field in value.fields):
+        return lambda: None
+    return value.cls
 
 
 def _coerce(raw: Any, info: mi.Type) -> Any:

@@ -126,12 +126,25 @@ class LearningConfig(_Section, frozen=True):
     promotion_min_confidence: Ratio = 0.6
 
 
+class ToolModeConfig(_Section, frozen=True):
+    target_latency_ms: LatencyMs
+
+
 class ToolConfig(_Section, frozen=True):
     category: Category
     target_latency_ms: LatencyMs
     enabled: bool = True
     execution: Execution = "local"
     timeout_ms: Millis = 60_000
+    # Calls with a boolean argument of this name set to true (`verify: true`) are a different kind of work:
+    # their latency is judged against the mode's own target instead of target_latency_ms.
+    modes: dict[Annotated[str, msgspec.Meta(pattern="^[a-z][A-Za-z0-9]*$")], ToolModeConfig] = msgspec.field(
+        default_factory=dict
+    )
+
+    def target_ms(self, mode: str) -> float:
+        """The latency target of calls in `mode` ("" for calls in no mode)."""
+        return self.modes[mode].target_latency_ms if mode else self.target_latency_ms
 
 
 AgentType = Literal["generalist", "test-generator", "coverage-analyzer", "quality-analyzer"]
@@ -177,7 +190,11 @@ class QualityConfig(_Section, frozen=True):
 
 # The design's tool table; the CPU-heavy tools run on the agent fleet, the rest on the event loop.
 TOOL_DEFAULTS: Final[dict[str, ToolConfig]] = {
-    "qe_test_generate": ToolConfig(category="test-generation", target_latency_ms=500.0, execution="fleet"),
+    # Generating and running the tests (`verify: true`) takes seconds by nature: 500 ms is for generation alone.
+    "qe_test_generate": ToolConfig(
+        category="test-generation", target_latency_ms=500.0, execution="fleet",
+        modes={"verify": ToolModeConfig(target_latency_ms=10_000.0)},
+    ),
     "qe_coverage_analyze": ToolConfig(
         category="coverage-analysis", target_latency_ms=200.0, execution="fleet"
     ),

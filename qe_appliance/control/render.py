@@ -189,6 +189,14 @@ def _scaled(value: Any, unit: str) -> str:
     return number(value)
 
 
+# Labels that refine a row instead of naming one: `kind` (whose fault an error was) shares the errors cell,
+# "2 (5)" for 2 server faults and 5 callers' mistakes, which keeps the table within 80 columns; `mode`
+# (tools.<name>.modes) is a row under its tool, "default" being the tool's own row.
+_PIVOTED: Final = "kind"
+_MODE: Final = "mode"
+_DEFAULT_MODE: Final = "default"
+
+
 def metrics(snapshot: dict[str, Any]) -> RenderableType:
     """Every metric family, grouped by its labels (one table by tool, one by method, one by agent, ...) so each
     row says what it counts; durations in ms with p50/p95/p99, ratios in %."""
@@ -197,7 +205,9 @@ def metrics(snapshot: dict[str, Any]) -> RenderableType:
     groups: list[tuple[tuple[str, ...], set[tuple[str, ...]], list[tuple[str, dict[str, Any]]]]] = []
     plain = []
     for name, family in snapshot.get("metrics", {}).items():
-        labels = tuple(dict.fromkeys(k for s in family["samples"] for k in s["labels"]))
+        labels = tuple(dict.fromkeys(
+            k for s in family["samples"] for k in s["labels"] if k not in (_PIVOTED, _MODE)
+        ))
         if not labels:
             plain.append((name, family))
             continue
@@ -235,10 +245,12 @@ def metrics(snapshot: dict[str, Any]) -> RenderableType:
 
 def _labelled(labels: tuple[str, ...], families: list[tuple[str, dict[str, Any]]]) -> Table:
     """One table for the families sharing `labels`: a row per label value, a column (or p50/p95/p99) per family."""
-    table = Table(box=box.SIMPLE_HEAD, title=f"by {', '.join(labels)}", title_justify="left", pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, title=f"by {', '.join(labels)}", title_justify="left", caption_justify="left",
+                  pad_edge=False)
     for label in labels:
         table.add_column(label, no_wrap=True, style="cyan")
     cells: dict[tuple[str, ...], dict[int, str]] = {}
+    by_kind: dict[tuple[tuple[str, ...], str], Any] = {}
     column = 0
     histograms = sum(family["type"] == "histogram" for _, family in families)
     for name, family in families:
@@ -250,16 +262,25 @@ def _labelled(labels: tuple[str, ...], families: list[tuple[str, dict[str, Any]]
         for text in headings:
             table.add_column(text, justify="right")
         for sample in family["samples"]:
-            key = tuple(str(sample["labels"].get(label, "")) for label in labels)
+            sample_labels = sample["labels"]
+            mode = sample_labels.get(_MODE, _DEFAULT_MODE)
+            key = (*(str(sample_labels.get(label, "")) for label in labels), "" if mode == _DEFAULT_MODE else mode)
             row = cells.setdefault(key, {})
             if histogram:
                 for i, q in enumerate(("p50", "p95", "p99")):
                     row[column + i] = _scaled(sample[q], unit) if sample["count"] else "-"
+            elif _PIVOTED in sample_labels:
+                by_kind[key, sample_labels[_PIVOTED]] = sample.get("value") or 0
+                server, caller = (number(by_kind.get((key, kind), 0)) for kind in ("server", "caller"))
+                row[column] = f"{server} ({caller})"
+                table.caption = f"{heading}: the server's faults (callers' mistakes in brackets, not alerted on)"
             else:
                 row[column] = _scaled(sample.get("value"), unit)
         column += len(headings)
-    for key in sorted(cells):
-        table.add_row(*key, *(cells[key].get(i, "-") for i in range(column)))
+    for *values, mode in sorted(cells):
+        # A mode's row sits under its tool's: "  verify mode" with its own latency and target.
+        shown = [f"  {mode} mode", *("" for _ in values[1:])] if mode else values
+        table.add_row(*shown, *(cells[(*values, mode)].get(i, "-") for i in range(column)))
     return table
 
 

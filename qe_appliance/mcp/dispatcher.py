@@ -163,7 +163,7 @@ class Dispatcher:
                 return Reply(200, rpc.result_bytes(msg_id, self._stamp(result)))
             return await self._legacy(msg_id, is_request, method, params, meta, raw_params, exch)
         except RpcError as exc:
-            exch.error = True
+            exch.error = "server" if exc.code == rpc.INTERNAL_ERROR else "caller"
             if msg_id is None and exc.code not in (rpc.PARSE_ERROR, rpc.INVALID_REQUEST):
                 # Errors about notifications have nobody to go to; the transport still acknowledges.
                 return ACCEPTED
@@ -171,12 +171,12 @@ class Dispatcher:
             return Reply(status, rpc.error_bytes(msg_id, exc.code, exc.message, exc.data))
         except (UnicodeDecodeError, RecursionError) as exc:
             # From decoding params deep inside a method (the envelope's own are RpcErrors already).
-            exch.error = True
+            exch.error = "caller"
             return Reply(400, rpc.error_bytes(msg_id, rpc.PARSE_ERROR, rpc.parse_error(exc).message))
         except Exception:
             # A bug, not the client's fault: log it for the operator, answer the client in JSON-RPC terms.
             log.exception("unhandled error dispatching %s", exch.method)
-            exch.error = True
+            exch.error = "server"
             message = "internal error while handling the request; the server log has the details"
             return Reply(500, rpc.error_bytes(msg_id, rpc.INTERNAL_ERROR, message))
 

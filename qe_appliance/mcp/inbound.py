@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from qe_appliance.mcp.sessions import Session
+
+# Whose fault a failed request or tool call was: the caller's (bad arguments, unknown names) or the
+# server's (a bug, a timeout, a crashed agent). Only server faults count towards the error-rate alert.
+Fault = Literal["caller", "server"]
 
 Send = Callable[[bytes], Awaitable[None]]
 
@@ -25,9 +30,10 @@ class Inbound:
     principal: str | None = None
     session: Session | None = None
     send: Send | None = None
-    # Filled in while handling, for metrics: the method (bounded to known names) and whether it failed.
+    # Filled in while handling, for metrics: the method (bounded to known names) and, when it was answered
+    # with a JSON-RPC error, whose fault that was ("caller" or "server": only the latter pages anyone).
     method: str = "invalid"
-    error: bool = False
+    error: Fault | None = None
 
 
 @dataclass

@@ -36,10 +36,13 @@ class Traffic:
 
     span_s: float  # seconds the window really covers (less than WINDOW_S just after start)
     tool_calls: Any  # every tool call
+    plain_calls: Any  # tool calls in no mode of tools.<name>.modes (the overall p95 rule judges these)
     tools: dict[str, Any]  # per tool
+    tool_modes: dict[tuple[str, str], Any]  # per tool and mode of tools.<name>.modes ("" for none)
     lookups: Any  # registry lookup times
     requests: int
-    failed: int  # requests answered with a JSON-RPC error plus tool calls that returned isError
+    failed: int  # requests and tool calls that failed by the server's fault (the error rate counts these)
+    caller_failed: int  # ... and by the caller's (invalid arguments, unknown tools): shown, never alerted on
     pool_acquires: int
     pool_hits: int
 
@@ -69,10 +72,12 @@ class Reading:
     severity: str
     breached: bool
     summary: str
+    mode: str = ""  # tool_latency: the tools.<name>.modes entry judged ("" for calls in none)
 
     @property
     def key(self) -> str:
-        return f"{self.rule}:{self.tool}" if self.tool else self.rule
+        key = f"{self.rule}:{self.tool}" if self.tool else self.rule
+        return f"{key}:{self.mode}" if self.mode else key
 
 
 def measure(config: Config, traffic: Traffic) -> list[Reading]:
@@ -80,16 +85,17 @@ def measure(config: Config, traffic: Traffic) -> list[Reading]:
     limits = config.monitoring.alert_thresholds
     window = f"over the last {WINDOW_S} s"
     readings = []
-    p95 = _p95_ms(traffic.tool_calls)
+    p95 = _p95_ms(traffic.plain_calls)
     readings.append(_above(
         "p95_response_time", None, p95, limits.p95_response_time, "ms", "critical",
-        f"p95 response time of tool calls {_fmt(p95, ' ms')} {window}",
+        f"p95 response time of tool calls (modes such as verify apart) {_fmt(p95, ' ms')} {window}",
         "monitoring.alertThresholds.p95ResponseTime",
     ))
     rate = traffic.error_rate
     readings.append(_above(
         "error_rate", None, rate, limits.error_rate, "ratio", "critical",
-        f"error rate {_fmt(rate)} ({traffic.failed} of {traffic.requests} requests) {window}",
+        f"error rate {_fmt(rate)} ({traffic.failed} of {traffic.requests} requests; server faults only, "
+        f"{traffic.caller_failed} caller errors not counted) {window}",
         "monitoring.alertThresholds.errorRate",
     ))
     hit_rate = traffic.pool_hit_rate
@@ -101,14 +107,19 @@ def measure(config: Config, traffic: Traffic) -> list[Reading]:
         f"{verdict} (monitoring.alertThresholds.poolHitRate)",
     ))
     for name, tool in config.tools.items():
-        histogram = traffic.tools.get(name)
-        if not tool.enabled or histogram is None:
+        if not tool.enabled:
             continue
-        value = _p95_ms(histogram)
-        readings.append(_above(
-            "tool_latency", name, value, tool.target_latency_ms, "ms", "warning",
-            f"{name} p95 {_fmt(value, ' ms')} {window}", f"tools.{name}.targetLatencyMs",
-        ))
+        for mode in ("", *tool.modes):
+            histogram = traffic.tool_modes.get((name, mode))
+            if histogram is None:
+                continue
+            value = _p95_ms(histogram)
+            calls, key = (f"{name} {mode} calls", f"tools.{name}.modes.{mode}.targetLatencyMs") if mode else (
+                name, f"tools.{name}.targetLatencyMs")
+            readings.append(_above(
+                "tool_latency", name, value, tool.target_ms(mode), "ms", "warning",
+                f"{calls} p95 {_fmt(value, ' ms')} {window}", key, mode,
+            ))
     return readings
 
 
@@ -121,12 +132,13 @@ def _above(
     severity: str,
     what: str,
     key: str,
+    mode: str = "",
 ) -> Reading:
     breached = value is not None and value > limit
     shown = f"{limit:g} ms" if unit == "ms" else f"{limit:g}"
     samples = "requests" if rule == "error_rate" else "calls"
     return Reading(rule, tool, value, limit, unit, severity, breached,
-                   f"{what} {_verdict(value, breached, 'above', shown, samples)} ({key})")
+                   f"{what} {_verdict(value, breached, 'above', shown, samples)} ({key})", mode)
 
 
 def _verdict(value: float | None, breached: bool, side: str, limit: str, samples: str) -> str:
@@ -166,6 +178,8 @@ class Alert:
         out: dict[str, Any] = {"name": reading.rule}
         if reading.tool:
             out["tool"] = reading.tool
+        if reading.mode:
+            out["mode"] = reading.mode
         out.update({
             "state": self.state,
             "severity": reading.severity,

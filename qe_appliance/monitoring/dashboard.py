@@ -107,7 +107,9 @@ def build(
         "pool": _pool(fleet, traffic, config) if fleet else None,
         "toolLookup": lookup,
         "requests": {"total": requests_total, "perSecond": traffic.requests / traffic.span_s},
-        "errors": {"rate": traffic.error_rate, "threshold": limits.error_rate, "total": failed_total},
+        # The rate (and its alert) counts server faults only; callers' mistakes are shown beside it.
+        "errors": {"rate": traffic.error_rate, "threshold": limits.error_rate, "total": failed_total,
+                   "callerRecent": traffic.caller_failed},
         "agents": [{key: agent.get(key) for key in _AGENT_FIELDS} for agent in _agents(fleet)],
         "sessions": sessions,
         "alerts": {**alerts, "resolved": alerts["resolved"][:RECENT_ALERTS]},

@@ -24,6 +24,7 @@ from qe_appliance.monitoring.dashboard import build as build_dashboard
 from qe_appliance.monitoring.families import Family, Kind, buckets
 
 if TYPE_CHECKING:
+    from qe_appliance.mcp.inbound import Fault
     from qe_appliance.tools.runner import Outcome
 
 log = logging.getLogger("aqe_mcp.monitoring")
@@ -44,6 +45,10 @@ REFUSAL_REASONS: Final = (
     "malformed", "sessions",
 )
 OTHER: Final = "other"
+# The `mode` label of calls in none of tools.<name>.modes.
+DEFAULT_MODE: Final = "default"
+# A runner outcome as the `kind` label of the error counters.
+_FAULT_OF: Final[dict[str, Fault]] = {"caller-error": "caller", "server-error": "server"}
 # Pool counter samples kept between evaluations (one per dashboardIntervalMs, the window is WINDOW_S).
 _POOL_SAMPLES: Final = 1000
 
@@ -89,13 +94,22 @@ _AGENT: Final[tuple[_Source, ...]] = (
 
 
 class _Series:
-    """One label value's latency histogram and its error count."""
+    """One label value's latency histogram, its errors by whose fault they were, and (tools) its latency per
+    mode of tools.<name>.modes ("" for calls in none), each judged against its own target."""
 
-    __slots__ = ("histogram", "errors")
+    __slots__ = ("histogram", "errors", "modes", "_windows")
 
     def __init__(self, windows: int) -> None:
         self.histogram = Histogram(1, windows)
-        self.errors = 0
+        self.errors: dict[Fault, int] = {"caller": 0, "server": 0}
+        self.modes: dict[str, Histogram] = {}
+        self._windows = windows
+
+    def mode(self, name: str) -> Histogram:
+        histogram = self.modes.get(name)
+        if histogram is None:
+            histogram = self.modes[name] = Histogram(1, self._windows)
+        return histogram
 
 
 @dataclass(frozen=True)
@@ -121,11 +135,17 @@ class Monitor:
         self._started_mono = time.monotonic()
         self._requests: dict[str, _Series] = {}
         self._tools: dict[str, _Series] = {}
-        # Every request, failed requests (a JSON-RPC error or a tool call that returned isError), every
-        # tool call and registry lookup times, each with per-second windows for "the last minute".
+        # Every request, requests that failed by the server's fault (an internal JSON-RPC error or a tool
+        # call that returned isError for a bug, a timeout or a crashed agent), those that failed by the
+        # caller's, every tool call and registry lookup times, each with per-second windows for "the last
+        # minute". Only server faults feed the error-rate alert: a caller's mistakes are its own to fix.
         self._all_requests = Histogram()
         self._failed = Histogram()
+        self._caller_failed = Histogram()
         self._tool_calls = Histogram()
+        # Tool calls in no mode of tools.<name>.modes: the overall p95 alert judges these, as a verify run's
+        # seconds are another kind of work with its own target.
+        self._plain_calls = Histogram()
         self._lookups = Histogram()
         self._http: dict[int, int] = {}
         # Requests and connections turned away by a limit, by reason (see REFUSAL_REASONS).
@@ -151,22 +171,26 @@ class Monitor:
 
     # ---- hot path ----------------------------------------------------------------------------------
 
-    def record_request(self, method: str, seconds: float, error: bool) -> None:
+    def record_request(self, method: str, seconds: float, error: Fault | None) -> None:
         series = self._requests.get(method) or _series(self._requests, method, 0)
         series.histogram.record(seconds)
         self._all_requests.record(seconds)
-        if error:
-            series.errors += 1
-            self._failed.record(seconds)
+        if error is not None:
+            self._count_error(series, error, seconds)
 
-    def record_tool(self, tool: str, seconds: float, outcome: Outcome) -> None:
+    def record_tool(self, tool: str, seconds: float, outcome: Outcome, mode: str = "") -> None:
         series = self._tools.get(tool) or _series(self._tools, tool, WINDOW_S)
         series.histogram.record(seconds)
+        series.mode(mode).record(seconds)
         self._tool_calls.record(seconds)
-        # The outcome says whose fault a failure was (runner.Outcome); the exposition counts both alike for now.
+        if not mode:
+            self._plain_calls.record(seconds)
         if outcome != "ok":
-            series.errors += 1
-            self._failed.record(seconds)
+            self._count_error(series, _FAULT_OF[outcome], seconds)
+
+    def _count_error(self, series: _Series, fault: Fault, seconds: float) -> None:
+        series.errors[fault] += 1
+        (self._failed if fault == "server" else self._caller_failed).record(seconds)
 
     def record_lookup(self, seconds: float) -> None:
         self._lookups.record(seconds)
@@ -224,10 +248,17 @@ class Monitor:
         return Traffic(
             span_s=span,
             tool_calls=self._tool_calls.recent(WINDOW_S),
+            plain_calls=self._plain_calls.recent(WINDOW_S),
             tools={name: series.histogram.recent(WINDOW_S) for name, series in self._tools.items()},
+            tool_modes={
+                (name, mode): histogram.recent(WINDOW_S)
+                for name, series in self._tools.items()
+                for mode, histogram in series.modes.items()
+            },
             lookups=self._lookups.recent(WINDOW_S),
             requests=self._all_requests.recent(WINDOW_S).count,
             failed=self._failed.recent(WINDOW_S).count,
+            caller_failed=self._caller_failed.recent(WINDOW_S).count,
             pool_acquires=self._pool_recent[0],
             pool_hits=self._pool_recent[1],
         )
@@ -311,7 +342,7 @@ class Monitor:
             *_series_families(
                 self._tools, "tool",
                 ("aqe_mcp_tool_calls_total", "aqe_mcp_tool_errors_total", "aqe_mcp_tool_duration_seconds"),
-                "tool calls", "whose result had isError",
+                "tool calls", "whose result had isError", by_mode=True,
             ),
             _tool_targets(self._config),
             Family("aqe_mcp_http_responses_total", "counter", "HTTP responses by status code.", ("status",),
@@ -358,27 +389,40 @@ def _series(table: dict[str, _Series], label: str, windows: int) -> _Series:
 
 
 def _series_families(
-    table: dict[str, _Series], label: str, names: tuple[str, str, str], what: str, failed: str
+    table: dict[str, _Series], label: str, names: tuple[str, str, str], what: str, failed: str,
+    by_mode: bool = False,
 ) -> list[Family]:
-    """Count, error count and duration histogram of each series of `table`, by `label`."""
+    """Count, errors by kind (whose fault: caller or server) and duration histogram of each series of `table`,
+    by `label`; with `by_mode`, the durations also by mode (tools.<name>.modes, "default" for none)."""
     total, errors, duration = names
     rows = sorted(table.items())
+    durations: list[tuple[tuple[str, ...], Any]]
+    if by_mode:
+        durations = [((name, mode or DEFAULT_MODE), histogram)
+                     for name, series in rows for mode, histogram in sorted(series.modes.items())]
+    else:
+        durations = [((name,), series.histogram) for name, series in rows]
     return [
         Family(total, "counter", f"{what[0].upper()}{what[1:]} handled, by {label}.", (label,),
                [((name,), series.histogram.count) for name, series in rows]),
-        Family(errors, "counter", f"{what[0].upper()}{what[1:]} {failed}, by {label}.", (label,),
-               [((name,), series.errors) for name, series in rows]),
-        Family(duration, "histogram", f"Duration of {what}, by {label}.", (label,),
-               [((name,), series.histogram) for name, series in rows], REQUEST_BOUNDS),
+        Family(errors, "counter",
+               f"{what[0].upper()}{what[1:]} {failed}, by {label} and kind: caller (its arguments or names "
+               f"were wrong) or server (a bug, a timeout, a crashed agent; only these count as the error rate).",
+               (label, "kind"),
+               [((name, kind), count) for name, series in rows for kind, count in series.errors.items()]),
+        Family(duration, "histogram", f"Duration of {what}, by {label}{' and mode' if by_mode else ''}.",
+               (label, "mode") if by_mode else (label,), durations, REQUEST_BOUNDS),
     ]
 
 
 def _tool_targets(config: Config) -> Family:
     family = Family("aqe_mcp_tool_target_latency_seconds", "gauge",
-                    "Latency target of each enabled tool (tools.<name>.targetLatencyMs).", ("tool",))
+                    "Latency target of each enabled tool, by mode (tools.<name>.targetLatencyMs for mode "
+                    "\"default\", tools.<name>.modes.<mode>.targetLatencyMs).", ("tool", "mode"))
     for name, tool in sorted(config.tools.items()):
         if tool.enabled:
-            family.add(tool.target_latency_ms / 1000.0, name)
+            for mode in ("", *sorted(tool.modes)):
+                family.add(tool.target_ms(mode) / 1000.0, name, mode or DEFAULT_MODE)
     return family
 
 

@@ -40,7 +40,7 @@ Outcome = Literal["ok", "caller-error", "server-error"]
 class Recorder(Protocol):
     """Where calls are counted (the Monitor)."""
 
-    def record_tool(self, tool: str, seconds: float, outcome: Outcome) -> None: ...
+    def record_tool(self, tool: str, seconds: float, outcome: Outcome, mode: str = "") -> None: ...
 
 
 @dataclass(slots=True)
@@ -50,6 +50,8 @@ class CallResult:
     outcome: Outcome
     value: bytes | None = None
     message: str = ""
+    # The tools.<name>.modes entry the arguments selected ("" for none): its latency has its own target.
+    mode: str = ""
 
     @property
     def ok(self) -> bool:
@@ -84,7 +86,7 @@ class ToolRunner:
         started = time.perf_counter()
         result = await self._call(tool, arguments, progress, log, caller)
         if self.recorder is not None:
-            self.recorder.record_tool(tool.name, time.perf_counter() - started, result.outcome)
+            self.recorder.record_tool(tool.name, time.perf_counter() - started, result.outcome, result.mode)
         return result
 
     async def _call(
@@ -101,16 +103,26 @@ class ToolRunner:
             reason = rpc.unreadable_reason(exc)
             return CallResult("caller-error", message=f"invalid arguments for {tool.name}: {reason}")
         ctx = ToolContext(self.services, progress, log_fn, tool.name, caller=caller, offload=self._offload(tool))
+        mode = self._mode(tool, args)
         try:
             value = await tool.handler(ctx, args)
         except ToolFault as exc:
-            return CallResult("server-error", message=str(exc))
+            return CallResult("server-error", message=str(exc), mode=mode)
         except ToolError as exc:
-            return CallResult("caller-error", message=str(exc))
+            return CallResult("caller-error", message=str(exc), mode=mode)
         except Exception as exc:
             log.exception("tool %s failed", tool.name)
-            return CallResult("server-error", message=f"{tool.name} failed: {type(exc).__name__}: {exc}")
-        return CallResult("ok", rpc.encoder.encode(value))
+            return CallResult("server-error", message=f"{tool.name} failed: {type(exc).__name__}: {exc}", mode=mode)
+        return CallResult("ok", rpc.encoder.encode(value), mode=mode)
+
+    def _mode(self, tool: ToolSpec, args: Any) -> str:
+        """The first of tools.<name>.modes whose boolean argument is true in `args`, else ""."""
+        config = self.services.config.tools.get(tool.name)
+        if config is not None:
+            for mode in config.modes:
+                if getattr(args, mode, None) is True:
+                    return mode
+        return ""
 
     def _offload(self, tool: ToolSpec) -> Any:
         services = self.services
