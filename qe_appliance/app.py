@@ -133,7 +133,8 @@ class App:
     def __init__(self, config: Config, catalog: Sequence[ToolSpec] = ALL_TOOLS, *, http: bool = True) -> None:
         self.config = config
         self.catalog = catalog
-        # None when ready, else why not ("starting", "draining"): /readyz and new MCP work answer 503.
+        # None when ready, else why not ("starting", "draining", "stopping"): /readyz answers 503, and new MCP
+        # work too except while "draining" (the drain's grace, see http.routes.DRAINING).
         self.state: str | None = "starting"
         self.overrides = Overrides()
         self.services = Services(config, self.overrides)

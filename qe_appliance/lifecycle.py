@@ -21,6 +21,7 @@ from qe_appliance import __version__
 from qe_appliance.app import App
 from qe_appliance.config import Config, ConfigError, control_socket, is_loopback
 from qe_appliance.control.server import ControlServer
+from qe_appliance.http.routes import DRAINING
 from qe_appliance.mcp.stdio import serve_stdio
 from qe_appliance.overrides import Overrides
 from qe_appliance.proctitle import set_title
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("aqe_mcp")
 
 DRAIN_DEADLINE_S = 30.0
+# After the drain's grace: new MCP requests answer 503, the listener closes once work in flight is done.
+STOPPING = "stopping"
 
 
 class Server:
@@ -190,21 +193,31 @@ class Server:
             return report
 
     def begin_drain(self, deadline_s: float) -> None:
-        if self.app.state != "draining":
+        if self.app.state not in (DRAINING, STOPPING):
+            # Not ready from this moment, before the caller (`pool drain`) hears back: a health check made
+            # right after the command returns already sees the 503.
+            self.app.state = DRAINING
             self._spawn(self.drain_and_stop(deadline_s))
 
     async def drain_and_stop(self, deadline_s: float) -> None:
-        """Stop taking new work, let requests in flight finish within the deadline, then close.
+        """Leave rotation, stop taking new work, let requests in flight finish within the deadline, then close.
 
-        While draining, /readyz and new MCP requests answer 503 with Retry-After (the listener stays open so
-        clients are told, not refused); then the pool closes, the agents stop and the process exits 0.
+        For server.drainGraceMs /readyz answers 503 while everything that arrives is still served (proxies
+        see the instance leave before it refuses anything). Then new MCP requests answer 503 with
+        Retry-After, the listener closes once work in flight is done, the pool closes, the agents stop and
+        the process exits 0.
         """
-        self.app.state = "draining"
+        self.app.state = DRAINING
         self.notifier.stopping()
+        http = self.app.http
+        grace_s = self.config.server.drain_grace_ms / 1000 if http is not None else 0.0
+        if grace_s:
+            log.info("draining: /readyz answers 503, still serving for %.1f s (server.drainGraceMs)", grace_s)
+            await asyncio.sleep(grace_s)
+        self.app.state = STOPPING
         log.info("draining: finishing requests in flight (deadline %.0f s)", deadline_s)
         end = time.monotonic() + deadline_s
         self.app.sessions.close_all()
-        http = self.app.http
         if http is not None:
             await http.server.wait_idle(deadline_s)
             await http.server.shutdown(max(end - time.monotonic(), 0.0))

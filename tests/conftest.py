@@ -52,7 +52,8 @@ class ServerProcess:
 
 def write_config(path: Path, state: Path, extra: dict | None = None) -> Path:
     """A config file with a private state dir, listening on any free loopback port."""
-    cfg: dict = {"server": {"host": "127.0.0.1", "port": 0, "stateDir": str(state)}}
+    # A short drain grace: every stop of a test server passes through it (the default is 5 s).
+    cfg: dict = {"server": {"host": "127.0.0.1", "port": 0, "stateDir": str(state), "drainGraceMs": 200}}
     for block, values in (extra or {}).items():
         cfg.setdefault(block, {}).update(values)
     path.write_text(json.dumps(cfg))  # JSON is YAML

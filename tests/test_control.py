@@ -152,28 +152,43 @@ def test_sighup_under_load_fails_no_request(srv: ServerProcess) -> None:
     assert "refused" in srv.log
 
 
-def test_drain_finishes_in_flight_work_and_refuses_new(tmp_path: Path) -> None:
+def test_drain_leaves_rotation_at_once_serves_through_the_grace_then_finishes_in_flight_work(
+    tmp_path: Path,
+) -> None:
+    grace_s = 1.5
     srv = start_server(tmp_path, {"fleet": {"agents": {"generalist": 1}}, "pool": {"minConnections": 1},
+                                  "server": {"drainGraceMs": int(grace_s * 1000)},
                                   "tools": {"qe_quality_metrics": {"execution": "local"}}})
     try:
         body, hdrs = modern("tools/call", {"name": "qe_task_orchestrate", "arguments": {
-            "task": {"tool": "qe_memory_store", "inputs": [{"key": f"d{i}", "value": i} for i in range(3000)]},
+            "task": {"tool": "qe_memory_store", "inputs": [{"key": f"d{i}", "value": i} for i in range(800)]},
             "strategy": "sequential", "wait": True}})
         slow: list[int] = []
         t = threading.Thread(target=lambda: slow.append(request(srv, "POST", body=body, headers=hdrs)[0]))
         t.start()
         time.sleep(0.05)
         done = cli(srv, "pool", "drain", "--timeout", "20")
-        assert done.returncode == 0
-        time.sleep(0.1)
-        status, headers, _ = request(srv, "GET", "/readyz")
-        assert status == 503
-        body2, hdrs2 = modern("tools/list")
-        status, headers, _ = request(srv, "POST", body=body2, headers=hdrs2)
-        assert status == 503 and headers.get("retry-after")
+        returned = time.monotonic()
+        assert done.returncode == 0, done.stderr
+        assert t.is_alive()  # the long call is still in flight
+        # The moment the command returns, a proxy's health check sees the instance leaving ...
+        status, _, raw = request(srv, "GET", "/readyz")
+        assert status == 503 and json.loads(raw) == {"status": "draining"}
+        # ... while what still arrives during the grace is served, on new connections too.
+        served = 0
+        list_body, list_hdrs = modern("tools/list")
+        while time.monotonic() - returned < grace_s - 0.5:
+            assert request(srv, "POST", body=list_body, headers=list_hdrs)[0] == 200
+            assert request(srv, "GET", "/readyz")[0] == 503
+            served += 1
+            time.sleep(0.05)
+        assert served >= 5
         t.join(20)
         assert slow == [200]
         assert srv.proc.wait(20) == 0
+        # The listener stayed open for the whole grace.
+        assert time.monotonic() - returned >= grace_s - 0.2
+        assert "still serving for 1.5 s (server.drainGraceMs)" in srv.log
     finally:
         srv.stop()
 

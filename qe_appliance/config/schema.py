@@ -58,6 +58,9 @@ class ServerConfig(_Section, frozen=True):
     max_json_depth: Annotated[int, msgspec.Meta(ge=2, le=512)] = 64
     header_timeout_ms: Millis = 10_000
     keep_alive_timeout_ms: Millis = 30_000
+    # After a drain begins, /readyz answers 503 while requests are still served for this long, so a proxy's
+    # health checks take the instance out of rotation before its listener closes (0: close at once).
+    drain_grace_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 5_000
     max_sessions: AtLeastOne = 1024
     session_idle_timeout_ms: Millis = 1_800_000
     state_dir: str = ""

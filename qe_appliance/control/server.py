@@ -186,9 +186,10 @@ class ControlServer:
         timeout = args.get("timeoutS", 30)
         if not isinstance(timeout, int | float) or timeout < 0:
             raise CommandError("--timeout must be a number of seconds, 0 or more")
-        # Answer first: draining ends with this process exiting.
-        asyncio.get_running_loop().call_later(0.05, self.admin.begin_drain, float(timeout))
-        return {"draining": True, "deadlineS": timeout}
+        # Readiness flips now, before this answer; the drain itself runs as a task (it ends with this
+        # process exiting, after server.drainGraceMs and the work in flight).
+        self.admin.begin_drain(float(timeout))
+        return {"draining": True, "graceMs": self.admin.config.server.drain_grace_ms, "deadlineS": timeout}
 
     async def _tools_list(self, args: dict[str, Any]) -> Any:
         config = self.admin.config.tools

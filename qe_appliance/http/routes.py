@@ -26,6 +26,9 @@ from qe_appliance.monitoring import web
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 PROBES = frozenset({"/healthz", "/readyz"})
+# The not-ready reason of a drain's grace (server.drainGraceMs): /readyz answers 503 so proxies take the
+# instance out of rotation, while MCP requests that still arrive are served. Any other reason refuses them.
+DRAINING = "draining"
 
 
 def _hostname(value: str) -> str:
@@ -128,7 +131,8 @@ class Routes:
         self.sessions = sessions
         self.policy = policy
         self.guard = guard
-        # Returns None when ready, else why not (e.g. "draining"): /readyz and new MCP work get 503.
+        # Returns None when ready, else why not ("starting", "stopping", ...): /readyz and new MCP work get 503;
+        # DRAINING: /readyz only.
         self.readiness = readiness
         # The appliance's Monitor (set when monitoring is enabled): serves /metrics and /dashboard.json.
         self.monitor: Any = None
@@ -158,7 +162,7 @@ class Routes:
             if denied is not None:
                 return denied
             not_ready = self.readiness()
-            if not_ready is not None:
+            if not_ready is not None and not_ready != DRAINING:
                 return _refusal(req.path, 503, f"server is {not_ready}; retry shortly", [("retry-after", "5")])
             if req.method == "POST":
                 return await self._post(ex, principal)
