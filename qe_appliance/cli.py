@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 failed, 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from qe_appliance.config import STRATEGIES
 from qe_appliance.control import client_config
 from qe_appliance.control.commands import add_parsers as add_runtime_commands
 from qe_appliance.control.commands import run as run_runtime_command
+from qe_appliance.logformat import configure as configure_logging
 from qe_appliance.store.backup import add_parsers as add_state_commands
 
 
@@ -137,7 +137,7 @@ def _start(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     level = (args.log_level or cfg.server.log_level).upper()
-    logging.basicConfig(stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level, cfg.server.log_format)
     from qe_appliance.lifecycle import run
 
     try:

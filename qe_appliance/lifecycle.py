@@ -65,6 +65,7 @@ class Server:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._terms = 0
+        self._started = time.monotonic()
 
     # ---- what the admin socket sees ------------------------------------------------------------------
 
@@ -225,6 +226,10 @@ class Server:
         if self.control is not None:
             await self.control.close()
         self.close()
+        log.info(
+            "stopped: %d requests served in %s of uptime", self.app.dispatcher.handled,
+            _duration(time.monotonic() - self._started),
+        )
         self._stopped.set()
 
     def close(self) -> None:
@@ -234,6 +239,16 @@ class Server:
                 task.cancel()
         self.app.close()
         self.notifier.close()
+
+
+def _duration(seconds: float) -> str:
+    """`2 h 05 min`, `3 min 07 s`, `4.2 s`."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _url(host: str, port: int) -> str:

@@ -19,6 +19,7 @@ Strategy = Literal["least-connections", "response-time", "round-robin"]
 STRATEGIES: Final[tuple[str, ...]] = get_args(Strategy)
 Execution = Literal["local", "fleet"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
 
 Millis = Annotated[int, msgspec.Meta(gt=0)]
 LatencyMs = Annotated[float, msgspec.Meta(gt=0)]
@@ -67,6 +68,7 @@ class ServerConfig(_Section, frozen=True):
     control_socket: str = ""
     stdio_control_socket: bool = False
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
     workspace_roots: tuple[str, ...] = ()
     allow_code_execution: bool = True
     allow_unauthenticated_code_execution: bool = False

@@ -97,6 +97,8 @@ class Dispatcher:
         # The appliance's Monitor when monitoring is enabled (requests, refusals, lookups; tools: the runner).
         self.monitor = monitor
         self.calls = ToolCalls(registry, runner, monitor)
+        # Messages handled since start, for the "stopped" summary (counted with monitoring off too).
+        self.handled = 0
         self._tool_pages: list[dict[str, Any]] = []
         self.set_registry(registry)
 
@@ -118,6 +120,7 @@ class Dispatcher:
     # ---- entry point -------------------------------------------------------------------------------
 
     async def handle(self, body: bytes, exch: Inbound) -> Reply:
+        self.handled += 1
         monitor = self.monitor
         if monitor is None:
             return await self._handle(body, exch)
