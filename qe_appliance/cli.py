@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 failed, 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -120,10 +121,13 @@ def _start(args: argparse.Namespace) -> int:
     from qe_appliance.config import Config, ConfigError, apply_overrides, load_config
     from qe_appliance.store.database import StoreError
 
+    # Relative paths in the file: said once logging is set up (the level and format come from the file).
+    relative: list[str] = []
+
     def read() -> Config:
         # Start-up, and every reload: the same file with the same start flags on top.
         return apply_overrides(
-            load_config(args.config),
+            load_config(args.config, relative.append),
             host=args.host,
             port=args.port,
             pool_size=args.pool_size,
@@ -138,6 +142,8 @@ def _start(args: argparse.Namespace) -> int:
         return 2
     level = (args.log_level or cfg.server.log_level).upper()
     configure_logging(level, cfg.server.log_format)
+    for text in relative:
+        logging.getLogger("aqe_mcp.config").warning("%s", text)
     from qe_appliance.lifecycle import run
 
     try:

@@ -88,8 +88,17 @@ def only_error(tmp_path: Path, text: str) -> str:
 # --- defaults and the shipped file ------------------------------------------------------------------
 
 
-def test_shipped_file_loads_to_the_builtin_defaults() -> None:
-    assert load_config(SHIPPED) == load_config(None) == Config()
+def beside(path: Path) -> Config:
+    """The defaults as a file at `path` gives them: the empty stateDir becomes .aqe-state beside the file."""
+    server = msgspec.structs.replace(Config().server, state_dir=str(path.parent / ".aqe-state"))
+    return msgspec.structs.replace(Config(), server=server)
+
+
+def test_shipped_file_loads_to_the_builtin_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    assert load_config(SHIPPED) == beside(SHIPPED) and load_config(None) == Config()
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/aqe-mcp")  # systemd's choice stays in force
+    assert load_config(SHIPPED) == Config()
 
 
 def test_shipped_file_spells_out_every_key_with_its_default() -> None:
@@ -155,9 +164,31 @@ def test_yaml_keys_are_camel_case_and_attributes_snake_case(tmp_path: Path) -> N
     assert cfg.pool.idle_timeout_ms == 300000
 
 
-def test_comment_only_file_and_empty_block_keep_defaults(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, "# nothing yet\n")) == Config()
-    assert load_config(write(tmp_path, "pool:\n  # maxConnections: 9\ntools:\n")) == Config()
+def test_comment_only_file_and_empty_block_keep_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    assert load_config(write(tmp_path, "# nothing yet\n")) == beside(tmp_path / "qe-mcp.yaml")
+    assert load_config(write(tmp_path, "pool:\n  # maxConnections: 9\ntools:\n")) == beside(tmp_path / "qe-mcp.yaml")
+
+
+def test_relative_paths_are_taken_from_the_file_wherever_it_is_read_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    path = write(etc, "server: {stateDir: data, controlSocket: run/c.sock, auth: {tokensFile: tokens}}\n"
+                      "fleet: {runtimeDir: ../agents}\n")
+    warnings: list[str] = []
+    for cwd in (tmp_path, etc, Path("/")):
+        monkeypatch.chdir(cwd)
+        cfg = load_config(path, warnings.append)
+        assert state_dir(cfg) == etc / "data" and control_socket(cfg) == etc / "run" / "c.sock"
+        assert cfg.server.auth.tokens_file == str(etc / "tokens") and cfg.fleet.runtime_dir == str(etc / "../agents")
+    assert len(warnings) == 12 and "server.stateDir: the relative path 'data' is taken from the configuration" \
+        " file's directory" in warnings[0]
+    monkeypatch.chdir(tmp_path)
+    assert control_socket(load_config(write(etc, "pool: {}\n"))) == etc / ".aqe-state" / "control.sock"
 
 
 # --- tools -------------------------------------------------------------------------------------------

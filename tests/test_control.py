@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -200,6 +201,44 @@ def test_commands_when_no_server_runs(tmp_path: Path) -> None:
     assert done.returncode == 3 and "control.sock" in done.stderr and "Traceback" not in done.stderr
     usage = cli(None, "tools", "lookup", config=cfg)
     assert usage.returncode in (2, 3)
+
+
+def test_the_cli_finds_the_server_from_any_directory(tmp_path: Path) -> None:
+    """The file's relative stateDir is taken from the file's directory by the server and by the CLI alike,
+    whatever directory either runs in; the server warns that it resolved a relative path."""
+    etc, server_cwd, operator_cwd = tmp_path / "etc", tmp_path / "srv", tmp_path / "home"
+    for directory in (etc, server_cwd, operator_cwd):
+        directory.mkdir()
+    config = etc / "qe-mcp.yaml"
+    config.write_text("server: {port: 0, stateDir: state, drainGraceMs: 100}\nfleet: {agents: {generalist: 1}}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY")}
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "qe_appliance.cli", "mcp", "start", "--config", str(config)],
+                                cwd=server_cwd, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL,
+                                env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while "listening on" not in log_path.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()
+            time.sleep(0.05)
+        assert "server.stateDir: the relative path 'state' is taken from the configuration file's directory: " \
+            f"{etc / 'state'}" in log_path.read_text()
+        assert (etc / "state" / "control.sock").exists() and not (server_cwd / "state").exists()
+        done = subprocess.run([sys.executable, "-m", "qe_appliance.cli", "mcp", "status", "--json", "--config",
+                               str(config)], cwd=operator_cwd, capture_output=True, text=True, timeout=30, env=env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["state"] == "ready"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    # With the server gone, exit 3 says where the CLI looked and why.
+    done = subprocess.run([sys.executable, "-m", "qe_appliance.cli", "mcp", "status", "--config", str(config)],
+                          cwd=operator_cwd, capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 3
+    assert f"no aqe-mcp server is listening on {etc / 'state' / 'control.sock'}" in done.stderr
+    assert f"looked there because {config} puts it there" in done.stderr
+    assert "relative paths in the file are taken from the file's directory" in done.stderr
 
 
 def test_live_dashboard_draws_and_exits_cleanly_on_ctrl_c(srv: ServerProcess) -> None:

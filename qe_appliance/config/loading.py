@@ -5,6 +5,7 @@ so that every problem in a file is reported at once (file:line, key path, a did-
 
 import math
 import os
+import pathlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import msgspec.inspect as mi
 import yaml
 from rapidfuzz import fuzz, process
 
+from qe_appliance.config.paths import DEFAULT_STATE_DIR
 from qe_appliance.config.schema import (
     DEFAULT_NAMESPACE,
     AuthConfig,
@@ -52,9 +54,10 @@ class _Invalid:
 _INVALID: Final = _Invalid()
 
 
-def load_config(path: str | os.PathLike[str] | None) -> Config:
+def load_config(path: str | os.PathLike[str] | None, warn: Callable[[str], None] | None = None) -> Config:
     """Read and validate a YAML configuration; None gives the built-in defaults.
 
+    The file's relative paths are taken from the file's directory (see `_anchored`); `warn` hears of each.
     Raises ConfigError listing every problem in the file, each with its line and key path.
     """
     if path is None:
@@ -65,7 +68,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     try:
         root = loader.get_single_node()
         if root is None:  # nothing but comments: every key keeps its default
-            return Config()
+            return _anchored(Config(), pathlib.Path(name).absolute().parent, warn)
         survey = _Survey(name)
         survey.walk(root, (), 0)
         data = loader.construct_document(root)
@@ -96,7 +99,32 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     if checker.errors:
         raise ConfigError(checker.messages())
     assert isinstance(config, Config)
-    return config
+    return _anchored(config, pathlib.Path(name).absolute().parent, warn)
+
+
+def _anchored(config: Config, base: pathlib.Path, warn: Callable[[str], None] | None) -> Config:
+    """The file locations of `config` taken from the configuration file's directory `base`, not from wherever
+    the server (or the CLI looking for its socket) was started: relative server.stateDir, controlSocket,
+    auth.tokensFile and fleet.runtimeDir, and an empty stateDir outside systemd (`base`/.aqe-state)."""
+    def resolve(key: str, value: str) -> str:
+        # $VARIABLES and ~ are expanded where the path is used (systemd's $CREDENTIALS_DIRECTORY, say).
+        if not value or os.path.isabs(value) or value.startswith(("$", "~")):
+            return value
+        resolved = str(base / value)
+        if warn is not None:
+            warn(f"{key}: the relative path {value!r} is taken from the configuration file's directory: {resolved}")
+        return resolved
+
+    server, fleet = config.server, config.fleet
+    state = resolve("server.stateDir", server.state_dir)
+    if not state and not os.environ.get("STATE_DIRECTORY"):
+        state = str(base / DEFAULT_STATE_DIR)
+    auth = msgspec.structs.replace(server.auth, tokens_file=resolve("server.auth.tokensFile", server.auth.tokens_file))
+    server = msgspec.structs.replace(
+        server, state_dir=state, auth=auth, control_socket=resolve("server.controlSocket", server.control_socket)
+    )
+    fleet = msgspec.structs.replace(fleet, runtime_dir=resolve("fleet.runtimeDir", fleet.runtime_dir))
+    return msgspec.structs.replace(config, server=server, fleet=fleet)
 
 
 def apply_overrides(

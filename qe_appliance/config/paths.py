@@ -5,6 +5,10 @@ import pathlib
 
 from qe_appliance.config.schema import Config
 
+# The state directory's name when server.stateDir is empty and systemd gives none: beside the configuration
+# file (config.loading), or in the current directory without one.
+DEFAULT_STATE_DIR = ".aqe-state"
+
 
 def state_dir(cfg: Config) -> pathlib.Path:
     """Where the appliance keeps its data (not created here).
@@ -13,7 +17,7 @@ def state_dir(cfg: Config) -> pathlib.Path:
     """
     if cfg.server.state_dir:
         return pathlib.Path(cfg.server.state_dir).absolute()
-    return _systemd_dir("STATE_DIRECTORY") or pathlib.Path.cwd() / ".aqe-state"
+    return _systemd_dir("STATE_DIRECTORY") or pathlib.Path.cwd() / DEFAULT_STATE_DIR
 
 
 def control_socket(cfg: Config) -> pathlib.Path:

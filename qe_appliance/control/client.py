@@ -31,8 +31,7 @@ def call(path: Path, cmd: str, args: dict[str, Any] | None = None, timeout: floa
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
         raise NotRunning(
-            f"no aqe-mcp server is listening on {path} (looked there because of server.controlSocket / "
-            "stateDir in the config; pass --config or --socket if it runs elsewhere)"
+            f"no aqe-mcp server is listening on {path}"
         ) from None
     with sock:
         sock.sendall(msgspec.json.encode({"cmd": cmd, "args": args or {}}) + b"\n")

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             cmd, cmd_args = "metrics.dashboard", {"export": "dashboard"}  # one snapshot, for scripts
         result = call(path, "metrics" if cmd == "metrics.dashboard" else cmd, cmd_args)
     except NotRunning as exc:
-        print(f"aqe-v3: {exc}", file=sys.stderr)
+        print(f"aqe-v3: {exc}\n  looked there because {_why(args, path)}", file=sys.stderr)
         return NOT_RUNNING
     except Refused as exc:
         print(f"aqe-v3: {exc}", file=sys.stderr)
@@ -100,6 +100,21 @@ def _socket_path(args: argparse.Namespace) -> Path:
         return Path(args.socket)
     path = _configured_socket(args)
     return SYSTEMD_SOCKET if not _present(path) and _present(SYSTEMD_SOCKET) else path
+
+
+def _why(args: argparse.Namespace, path: Path) -> str:
+    """Why the CLI took `path` for the server's admin socket, in the terms of the configuration."""
+    if args.socket:
+        return "--socket named it"
+    if path == SYSTEMD_SOCKET:
+        return "it is where the systemd unit's server listens and the configured socket is absent"
+    fallback = f"; {SYSTEMD_SOCKET} (the systemd unit's) is absent too"
+    if not args.config:
+        return (f"no --config was given: the defaults put it in .aqe-state under the current directory "
+                f"{Path.cwd()}; pass the server's --config or --socket{fallback}")
+    return (f"{args.config} puts it there (server.controlSocket, else <server.stateDir>/control.sock, else "
+            f".aqe-state beside the file; relative paths in the file are taken from the file's directory, "
+            f"whatever the current directory){fallback}; pass --socket if the server runs with another file")
 
 
 def _present(path: Path) -> bool:
