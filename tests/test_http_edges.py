@@ -19,9 +19,14 @@ JSON_SSE = "application/json, text/event-stream"
 
 
 def request(
-    srv: ServerProcess, method: str, path: str = "/mcp", body: Any = None, headers: dict[str, str] | None = None
+    srv: ServerProcess,
+    method: str,
+    path: str = "/mcp",
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
 ) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(srv.host, int(srv.port), timeout=10)
+    conn = http.client.HTTPConnection(srv.host, int(srv.port), timeout=timeout)
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     hdrs = {"Content-Type": "application/json", "Accept": JSON_SSE, **(headers or {})}
     conn.request(method, path, body=data, headers=hdrs)
