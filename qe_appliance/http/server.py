@@ -1,6 +1,6 @@
 """HTTP/1.1 over httptools: keep-alive, in-order pipelining, body/header limits, timeouts, flow control.
 
-The protocol knows nothing of MCP. It parses a request, hands it to the `Handler`, and writes what the
+The protocol knows nothing of MCP. It parses a request, hands it to the `RequestHandler`, and writes what the
 handler answers, either one whole response or a chunked stream (server-sent events).
 """
 
@@ -123,9 +123,9 @@ class Exchange:
         return self.stream
 
 
-Handler = Callable[[Exchange], Awaitable[Response | None]]
+RequestHandler = Callable[[Exchange], Awaitable[Response | None]]
 # Builds the body of an error the protocol answers itself (413, 431, 408, 503...): (path, message) -> bytes.
-ErrorBody = Callable[[str, str], bytes]
+ErrorRenderer = Callable[[str, str], bytes]
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -133,11 +133,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def __init__(
         self,
-        handler: Handler,
+        handler: RequestHandler,
         limits: Limits,
         on_close: Callable[[HttpProtocol], None],
         on_refuse: Callable[[str], None],
-        error_body: ErrorBody,
+        error_body: ErrorRenderer,
         over_limit: bool = False,
     ) -> None:
         self.handler = handler
@@ -545,7 +545,7 @@ def plain_error_body(path: str, message: str) -> bytes:
 class HttpServer:
     """Listens, tracks connections, and closes them gracefully on shutdown."""
 
-    def __init__(self, handler: Handler, limits: Limits, error_body: ErrorBody = plain_error_body) -> None:
+    def __init__(self, handler: RequestHandler, limits: Limits, error_body: ErrorRenderer = plain_error_body) -> None:
         self.handler = handler
         self.limits = limits
         self.error_body = error_body

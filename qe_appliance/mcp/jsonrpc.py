@@ -62,7 +62,9 @@ class Message(msgspec.Struct, omit_defaults=True):
     error: Any = msgspec.UNSET
 
 
-class ErrorBody(msgspec.Struct, omit_defaults=True):
+class ErrorObject(msgspec.Struct, omit_defaults=True):
+    """The JSON-RPC 2.0 error object (`error` of an error response)."""
+
     code: int
     message: str
     data: Any = None
@@ -71,7 +73,7 @@ class ErrorBody(msgspec.Struct, omit_defaults=True):
 class ErrorResponse(msgspec.Struct):
     jsonrpc: str
     id: Any
-    error: ErrorBody
+    error: ErrorObject
 
 
 class ResultResponse(msgspec.Struct):
@@ -138,7 +140,7 @@ def parse_error(exc: Exception) -> RpcError:
 
 
 def error_bytes(msg_id: Any, code: int, message: str, data: Any = None) -> bytes:
-    return encoder.encode(ErrorResponse("2.0", msg_id, ErrorBody(code, message, data)))
+    return encoder.encode(ErrorResponse("2.0", msg_id, ErrorObject(code, message, data)))
 
 
 def result_bytes(msg_id: Any, result: Any) -> bytes:
