@@ -85,6 +85,16 @@ class HttpStats(msgspec.Struct, frozen=True):
     tokens: int
 
 
+class AppStats(msgspec.Struct, frozen=True):
+    """The appliance's counts as `aqe-v3 mcp status` prints them (tokens are counted, never shown)."""
+
+    tools: int
+    sessions: int
+    connections: int
+    auth: str
+    agents: int
+
+
 class HttpFront:
     """The HTTP component: listener limits, Host/Origin policy, bearer tokens and rate limit (`server.*`)."""
 
@@ -149,7 +159,8 @@ class App:
         if config.monitoring.enabled:
             self.monitor = Monitor(config, Sources(
                 registry=lambda: self.registry.stats(),
-                fleet=self.fleet.status,
+                # The Monitor reads the fleet in its wire shape, as qe_fleet_status shows it.
+                fleet=lambda: msgspec.to_builtins(self.fleet.status()),
                 sessions=self.sessions.__len__,
                 connections=(lambda: self.http.connections if self.http is not None else 0) if http else None,
             ))
@@ -217,19 +228,19 @@ class App:
             "needsRestart": restart,
         }
 
-    def status(self) -> dict[str, Any]:
+    def stats(self) -> AppStats:
         http = self.http.stats() if self.http is not None else None
         if http is None:
             auth = "not applicable (stdio)"
         else:  # how many tokens are accepted, never the tokens
             auth = f"bearer tokens ({http.tokens} accepted)" if http.tokens else "off"
-        return {
-            "tools": len(self.registry.tools()),
-            "sessions": len(self.sessions),
-            "connections": http.connections if http is not None else 0,
-            "auth": auth,
-            "agents": len(self.fleet.agents),
-        }
+        return AppStats(
+            tools=len(self.registry.tools()),
+            sessions=self.sessions.stats().active,
+            connections=http.connections if http is not None else 0,
+            auth=auth,
+            agents=len(self.fleet.agents),
+        )
 
     async def stop(self, deadline_s: float) -> None:
         """Agents stopped (their calls finish within the deadline), upkeep cancelled, stores closed."""

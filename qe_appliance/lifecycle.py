@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from qe_appliance import __version__
 from qe_appliance.app import App
 from qe_appliance.config import Config, ConfigError, control_socket, is_loopback
@@ -39,6 +41,22 @@ log = logging.getLogger("aqe_mcp")
 DRAIN_DEADLINE_S = 30.0
 # After the drain's grace: new MCP requests answer 503, the listener closes once work in flight is done.
 STOPPING = "stopping"
+
+
+class ServerStatus(msgspec.Struct, rename="camel", frozen=True):
+    """What `aqe-v3 mcp status` prints: the process, its state and address, the appliance's counts, reloads."""
+
+    version: str
+    pid: int
+    state: str
+    address: list[Any] | None
+    tools: int
+    sessions: int
+    connections: int
+    auth: str
+    agents: int
+    reloads: dict[str, int]
+    last_reload: dict[str, Any] | None
 
 
 class Server:
@@ -92,16 +110,16 @@ class Server:
     def readiness(self) -> str | None:
         return self.app.readiness()
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "version": __version__,
-            "pid": os.getpid(),
-            "state": self.readiness() or "ready",
-            "address": list(self.address) if self.address else None,
-            **self.app.status(),
-            "reloads": self.reloads,
-            "lastReload": self.last_reload,
-        }
+    def status(self) -> ServerStatus:
+        return ServerStatus(
+            version=__version__,
+            pid=os.getpid(),
+            state=self.readiness() or "ready",
+            address=list(self.address) if self.address else None,
+            **msgspec.structs.asdict(self.app.stats()),
+            reloads=dict(self.reloads),
+            last_reload=self.last_reload,
+        )
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 

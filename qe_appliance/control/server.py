@@ -22,6 +22,7 @@ from qe_appliance.registry import UnknownToolError
 
 if TYPE_CHECKING:
     from qe_appliance.fleet.runtime import Fleet
+    from qe_appliance.lifecycle import ServerStatus
     from qe_appliance.monitoring.monitor import Monitor
     from qe_appliance.registry import ToolRegistry
 
@@ -43,7 +44,7 @@ class Admin(Protocol):
     @property
     def monitor(self) -> Monitor | None: ...
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ServerStatus:
         """Version, pid, state, address, counts, auth, reloads: what `aqe-v3 mcp status` prints."""
         ...
 
@@ -152,7 +153,7 @@ class ControlServer:
         return monitor
 
     async def _status(self, args: dict[str, Any]) -> Any:
-        return {**self.admin.status(), "overrides": self.admin.overrides.as_dict()}
+        return {**msgspec.to_builtins(self.admin.status()), "overrides": self.admin.overrides.as_dict()}
 
     async def _pool_status(self, args: dict[str, Any]) -> Any:
         pool = self._fleet().pool
@@ -239,7 +240,7 @@ class ControlServer:
         return await self._balance_status({})
 
     async def _balance_agents(self, args: dict[str, Any]) -> Any:
-        return self._fleet().status()["agents"]
+        return self._fleet().status().agents
 
     async def _metrics(self, args: dict[str, Any]) -> Any:
         monitor = self._monitor()

@@ -24,7 +24,14 @@ from qe_appliance._core.balancer import Balancer
 from qe_appliance.config import AGENT_TYPES, Config, runtime_dir
 from qe_appliance.fleet import agent as agent_main
 from qe_appliance.fleet import forkserver
-from qe_appliance.fleet.pool import AgentConnection, AgentGone, AgentUnreachable, ConnectionPool, PoolTimeout
+from qe_appliance.fleet.pool import (
+    AgentConnection,
+    AgentGone,
+    AgentUnreachable,
+    ConnectionPool,
+    PoolStats,
+    PoolTimeout,
+)
 from qe_appliance.fleet.waiters import WaitQueue
 from qe_appliance.instances import agent_socket, remove_stale_agent_sockets
 from qe_appliance.tools.base import ToolError, ToolFault
@@ -80,6 +87,18 @@ class Agent:
             "readyMs": self.ready_ms,
             "restarts": self.restarts,
         }
+
+
+class FleetStatus(msgspec.Struct, rename="camel", frozen=True):
+    """The fleet as qe_fleet_status and `balance agents` show it (camelCase on the wire)."""
+
+    # One entry per agent: its own description merged with the balancer's view of it.
+    agents: list[dict[str, Any]]
+    pool: PoolStats
+    balancer: dict[str, Any]
+    fleet_id: str
+    topology: str
+    max_agents: int
 
 
 class Fleet:
@@ -454,7 +473,7 @@ class Fleet:
             log.warning("agent %s did not answer in time; killing it so the supervisor replaces it", agent_id)
             os.kill(agent.process.pid, signal.SIGKILL)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> FleetStatus:
         now = time.monotonic()
         balance = {a.id: msgspec.to_builtins(a) for a in self.balancer.agents(now)}
         agents = []
@@ -466,11 +485,11 @@ class Fleet:
             elif agent.takes_work and entry.get("inFlight", 0) >= agent.capacity:
                 entry["status"] = "busy"
             agents.append(entry)
-        return {
-            "agents": agents,
-            "pool": msgspec.to_builtins(self.pool.stats()),
-            "balancer": {**msgspec.to_builtins(self.balancer.stats()), "saturated": self.saturated},
-            "fleetId": self.fleet_id,
-            "topology": self.topology,
-            "maxAgents": self.max_agents,
-        }
+        return FleetStatus(
+            agents=agents,
+            pool=self.pool.stats(),
+            balancer={**msgspec.to_builtins(self.balancer.stats()), "saturated": self.saturated},
+            fleet_id=self.fleet_id,
+            topology=self.topology,
+            max_agents=self.max_agents,
+        )

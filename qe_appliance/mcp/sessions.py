@@ -14,6 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from qe_appliance.mcp.jsonrpc import INVALID_REQUEST, RpcError
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
@@ -58,6 +60,16 @@ class Session:
         self.listeners.clear()
 
 
+class SessionStats(msgspec.Struct, rename="camel", frozen=True):
+    """The session table as status and metrics read it (camelCase on the wire)."""
+
+    active: int
+    max_sessions: int
+    created: int
+    expired: int
+    evicted: int
+
+
 class SessionTable:
     """Sessions by id, least recently used first. When the table is full the least recently used session
     with nothing running (no request in flight, no open stream) is evicted; if every one is busy, the new
@@ -75,6 +87,9 @@ class SessionTable:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def stats(self) -> SessionStats:
+        return SessionStats(len(self._sessions), self.max_sessions, self.created, self.expired, self.evicted)
 
     def reconfigure(self, max_sessions: int, idle_timeout_s: float) -> None:
         """New limits (reload): a smaller table evicts as new sessions arrive, never an active one."""

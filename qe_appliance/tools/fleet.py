@@ -129,13 +129,12 @@ async def fleet_init(ctx: ToolContext, args: FleetInitInput) -> dict[str, Any]:
         fleet.max_agents = args.max_agents
     fleet.topology = args.topology
     started = await fleet.ensure({str(kind): n for kind, n in args.agents.items()})
-    status = fleet.status()
     return {
         "fleetId": fleet.fleet_id,
         "topology": fleet.topology,
         "maxAgents": fleet.max_agents,
         "started": [a.id for a in started],
-        "agents": status["agents"],
+        "agents": fleet.status().agents,
     }
 
 
@@ -146,7 +145,7 @@ async def fleet_status(ctx: ToolContext, args: FleetStatusInput) -> dict[str, An
         if task is None:
             raise ToolError(f"no task {args.task_id!r}; taskIds come from qe_task_orchestrate")
         return {"task": task}
-    status = _fleet(ctx).status()
+    status: dict[str, Any] = msgspec.to_builtins(_fleet(ctx).status())
     if not args.verbose:
         keep = ("id", "type", "status", "capacity", "inFlight", "ewmaMs", "completed", "failed")
         status["agents"] = [{k: a.get(k) for k in keep} for a in status["agents"]]
