@@ -250,7 +250,7 @@ class ControlServer:
         if kind == "dashboard":
             return monitor.dashboard()
         if kind == "json":
-            return monitor.snapshot()
+            return msgspec.to_builtins(monitor.snapshot())
         raise CommandError("export must be prometheus, json or dashboard")
 
     async def _alerts(self, args: dict[str, Any]) -> Any:

@@ -123,6 +123,13 @@ class Sources:
     connections: Callable[[], int] | None = None
 
 
+class MetricsSnapshot(msgspec.Struct, rename="camel", frozen=True):
+    """`metrics --export json`: {"generatedAt", "metrics": {family name: family}}."""
+
+    generated_at: str
+    metrics: dict[str, Any]
+
+
 class Monitor:
     """Records what the request path measures and answers /metrics, `metrics --export json`,
     /dashboard.json and `alerts list`. The record_* methods are O(1) and take no lock: call them from the
@@ -274,13 +281,9 @@ class Monitor:
             self._exposition = registry(self._families)
         return render(self._exposition)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The appliance's metrics as JSON-able data: {"generatedAt", "metrics": {name: family}}, with
-        p50/p95/p99/max beside each histogram's buckets."""
-        return {
-            "generatedAt": _iso(time.time()),
-            "metrics": {family.name: _json_family(family) for family in self._families()},
-        }
+    def snapshot(self) -> MetricsSnapshot:
+        """The appliance's metrics, with p50/p95/p99/max beside each histogram's buckets."""
+        return MetricsSnapshot(_iso(time.time()), {family.name: _json_family(family) for family in self._families()})
 
     def dashboard(self, since: float | None = None) -> dict[str, Any]:
         """/dashboard.json: the last minute of latency, errors and requests, pool, lookups, agents, alerts, and
