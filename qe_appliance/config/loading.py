@@ -1,6 +1,7 @@
 """Reading a configuration: YAML parsed with every key's line recorded, decoded leaf by leaf against the schema
-so that every problem in a file is reported at once (file:line, key path, a did-you-mean), and the flags of
-`aqe-v3 mcp start` applied on top.
+(`msgspec.convert` on each value, so the limits in the schema's annotations are the only ones) so that every
+problem in a file is reported at once (file:line, key path, a did-you-mean), and the flags of `aqe-v3 mcp start`
+applied on top.
 """
 
 import math
@@ -9,7 +10,8 @@ import pathlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from types import UnionType
+from typing import Annotated, Any, Final, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import msgspec
@@ -95,7 +97,7 @@ def load_config(path: str | os.PathLike[str] | None, warn: Callable[[str], None]
     for key_path, first in survey.repeats:
         checker.fail(key_path, f"appears twice (first on line {first}); YAML keeps only the last one, "
                                "so delete one of them")
-    config = checker.decode(data, _CONFIG_INFO, (), Config())
+    config = checker.decode(data, Config, (), Config())
     if checker.errors:
         raise ConfigError(checker.messages())
     assert isinstance(config, Config)
@@ -174,7 +176,7 @@ def apply_overrides(
         return "command line", 0
 
     checker = _Checker(locate)
-    result = checker.decode(patch, _CONFIG_INFO, (), cfg)
+    result = checker.decode(patch, Config, (), cfg)
     if checker.errors:
         raise ConfigError(checker.messages())
     assert isinstance(result, Config)
@@ -309,16 +311,16 @@ class _Checker:
     def messages(self) -> list[str]:
         return [text for _, text in sorted(self.errors, key=lambda error: error[0])]
 
-    def decode(self, raw: Any, info: mi.Type, path: KeyPath, current: Any) -> Any:
-        if isinstance(info, mi.Metadata):  # a described field (Annotated with Meta): check the type inside
-            info = info.type
+    def decode(self, raw: Any, annotation: Any, path: KeyPath, current: Any) -> Any:
+        """`raw` decoded as the schema's `annotation` says (Struct, mapping, list or leaf), or _INVALID."""
+        info = _info(annotation)
         if isinstance(info, mi.StructType):
             return self._struct(raw, info, path, current)
         if isinstance(info, mi.DictType):
-            return self._entries(raw, info, path, current)
+            return self._entries(raw, info, get_args(_bare(annotation))[1], path, current)
         if isinstance(info, mi.VarTupleType):
-            return self._list(raw, info, path)
-        return self._scalar(raw, info, path, current)
+            return self._list(raw, get_args(_bare(annotation))[0], path)
+        return self._scalar(raw, annotation, path, current)
 
     def _struct(self, raw: Any, info: mi.StructType, path: KeyPath, current: Any) -> Any:
         if raw is None:  # a block whose keys are all commented out keeps its values
@@ -331,7 +333,7 @@ class _Checker:
         for key in strays:
             self._unknown(path, key, list(fields), "key")
         values: dict[str, Any] = {}
-        for field in info.fields:
+        for field in msgspec.structs.fields(info.cls):
             if field.encode_name in raw:
                 key_path = (*path, field.encode_name)
                 values[field.name] = self.decode(raw[field.encode_name], field.type, key_path,
@@ -349,7 +351,9 @@ class _Checker:
             return _INVALID
         return info.cls(**values)
 
-    def _entries(self, raw: Any, info: mi.DictType, path: KeyPath, current: dict[str, Any]) -> Any:
+    def _entries(
+        self, raw: Any, info: mi.DictType, value_annotation: Any, path: KeyPath, current: dict[str, Any]
+    ) -> Any:
         if raw is None:
             return current
         if not isinstance(raw, dict):
@@ -381,32 +385,29 @@ class _Checker:
                 result[key] = _INVALID
             else:
                 base = fresh() if fresh is not None else current.get(key)
-                result[key] = self.decode(entry, info.value_type, (*path, key), base)
+                result[key] = self.decode(entry, value_annotation, (*path, key), base)
         if any(value is _INVALID for value in result.values()):
             return _INVALID
         return result
 
-    def _list(self, raw: Any, info: mi.VarTupleType, path: KeyPath) -> Any:
+    def _list(self, raw: Any, item_annotation: Any, path: KeyPath) -> Any:
         if raw is None:  # every item commented out
             return ()
         if not isinstance(raw, list):
             self.fail(path, f"expected a list (`- item` lines or [a, b]), got {_describe(raw)}")
             return _INVALID
-        items = tuple(self.decode(item, info.item_type, (*path, i), None) for i, item in enumerate(raw))
+        items = tuple(self.decode(item, item_annotation, (*path, i), None) for i, item in enumerate(raw))
         return _INVALID if any(item is _INVALID for item in items) else items
 
-    def _scalar(self, raw: Any, info: mi.Type, path: KeyPath, current: Any) -> Any:
-        if isinstance(info, mi.UnionType):  # an optional value (a policy threshold): null leaves it unset
-            if raw is None:
-                return None
-            info = next(member for member in info.types if not isinstance(member, mi.NoneType))
-        value = _coerce(raw, info)
-        if value is _INVALID:
-            self.fail(path, _type_problem(raw, info, path, current))
-            return _INVALID
-        problem = _range_problem(raw, value, info)
-        if problem is not None:
-            self.fail(path, problem)
+    def _scalar(self, raw: Any, annotation: Any, path: KeyPath, current: Any) -> Any:
+        # msgspec decides (type and the limits annotated on it); the message is worded here, from the same
+        # annotation. An optional value (a policy threshold) takes null as unset.
+        try:
+            value = msgspec.convert(raw, annotation)
+        except msgspec.ValidationError:
+            value = _INVALID
+        if value is _INVALID or (isinstance(value, float) and not math.isfinite(value)):
+            self.fail(path, _leaf_problem(raw, annotation, path, current))
             return _INVALID
         return value
 
@@ -432,19 +433,31 @@ def _fresh(value: mi.StructType) -> Callable[[], Any]:
     return value.cls
 
 
-def _coerce(raw: Any, info: mi.Type) -> Any:
-    """The value typed as the field wants it, or _INVALID. bool is refused where numbers are expected."""
-    if isinstance(info, mi.BoolType):
-        return raw if isinstance(raw, bool) else _INVALID
-    if isinstance(info, mi.IntType):
-        return raw if isinstance(raw, int) and not isinstance(raw, bool) else _INVALID
-    if isinstance(info, mi.FloatType):
-        return float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else _INVALID
-    if isinstance(info, mi.StrType):
-        return raw if isinstance(raw, str) else _INVALID
-    if isinstance(info, mi.LiteralType):
-        return raw if isinstance(raw, str) and raw in info.values else _INVALID
-    raise TypeError(f"config field type {info!r} has no YAML reader; extend _coerce")
+def _bare(annotation: Any) -> Any:
+    """The annotation without its Annotated layers (limits, descriptions)."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _info(annotation: Any) -> mi.Type:
+    info = mi.type_info(annotation)
+    return info.type if isinstance(info, mi.Metadata) else info  # a described field: the type inside
+
+
+def _leaf_problem(raw: Any, annotation: Any, path: KeyPath, current: Any) -> str:
+    """Why msgspec refused `raw` for this leaf: the wrong kind of value, or one outside the annotated limits."""
+    info = _info(annotation)
+    if isinstance(info, mi.UnionType):  # an optional value: the problem is with its non-null member
+        info = next(member for member in info.types if not isinstance(member, mi.NoneType))
+    bare = _bare(annotation)
+    if get_origin(bare) in (Union, UnionType):
+        bare = _bare(next(member for member in get_args(bare) if member is not type(None)))
+    try:
+        msgspec.convert(raw, bare)
+    except msgspec.ValidationError:
+        return _type_problem(raw, info, path, current)
+    return _range_problem(raw, info)
 
 
 def _type_problem(raw: Any, info: mi.Type, path: KeyPath, current: Any) -> str:
@@ -474,23 +487,21 @@ def _expected(info: mi.Type, path: KeyPath) -> str:
     return "a string"
 
 
-def _range_problem(raw: Any, value: Any, info: mi.Type) -> str | None:
+def _range_problem(raw: Any, info: mi.Type) -> str:
+    """The limit annotated on the leaf that `raw` breaks, in words."""
     if isinstance(info, mi.StrType):
-        return "must not be empty" if info.min_length and len(value) < info.min_length else None
-    if not isinstance(info, mi.IntType | mi.FloatType):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
+        return "must not be empty"
+    if isinstance(raw, float) and not math.isfinite(raw):
         return f"must be a finite number, got {raw}"
+    assert isinstance(info, mi.IntType | mi.FloatType), f"no limits to word for {info!r}"
     low, high = info.ge, info.le
-    if low is not None and high is not None and not low <= value <= high:
+    if low is not None and high is not None:
         if (low, high) == (0, 1):
             return f"must be a fraction between 0 and 1 (0.9 means 90%), got {raw}"
         return f"must be between {low} and {high}, got {raw}"
-    if info.gt is not None and not value > info.gt:
+    if info.gt is not None:
         return f"must be greater than {info.gt}, got {raw}"
-    if low is not None and not value >= low:
-        return f"must be at least {low}, got {raw}"
-    return None
+    return f"must be at least {low}, got {raw}"
 
 
 def _check_server(checker: _Checker, server: _Decoded) -> None:
@@ -581,7 +592,6 @@ _CHECKS: Final[dict[type, Callable[[_Checker, _Decoded], None]]] = {
     RegistryConfig: _check_registry,
     MemoryConfig: _check_memory,
 }
-_CONFIG_INFO: Final = mi.type_info(Config)
 
 
 def _closest(word: str, choices: list[str]) -> str | None:
