@@ -18,7 +18,7 @@ import msgspec
 
 from qe_appliance.config import DEFAULT_NAMESPACE, MemoryConfig
 from qe_appliance.store.database import StoreError, retrying
-from qe_appliance.store.memory import MemoryHit, MemoryStore, SearchQueryError
+from qe_appliance.store.memory import MemoryEntry, MemoryHit, MemoryStore, SearchQueryError
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
 
 TTL_MAX_SECONDS = 10 * 365 * 86400
@@ -298,34 +298,25 @@ async def memory_retrieve(ctx: ToolContext, args: MemoryRetrieveInput) -> Memory
         entry = await retrying(store.get, args.namespace, args.key)
     if entry is None:
         return MemoryRetrieveResult(found=False, key=args.key, namespace=args.namespace)
-    return MemoryRetrieveResult(
-        found=True,
-        key=entry.key,
-        namespace=entry.namespace,
-        value=msgspec.Raw(entry.value_json),
-        tags=entry.tags,
-        metadata=_raw(entry.metadata_json),
-        version=entry.version,
-        created_at=_timestamp(entry.created_at),
-        updated_at=_timestamp(entry.updated_at),
-        expires_at=_optional_timestamp(entry.expires_at),
-    )
+    return MemoryRetrieveResult(found=True, created_at=_timestamp(entry.created_at), **_shown(entry))
 
 
 def _match(hit: MemoryHit) -> MemoryMatch:
-    entry = hit.entry
-    return MemoryMatch(
-        key=entry.key,
-        namespace=entry.namespace,
-        value=msgspec.Raw(entry.value_json),
-        tags=entry.tags,
-        metadata=_raw(entry.metadata_json),
-        version=entry.version,
-        updated_at=_timestamp(entry.updated_at),
-        expires_at=_optional_timestamp(entry.expires_at),
-        score=hit.score,
-        snippet=hit.snippet,
-    )
+    return MemoryMatch(score=hit.score, snippet=hit.snippet, **_shown(hit.entry))
+
+
+def _shown(entry: MemoryEntry) -> dict[str, Any]:
+    """The fields a retrieved entry and a search match both show."""
+    return {
+        "key": entry.key,
+        "namespace": entry.namespace,
+        "value": msgspec.Raw(entry.value_json),
+        "tags": entry.tags,
+        "metadata": _raw(entry.metadata_json),
+        "version": entry.version,
+        "updated_at": _timestamp(entry.updated_at),
+        "expires_at": _optional_timestamp(entry.expires_at),
+    }
 
 
 async def memory_search(ctx: ToolContext, args: MemorySearchInput) -> MemorySearchResult:
