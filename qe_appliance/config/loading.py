@@ -490,6 +490,7 @@ def _expected(info: mi.Type, path: KeyPath) -> str:
 def _range_problem(raw: Any, info: mi.Type) -> str:
     """The limit annotated on the leaf that `raw` breaks, in words."""
     if isinstance(info, mi.StrType):
+        assert info.min_length == 1 and not raw, f"no words for the limits of {info!r}"
         return "must not be empty"
     if isinstance(raw, float) and not math.isfinite(raw):
         return f"must be a finite number, got {raw}"
