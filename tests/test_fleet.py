@@ -60,21 +60,21 @@ async def run(f: Fleet, fn: Any, payload: Any, timeout: float = 10, idempotent: 
 
 async def test_agents_start_and_the_pool_is_prewarmed(fleet: Fleet) -> None:
     status = fleet.status()
-    assert [a["status"] for a in status["agents"]] == ["available", "available"]
-    assert all(a["readyMs"] is not None for a in status["agents"])
-    assert status["pool"]["total"] == 2 and status["pool"]["available"] == 2
+    assert [a["status"] for a in status.agents] == ["available", "available"]
+    assert all(a["readyMs"] is not None for a in status.agents)
+    assert status.pool.total == 2 and status.pool.available == 2
     result = await run(fleet, fns.echo, {"x": [1, 2, 3]})
     assert result["payload"] == {"x": [1, 2, 3]}
-    pids = {a["pid"] for a in status["agents"]}
+    pids = {a["pid"] for a in status.agents}
     assert result["pid"] in pids and os.getpid() not in pids
 
 
 async def test_steady_load_reuses_connections(fleet: Fleet) -> None:
     for _ in range(50):
         await asyncio.gather(*(run(fleet, fns.echo, i) for i in range(2)))
-    pool = fleet.status()["pool"]
+    pool = fleet.status().pool
     # Two calls at a time over two agents with two pre-warmed connections: nothing new is opened.
-    assert pool["hitRate"] >= 0.99 and pool["opened"] == 2
+    assert pool.hit_rate is not None and pool.hit_rate >= 0.99 and pool.opened == 2
 
 
 async def test_capacity_bounds_concurrency_and_calls_queue(fleet: Fleet) -> None:
@@ -92,7 +92,7 @@ async def test_saturation_is_a_clear_error(fleet: Fleet) -> None:
     with pytest.raises(FleetError, match=r"fleet saturated: 2 in flight of 2; retry later"):
         await run(fleet, fns.echo, 1, timeout=0.1)
     await asyncio.gather(*busy)
-    assert fleet.status()["balancer"]["saturated"] == 1
+    assert fleet.status().balancer["saturated"] == 1
 
 
 async def test_tool_errors_travel_back_and_do_not_eject(fleet: Fleet) -> None:
@@ -100,7 +100,7 @@ async def test_tool_errors_travel_back_and_do_not_eject(fleet: Fleet) -> None:
         with pytest.raises(ToolError, match="bad input: nope") as err:
             await run(fleet, fns.refuse, "nope")
         assert not isinstance(err.value, FleetError)
-    assert not any(a["ejected"] for a in fleet.status()["agents"])
+    assert not any(a["ejected"] for a in fleet.status().agents)
 
 
 async def test_repeated_crashes_eject_an_agent_but_never_the_last(tmp_path: Path) -> None:
@@ -110,7 +110,7 @@ async def test_repeated_crashes_eject_an_agent_but_never_the_last(tmp_path: Path
         for _ in range(8):
             with pytest.raises(ToolError, match="RuntimeError: the agent hit a bug"):
                 await run(f, fns.crash, None)
-        agents = f.status()["agents"]
+        agents = f.status().agents
         assert sum(a["ejected"] for a in agents) == 1  # never more than half of two
         assert (await run(f, fns.echo, "still served"))["payload"] == "still served"
     finally:
@@ -118,7 +118,7 @@ async def test_repeated_crashes_eject_an_agent_but_never_the_last(tmp_path: Path
 
 
 async def test_kill_9_under_load_fails_only_the_calls_on_that_agent(fleet: Fleet) -> None:
-    victim = fleet.status()["agents"][0]
+    victim = fleet.status().agents[0]
     results: list[Any] = []
 
     async def worker() -> None:
@@ -139,7 +139,7 @@ async def test_kill_9_under_load_fails_only_the_calls_on_that_agent(fleet: Fleet
     assert all("agent" in str(e) and "retry" in str(e) for e in failures)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        agent = next(a for a in fleet.status()["agents"] if a["id"] == victim["id"])
+        agent = next(a for a in fleet.status().agents if a["id"] == victim["id"])
         if agent["status"] == "available" and agent["pid"] != victim["pid"]:
             break
         await asyncio.sleep(0.05)
@@ -150,7 +150,7 @@ async def test_kill_9_under_load_fails_only_the_calls_on_that_agent(fleet: Fleet
 async def test_idempotent_call_is_retried_elsewhere_when_its_agent_dies(fleet: Fleet) -> None:
     call = asyncio.create_task(run(fleet, fns.hold, 1.0, idempotent=True))
     await asyncio.sleep(0.2)
-    busy = [a for a in fleet.status()["agents"] if a["inFlight"] == 1]
+    busy = [a for a in fleet.status().agents if a["inFlight"] == 1]
     assert len(busy) == 1
     os.kill(busy[0]["pid"], signal.SIGKILL)
     pid = await call
@@ -161,9 +161,9 @@ async def test_a_hung_agent_times_out_and_is_replaced(fleet: Fleet) -> None:
     with pytest.raises(FleetError, match="timed out after 0.3 s"):
         await run(fleet, fns.hold, 30, timeout=0.3)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not any(a["restarts"] for a in fleet.status()["agents"]):
+    while time.monotonic() < deadline and not any(a["restarts"] for a in fleet.status().agents):
         await asyncio.sleep(0.05)
-    assert sum(a["restarts"] for a in fleet.status()["agents"]) == 1
+    assert sum(a["restarts"] for a in fleet.status().agents) == 1
     assert (await run(fleet, fns.echo, 1))["payload"] == 1
 
 
@@ -197,9 +197,9 @@ async def test_idle_connections_expire_down_to_the_minimum(tmp_path: Path) -> No
     await f.start()
     try:
         await asyncio.gather(*(run(f, fns.hold, 0.05) for _ in range(2)))
-        assert f.status()["pool"]["total"] == 2
+        assert f.status().pool.total == 2
         await asyncio.sleep(0.6)
-        assert f.status()["pool"]["total"] == 1
+        assert f.status().pool.total == 1
     finally:
         await f.stop(5)
 
@@ -207,7 +207,7 @@ async def test_idle_connections_expire_down_to_the_minimum(tmp_path: Path) -> No
 async def test_stop_leaves_no_agent_behind(tmp_path: Path) -> None:
     f = Fleet(make_config(tmp_path))
     await f.start()
-    pids = [a["pid"] for a in f.status()["agents"]]
+    pids = [a["pid"] for a in f.status().agents]
     await f.stop(5)
     for pid in pids:
         with pytest.raises(ProcessLookupError):
@@ -227,12 +227,12 @@ async def test_an_agent_that_stops_answering_leaves_rotation(tmp_path: Path) -> 
     f = Fleet(apply_overrides(load_config(path)))
     await f.start()
     try:
-        frozen = f.status()["agents"][0]
+        frozen = f.status().agents[0]
         os.kill(frozen["pid"], signal.SIGSTOP)  # alive but silent: only a probe can tell
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(a["restarts"] for a in f.status()["agents"]):
+        while time.monotonic() < deadline and not any(a["restarts"] for a in f.status().agents):
             await asyncio.sleep(0.05)
-        agent = next(a for a in f.status()["agents"] if a["id"] == frozen["id"])
+        agent = next(a for a in f.status().agents if a["id"] == frozen["id"])
         assert agent["restarts"] == 1 and agent["pid"] != frozen["pid"]
         for _ in range(4):
             assert (await run(f, fns.echo, "ok"))["payload"] == "ok"
@@ -245,7 +245,7 @@ async def test_the_probe_leaves_an_agent_that_is_busy_with_a_call_alone(tmp_path
                           {"healthCheckIntervalMs": 100}))
     await f.start()
     try:
-        pid = f.status()["agents"][0]["pid"]
+        pid = f.status().agents[0]["pid"]
         call = asyncio.ensure_future(run(f, fns.hold, 3.0, timeout=10))
         await asyncio.sleep(0.3)
         # Busy and silent (as in one long C call holding the GIL) for longer than a probe and the follow-up
@@ -254,7 +254,7 @@ async def test_the_probe_leaves_an_agent_that_is_busy_with_a_call_alone(tmp_path
         await asyncio.sleep(4.0)
         os.kill(pid, signal.SIGCONT)
         assert await call == pid  # the call finished on the same agent: nobody killed it
-        assert f.status()["agents"][0]["restarts"] == 0
+        assert f.status().agents[0]["restarts"] == 0
     finally:
         await f.stop(5)
 
@@ -294,7 +294,7 @@ async def test_start_ignores_an_agent_left_by_a_killed_server(tmp_path: Path) ->
     f = Fleet(config)
     try:
         await f.start()
-        agent = f.status()["agents"][0]
+        agent = f.status().agents[0]
         assert agent["status"] == "available"
         assert await run(f, fns.hold, 0.0) == agent["pid"]  # the new agent answers, not the leftover
     finally:

@@ -34,6 +34,6 @@ async def test_a_reply_that_breaks_the_protocol_fails_its_call_at_once(
     with pytest.raises(FleetError, match=problem):
         await run(fleet, fns.misframe, kind, timeout=20)
     assert time.monotonic() - started < 5  # not held until the call's deadline
-    assert fleet.status()["pool"]["inUse"] == 0
+    assert fleet.status().pool.in_use == 0
     for n in range(4):  # the fleet keeps serving, on every agent
         assert (await run(fleet, fns.echo, n))["payload"] == n
