@@ -4,6 +4,7 @@ problem in a file is reported at once (file:line, key path, a did-you-mean), and
 applied on top.
 """
 
+import functools
 import math
 import os
 import pathlib
@@ -333,7 +334,7 @@ class _Checker:
         for key in strays:
             self._unknown(path, key, list(fields), "key")
         values: dict[str, Any] = {}
-        for field in msgspec.structs.fields(info.cls):
+        for field in _fields(info.cls):
             if field.encode_name in raw:
                 key_path = (*path, field.encode_name)
                 values[field.name] = self.decode(raw[field.encode_name], field.type, key_path,
@@ -440,6 +441,11 @@ def _bare(annotation: Any) -> Any:
     return annotation
 
 
+# Both resolve annotations from scratch on every call; a file asks again for the same few dozen.
+_fields: Final = functools.cache(msgspec.structs.fields)
+
+
+@functools.cache
 def _info(annotation: Any) -> mi.Type:
     info = mi.type_info(annotation)
     return info.type if isinstance(info, mi.Metadata) else info  # a described field: the type inside
