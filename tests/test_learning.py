@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pg import Blocking, close_pg_stores, open_pg_stores
 
 from qe_appliance.config import Config, LearningConfig, ServerConfig
 from qe_appliance.services import Services
@@ -41,10 +42,24 @@ def draft(text: str = TEMPLATE, **fields: Any) -> PatternDraft:
 
 
 @pytest.fixture
-def store(tmp_path: pathlib.Path) -> Iterator[PatternStore]:
+def sqlite_store(tmp_path: pathlib.Path) -> Iterator[PatternStore]:
     patterns = PatternStore(tmp_path / "patterns.db")
     yield patterns
     patterns.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest) -> Iterator[PatternStore]:
+    """The same tests on both backends: the PostgreSQL store's coroutines are called as plain methods."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_store")
+        return
+    postgres = request.getfixturevalue("postgres")
+    stores, loop = open_pg_stores(postgres.socket_url(postgres.database()))
+    try:
+        yield Blocking(stores.patterns, loop)  # type: ignore[misc]
+    finally:
+        close_pg_stores(stores, loop)
 
 
 def test_quality_score_follows_the_formula() -> None:
@@ -205,8 +220,9 @@ def test_long_pattern_texts_are_previewed_in_the_status(store: PatternStore) -> 
 
 
 def test_the_event_log_keeps_only_the_newest_events(
-    store: PatternStore, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_store: PatternStore, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store = sqlite_store
     monkeypatch.setattr(patterns_module, "EVENTS_KEPT", 5)
     for word in ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"):
         assert store.learn(draft(f"check the {word} case"), RULES).action == "created"
