@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from pg import Blocking, PostgresServer, close_pg_stores, open_pg_stores
 
 from qe_appliance.config import ConfigError, load_config
@@ -217,3 +217,27 @@ def test_a_database_from_a_newer_build_is_refused_and_migration_runs_once(postgr
     postgres.execute("INSERT INTO aqe_schema_version VALUES (99)", database=name)
     with pytest.raises(StoreError, match="schema version 99, newer than this build"):
         open_pg_stores(url)
+
+
+def test_a_stdio_session_stores_in_postgresql_what_an_http_server_reads(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    store = pg_block(postgres)
+    config = write_config(tmp_path / "stdio.yaml", tmp_path / "stdio-state", store)
+    (tmp_path / "http").mkdir()
+    srv = start_server(tmp_path / "http", store)
+    try:
+        async def session() -> None:
+            params = StdioServerParameters(
+                command=sys.executable,
+                args=["-m", "qe_appliance.cli", "mcp", "start", "--stdio", "--config", str(config)],
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            async with Client(params) as client:
+                stored = await client.call_tool("qe_memory_store", {"key": "from-stdio", "value": [1, "two"]})
+                assert stored.structured_content["persisted"] is True, stored
+
+        anyio.run(session)
+        assert call(srv, "qe_memory_retrieve", {"key": "from-stdio"})["value"] == [1, "two"]
+    finally:
+        srv.stop()
