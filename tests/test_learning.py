@@ -366,3 +366,19 @@ def test_learn_status_of_an_empty_store_has_zero_totals_and_no_averages(services
     }
     assert (status["averageConfidence"], status["averageSuccessRate"]) == (None, None)
     assert status["topPatterns"] == [] and status["recentEvents"] == []
+
+
+def test_replace_gives_a_pattern_new_text_and_a_fresh_record(store: PatternStore) -> None:
+    created = store.learn(draft(), RULES).pattern
+    store.learn(draft(), RULES, (created.id, True))
+    fixed = draft(OTHER_TEMPLATE.format(name="parse"), confidence=0.9)
+    result = store.replace(created.id, fixed)
+    assert (result.action, result.pattern.id, result.similarity, result.promoted) == ("replaced", created.id, None, [])
+    p = result.pattern
+    assert (p.pattern, p.usage_count, p.success_count, p.times_taught, p.tier) == (
+        fixed.text, 0, 0, 1, "short-term",
+    )
+    assert p.confidence == pytest.approx(0.9) and p.quality_score == pytest.approx(quality_score(0.9, 0, 0))
+    assert store.status(top=0, recent=1).recent_events[0].kind == "replaced"
+    with pytest.raises(UnknownPatternError, match="to replace"):
+        store.replace("pat_missing", fixed)
