@@ -8,12 +8,15 @@ Prints the command, then p50/p95/p99 per operation against the issue's targets.
 `--locking` first times the same store calls in this process with SQLite's normal locking (what servers
 sharing a state directory use) against `locking_mode = EXCLUSIVE` (what a server owning its files alone
 used), in interleaved rounds on the seeded database: the price of sharing.
+`--postgresql` runs every scale on PostgreSQL too (store.url; a temporary cluster from Debian's binaries
+unless `--pg-url` names a database), and prints both backends' rows side by side with the ratio.
 Run: `python bench/memory_bench.py` (`--help` for the knobs).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -36,7 +39,7 @@ from http_bench import HOST, PROTOCOL, BenchError
 if str(http_bench.REPO) not in sys.path:
     sys.path.insert(0, str(http_bench.REPO))
 
-from qe_appliance.config import LearningConfig  # noqa: E402
+from qe_appliance.config import LearningConfig, StoreConfig  # noqa: E402
 from qe_appliance.store.memory import MemoryStore  # noqa: E402
 from qe_appliance.store.patterns import PATTERN_TYPES, PatternDraft, PatternStore  # noqa: E402
 
@@ -95,6 +98,37 @@ def seed_memory(state_dir: Path, corpus: Corpus) -> float:
     finally:
         store.close()
     return time.perf_counter() - started
+
+
+async def seed_postgresql(url: str, password_file: str, corpus: Corpus, patterns: int, words: list[str]) -> tuple[
+    float, list[PatternDraft], list[str], float
+]:
+    """The same entries and patterns as seed_memory and seed_patterns, into the PostgreSQL store."""
+    from qe_appliance.store.postgres import PgStores
+
+    stores = PgStores(StoreConfig(url=url, password_file=password_file))
+    await stores.open()
+    try:
+        started = time.perf_counter()
+        async with stores.memory.batch():
+            for i in range(corpus.entries):
+                value = json.dumps(corpus.value(i)).encode()
+                await stores.memory.put(NAMESPACE, f"run/{i % 500}/{i}", value, None, tags=corpus.tags(i))
+        seeded = time.perf_counter() - started
+        started = time.perf_counter()
+        rng = random.Random(7)
+        drafts: list[PatternDraft] = []
+        ids: list[str] = []
+        rules = LearningConfig()
+        for _ in range(patterns):
+            draft = pattern_draft(rng, words)
+            result = await stores.patterns.learn(draft, rules)
+            if result.action == "created":
+                drafts.append(draft)
+                ids.append(result.pattern.id)
+        return seeded, drafts, ids, time.perf_counter() - started
+    finally:
+        stores.close()
 
 
 def pattern_text(rng: random.Random, words: list[str]) -> str:
@@ -206,7 +240,7 @@ class Row:
         limit = TARGETS_MS.get(self.target)
         verdict = "" if limit is None else ("ok" if p95 <= limit else f"OVER {limit:g} ms")
         return (
-            f"{self.scale:>7} {self.operation:<34} {len(self.samples):>6} {self.percentile(0.5):>8.3f} "
+            f"{self.scale:>10} {self.operation:<34} {len(self.samples):>6} {self.percentile(0.5):>8.3f} "
             f"{p95:>8.3f} {self.percentile(0.99):>8.3f}  {verdict:<12} {self.note}"
         ).rstrip()
 
@@ -307,7 +341,7 @@ def memory_rows(client: McpClient, corpus: Corpus, scale: str, requests: int) ->
 
 
 def learning_rows(
-    client: McpClient, drafts: list[PatternDraft], ids: list[str], words: list[str], requests: int
+    client: McpClient, drafts: list[PatternDraft], ids: list[str], words: list[str], requests: int, label: str
 ) -> list[Row]:
     rng = random.Random(13)
 
@@ -343,7 +377,7 @@ def learning_rows(
     def status_filtered(i: int) -> tuple[str, dict[str, Any]]:
         return "qe_learn_status", {"domain": rng.choice(DOMAINS), "language": rng.choice(list(LANGUAGES))}
 
-    scale = f"{len(ids) // 1000}k pat"
+    scale = label
     return [
         Row(scale, "learn_pattern (new)", "learn_pattern", measure(requests, new_pattern, client)),
         Row(
@@ -537,10 +571,41 @@ def run_scale(
         print(f"[{scale}] teaching {patterns} patterns ...", flush=True)
         drafts, ids, took = seed_patterns(state_dir, patterns, corpus.words)
         print(f"[{scale}] {len(ids)} distinct patterns stored in {took:.1f} s", flush=True)
+    rows = serve_and_measure(f"{scale} sqlite", state_dir, None, corpus, drafts, ids, args, workdir, started)
+    if args.pg_url is not None:
+        pg_state = workdir / f"state-{entries}-pg"
+        pg_state.mkdir()
+        url = args.pg_url(f"{scale}_{entries}")
+        print(f"\n[{scale}] seeding PostgreSQL {url} with the same data ...", flush=True)
+        seeding = seed_postgresql(url, args.pg_password_file, corpus, patterns, corpus.words)
+        took, pg_drafts, pg_ids, taught = asyncio.run(seeding)
+        print(f"[{scale}] seeded in {took:.1f} s, {len(pg_ids)} patterns in {taught:.1f} s", flush=True)
+        rows += serve_and_measure(
+            f"{scale} pg", pg_state, {"url": url, "passwordFile": args.pg_password_file}, corpus, pg_drafts,
+            pg_ids, args, workdir, started,
+        )
+    return rows
+
+
+def serve_and_measure(
+    label: str,
+    state_dir: Path,
+    store: dict[str, str] | None,
+    corpus: Corpus,
+    drafts: list[PatternDraft],
+    ids: list[str],
+    args: argparse.Namespace,
+    workdir: Path,
+    started: list[http_bench.Server],
+) -> list[Row]:
+    """Start a server on `state_dir` (and `store`, the YAML store block, for PostgreSQL) and time its calls."""
     port = http_bench.free_port()
-    command = http_bench.ours_command(http_bench.write_config(state_dir, port), port)
-    print(f"[{scale}] {shlex.join(command)}", flush=True)
-    server = http_bench.start_server(f"ours-{scale}", command, port, workdir)
+    config = http_bench.write_config(state_dir, port)
+    if store is not None:
+        config.write_text(json.dumps({**json.loads(config.read_text()), "store": store}, indent=2) + "\n")
+    command = http_bench.ours_command(config, port)
+    print(f"[{label}] {shlex.join(command)}", flush=True)
+    server = http_bench.start_server(f"ours-{label.replace(' ', '-')}", command, port, workdir)
     started.append(server)
     http_bench.wait_ready(server)
     client = McpClient(port)
@@ -551,11 +616,11 @@ def run_scale(
             client,
         )
         rows = []
-        if args.baseline is not None:
-            rows += baseline_rows(client, server.process.pid, args, scale, state_dir, workdir, started)
-        rows += memory_rows(client, corpus, scale, args.requests)
+        if args.baseline is not None and store is None:
+            rows += baseline_rows(client, server.process.pid, args, label, state_dir, workdir, started)
+        rows += memory_rows(client, corpus, label, args.requests)
         if ids:
-            rows += learning_rows(client, drafts, ids, corpus.words, args.requests // 2)
+            rows += learning_rows(client, drafts, ids, corpus.words, args.requests // 2, label)
     finally:
         client.close()
     if server.process.poll() is not None:
@@ -564,6 +629,24 @@ def run_scale(
     for row in rows:
         print(row.line(), flush=True)
     return rows
+
+
+def side_by_side(rows: list[Row]) -> list[str]:
+    """Each operation's p50 and p95 on SQLite and PostgreSQL in one line, with PostgreSQL's ratio."""
+    lines = []
+    for pg in rows:
+        if not pg.scale.endswith(" pg"):
+            continue
+        twin = pg.scale.removesuffix(" pg") + " sqlite"
+        sqlite = next((r for r in rows if r.scale == twin and r.operation == pg.operation), None)
+        if sqlite is None:
+            continue
+        lines.append(
+            f"{twin.split()[0]:>7} {pg.operation:<34} sqlite {sqlite.percentile(0.5):7.3f} / "
+            f"{sqlite.percentile(0.95):7.3f}  postgresql {pg.percentile(0.5):7.3f} / {pg.percentile(0.95):7.3f}"
+            f"  p50 x{pg.percentile(0.5) / sqlite.percentile(0.5):.2f}"
+        )
+    return lines
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -602,8 +685,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a source tree of a previous version (extensions built): time its server against this one",
     )
     parser.add_argument("--keep-state", action="store_true", help="keep the temporary state dirs and logs")
+    parser.add_argument(
+        "--postgresql", action="store_true", help="also run each scale with store.url on PostgreSQL"
+    )
+    parser.add_argument(
+        "--pg-url",
+        dest="pg_database",
+        help="an existing, empty PostgreSQL database for --postgresql (default: a temporary cluster)",
+    )
+    parser.add_argument("--pg-password-file", default="", help="store.passwordFile for --pg-url")
     args = parser.parse_args(argv)
     args.locking = args.locking or args.locking_only
+    args.postgresql = args.postgresql or args.pg_database is not None
+    args.pg_url = None  # set by main: scale name -> URL of an empty database
     if (
         not args.entries
         or min(args.entries) < 1
@@ -617,6 +711,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def temporary_cluster(workdir: Path) -> Any:
+    """A PostgreSQL cluster for this run, set up as the tests set theirs up (tests/pg.py)."""
+    sys.path.insert(0, str(http_bench.REPO / "tests"))
+    from pg import PostgresServer
+
+    root = workdir / "postgresql"
+    root.mkdir()
+    root.chmod(0o755)
+    workdir.chmod(0o755)  # the cluster runs as an unprivileged user, who must reach its directory
+    cluster = PostgresServer(root)
+    cluster.init()
+    return cluster
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print("command:", shlex.join([sys.executable, *sys.argv]))
@@ -628,7 +736,16 @@ def main(argv: list[str] | None = None) -> int:
     started: list[http_bench.Server] = []
     rows: list[Row] = []
     failure: str | None = None
+    cluster: Any = None
     try:
+        if args.postgresql and args.pg_database is not None:
+            if len(args.entries) > 1:
+                raise BenchError("--pg-url holds one data set: give one --entries value")
+            args.pg_url = lambda _name: args.pg_database
+        elif args.postgresql:
+            cluster = temporary_cluster(workdir)
+            args.pg_url = lambda _name: cluster.tcp_url(cluster.database())
+            args.pg_password_file = str(cluster.password_file)
         with http_bench.interrupt_on_sigterm():
             for index, entries in enumerate(args.entries):
                 rows += run_scale(entries, args.patterns if index == 0 else 0, args, workdir, started)
@@ -637,14 +754,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in started:
             http_bench.stop_server(server)
+        if cluster is not None:
+            cluster.stop("immediate")
     if failure is not None or args.keep_state:
         print(f"state and logs kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     if rows:
-        print(f"\n{'scale':>7} {'operation':<34} {'calls':>6} {'p50':>8} {'p95':>8} {'p99':>8}  target")
+        print(f"\n{'scale':>10} {'operation':<34} {'calls':>6} {'p50':>8} {'p95':>8} {'p99':>8}  target")
         for row in rows:
             print(row.line())
+        comparison = side_by_side(rows)
+        if comparison:
+            print(f"\n{'scale':>7} {'operation':<34} p50 / p95 ms on each backend")
+            print("\n".join(comparison))
     if failure is not None:
         print(failure, file=sys.stderr)
         return 2

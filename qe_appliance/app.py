@@ -42,6 +42,7 @@ RESTART_KEYS = (
     "server.controlSocket",
     "fleet.runtimeDir",
     "fleet.preload",
+    "store.",
 )
 
 
@@ -183,7 +184,8 @@ class App:
         return self.state
 
     async def start(self) -> None:
-        """Background upkeep running, agents up and the pool warm."""
+        """Stores connected (PostgreSQL), background upkeep running, agents up and the pool warm."""
+        await self.services.stores.open()
         self._tasks.append(asyncio.create_task(self._sweep_sessions()))
         interval_s = self.config.memory.purge_interval_ms / 1000
         self._tasks.append(asyncio.create_task(purge_periodically(self.services.memory, interval_s)))

@@ -145,11 +145,15 @@ def _start(args: argparse.Namespace) -> int:
     for text in relative:
         logging.getLogger("aqe_mcp.config").warning("%s", text)
     from qe_appliance.lifecycle import run
+    from qe_appliance.store.database import StoreUnavailableError
 
     try:
         return run(cfg, stdio=args.stdio, source=read if args.config else None)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    except StoreUnavailableError as exc:  # store.url names a server that cannot be used: fix the setting
+        print(f"aqe-v3: cannot start: {exc}", file=sys.stderr)
         return 2
     except (OSError, StoreError) as exc:
         print(f"aqe-v3: cannot start: {exc}", file=sys.stderr)

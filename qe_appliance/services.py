@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qe_appliance.config import Config, state_dir
+from qe_appliance.config import Config
 from qe_appliance.overrides import Overrides
-from qe_appliance.store.stores import Stores
+from qe_appliance.store.stores import open_stores
 from qe_appliance.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -20,7 +20,8 @@ class Services:
     def __init__(self, config: Config, overrides: Overrides | None = None) -> None:
         self.config = config
         self.overrides = overrides or Overrides()
-        self.stores = Stores(state_dir(config))
+        # SQLite files in server.stateDir, or PostgreSQL at store.url (connected in App.start).
+        self.stores = open_stores(config)
         self.memory = self.stores.memory
         self.patterns = self.stores.patterns
         self.tasks = self.stores.tasks

@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 import msgspec
 import pytest
+from pg import PostgresServer, start_postgres
 
 from qe_appliance.tools import ALL_TOOLS
 from qe_appliance.tools.base import bare_context
@@ -115,3 +116,9 @@ def call_tool(services: Any, name: str, arguments: dict[str, Any]) -> dict[str, 
     content: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(result))
     jsonschema.validate(content, spec.output_schema)
     return content
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL cluster for the session (skipped without the binaries, failed without them in CI)."""
+    yield from start_postgres()

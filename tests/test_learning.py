@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pg import Blocking, close_pg_stores, open_pg_stores
 
 from qe_appliance.config import Config, LearningConfig, ServerConfig
 from qe_appliance.services import Services
@@ -41,10 +42,24 @@ def draft(text: str = TEMPLATE, **fields: Any) -> PatternDraft:
 
 
 @pytest.fixture
-def store(tmp_path: pathlib.Path) -> Iterator[PatternStore]:
+def sqlite_store(tmp_path: pathlib.Path) -> Iterator[PatternStore]:
     patterns = PatternStore(tmp_path / "patterns.db")
     yield patterns
     patterns.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest) -> Iterator[PatternStore]:
+    """The same tests on both backends: the PostgreSQL store's coroutines are called as plain methods."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_store")
+        return
+    postgres = request.getfixturevalue("postgres")
+    stores, loop = open_pg_stores(postgres.socket_url(postgres.database()))
+    try:
+        yield Blocking(stores.patterns, loop)  # type: ignore[misc]
+    finally:
+        close_pg_stores(stores, loop)
 
 
 def test_quality_score_follows_the_formula() -> None:
@@ -205,8 +220,9 @@ def test_long_pattern_texts_are_previewed_in_the_status(store: PatternStore) -> 
 
 
 def test_the_event_log_keeps_only_the_newest_events(
-    store: PatternStore, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_store: PatternStore, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store = sqlite_store
     monkeypatch.setattr(patterns_module, "EVENTS_KEPT", 5)
     for word in ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"):
         assert store.learn(draft(f"check the {word} case"), RULES).action == "created"
@@ -350,3 +366,19 @@ def test_learn_status_of_an_empty_store_has_zero_totals_and_no_averages(services
     }
     assert (status["averageConfidence"], status["averageSuccessRate"]) == (None, None)
     assert status["topPatterns"] == [] and status["recentEvents"] == []
+
+
+def test_replace_gives_a_pattern_new_text_and_a_fresh_record(store: PatternStore) -> None:
+    created = store.learn(draft(), RULES).pattern
+    store.learn(draft(), RULES, (created.id, True))
+    fixed = draft(OTHER_TEMPLATE.format(name="parse"), confidence=0.9)
+    result = store.replace(created.id, fixed)
+    assert (result.action, result.pattern.id, result.similarity, result.promoted) == ("replaced", created.id, None, [])
+    p = result.pattern
+    assert (p.pattern, p.usage_count, p.success_count, p.times_taught, p.tier) == (
+        fixed.text, 0, 0, 1, "short-term",
+    )
+    assert p.confidence == pytest.approx(0.9) and p.quality_score == pytest.approx(quality_score(0.9, 0, 0))
+    assert store.status(top=0, recent=1).recent_events[0].kind == "replaced"
+    with pytest.raises(UnknownPatternError, match="to replace"):
+        store.replace("pat_missing", fixed)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from pg import Blocking, close_pg_stores, open_pg_stores
 
 from qe_appliance.store import memory as memory_module
 from qe_appliance.store.database import StoreError, open_database
@@ -34,10 +35,24 @@ def db_path(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 @pytest.fixture
-def store(db_path: pathlib.Path) -> Iterator[MemoryStore]:
+def sqlite_store(db_path: pathlib.Path) -> Iterator[MemoryStore]:
     memory = MemoryStore(db_path)
     yield memory
     memory.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, db_path: pathlib.Path) -> Iterator[MemoryStore]:
+    """The same tests on both backends: the PostgreSQL store's coroutines are called as plain methods."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_store")
+        return
+    postgres = request.getfixturevalue("postgres")
+    stores, loop = open_pg_stores(postgres.socket_url(postgres.database()))
+    try:
+        yield Blocking(stores.memory, loop)  # type: ignore[misc]
+    finally:
+        close_pg_stores(stores, loop)
 
 
 def keys(store: MemoryStore, **query: object) -> tuple[list[tuple[str, str]], int]:
@@ -55,7 +70,7 @@ def index_is_consistent(target: pathlib.Path | MemoryStore) -> bool:
 
     An open store holds its database exclusively, so it is checked through its own connection.
     """
-    if isinstance(target, MemoryStore):
+    if not isinstance(target, pathlib.Path):
         return target.integrity_check()
     with contextlib.closing(MemoryStore(target)) as store:
         return store.integrity_check()
@@ -144,9 +159,7 @@ def test_expired_entries_are_gone_for_reads_and_search_and_restart_at_version_on
     assert (again.version, again.replaced, again.expires_at) == (1, False, None)
 
 
-def test_purge_removes_expired_rows_with_their_index_and_tag_rows(
-    store: MemoryStore, db_path: pathlib.Path
-) -> None:
+def test_purge_removes_expired_rows_with_their_index_and_tag_rows(store: MemoryStore) -> None:
     for i in range(3):
         store.put("default", f"tmp{i}", b'"temporary words"', 0.05, tags=["tmp"])
     store.put("default", "keep", b'"lasting words"', 3600, tags=["tmp"])
@@ -154,15 +167,18 @@ def test_purge_removes_expired_rows_with_their_index_and_tag_rows(
     assert store.purge_expired() == 3
     assert store.purge_expired() == 0
     assert keys(store) == ([("default", "keep")], 1)
-    db = store._db
-    assert db.execute("SELECT count(*) FROM memory_tags").fetchone() == (1,)
-    assert db.execute("SELECT count(*) FROM memory_fts WHERE memory_fts MATCH 'temporary'").fetchone() == (0,)
+    assert found(store, tags=["tmp"]) == ["keep"] and found(store, query="temporary") == []
     assert index_is_consistent(store)
+    if isinstance(store, MemoryStore):  # SQLite keeps tags and the index in tables of their own
+        db = store._db
+        assert db.execute("SELECT count(*) FROM memory_tags").fetchone() == (1,)
+        assert db.execute("SELECT count(*) FROM memory_fts WHERE memory_fts MATCH 'temporary'").fetchone() == (0,)
 
 
 def test_background_purge_clears_a_backlog_larger_than_one_batch(
-    store: MemoryStore, db_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    sqlite_store: MemoryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    store = sqlite_store
     monkeypatch.setattr(memory_module, "PURGE_BATCH", 7)
     for i in range(30):
         store.put("default", f"tmp{i}", b"0", 0.01)
@@ -211,7 +227,7 @@ def test_full_text_query_words_are_literal_not_fts_syntax(store: MemoryStore) ->
         store.search(query=" - * () ")
 
 
-def test_replaced_values_are_reindexed(store: MemoryStore, db_path: pathlib.Path) -> None:
+def test_replaced_values_are_reindexed(store: MemoryStore) -> None:
     store.put("default", "k", b'"alpha words"', None, tags=["one"])
     store.put("default", "k", b'"beta words"', None, tags=["two"])
     assert found(store, query="alpha") == [] and found(store, query="one") == []

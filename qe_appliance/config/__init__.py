@@ -31,6 +31,7 @@ from qe_appliance.config.schema import (
     RateLimitConfig,
     RegistryConfig,
     ServerConfig,
+    StoreConfig,
     Strategy,
     TargetsConfig,
     ToolConfig,
@@ -41,7 +42,7 @@ __all__ = [
     "AGENT_TYPES", "CATEGORIES", "DEFAULT_NAMESPACE", "MAX_FILE_BYTES", "POLICY_DEFAULTS", "STRATEGIES",
     "TOOL_DEFAULTS", "AgentType", "AlertThresholds", "AuthConfig", "BalancerConfig", "Category", "Config",
     "ConfigError", "Execution", "FleetConfig", "LearningConfig", "LogLevel", "MemoryConfig", "MonitoringConfig",
-    "PoolConfig", "QualityConfig", "RateLimitConfig", "RegistryConfig", "ServerConfig", "Strategy",
+    "PoolConfig", "QualityConfig", "RateLimitConfig", "RegistryConfig", "ServerConfig", "StoreConfig", "Strategy",
     "TargetsConfig", "ToolConfig", "apply_overrides", "control_socket", "is_loopback", "load_config",
     "runtime_dir", "state_dir",
 ]

@@ -30,6 +30,7 @@ from qe_appliance.config.schema import (
     PoolConfig,
     RegistryConfig,
     ServerConfig,
+    StoreConfig,
     is_loopback,
 )
 
@@ -592,12 +593,27 @@ def _check_memory(checker: _Checker, memory: _Decoded) -> None:
                      "namespace use; widen the pattern")
 
 
+def _check_store(checker: _Checker, store: _Decoded) -> None:
+    from qe_appliance.store.pgurl import url_problem
+
+    url = store.values["url"]
+    if url is _INVALID or not url:
+        if store.values["password_file"] not in ("", _INVALID):
+            checker.fail((*store.path, "passwordFile"), "is set but store.url is empty; give a postgresql:// url "
+                                                          "or remove passwordFile")
+        return
+    problem = url_problem(url)
+    if problem is not None:
+        checker.fail((*store.path, "url"), problem)
+
+
 _CHECKS: Final[dict[type, Callable[[_Checker, _Decoded], None]]] = {
     ServerConfig: _check_server,
     AuthConfig: _check_auth,
     PoolConfig: _check_pool,
     RegistryConfig: _check_registry,
     MemoryConfig: _check_memory,
+    StoreConfig: _check_store,
 }
 
 

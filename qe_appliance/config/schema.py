@@ -124,6 +124,14 @@ class MemoryConfig(_Section, frozen=True):
     purge_interval_ms: Millis = 60_000
 
 
+class StoreConfig(_Section, frozen=True):
+    """Where the stores live: empty `url` = SQLite files in server.stateDir; `postgresql://user@host:port/db`
+    = PostgreSQL, the password read from `passwordFile` or libpq's environment (PGPASSWORD, ~/.pgpass)."""
+
+    url: str = ""
+    password_file: str = ""
+
+
 class LearningConfig(_Section, frozen=True):
     dedupe_threshold: Ratio = 0.9
     promotion_min_successes: AtLeastOne = 3
@@ -229,6 +237,7 @@ class Config(_Section, frozen=True):
     targets: TargetsConfig = msgspec.field(default_factory=TargetsConfig)
     monitoring: MonitoringConfig = msgspec.field(default_factory=MonitoringConfig)
     memory: MemoryConfig = msgspec.field(default_factory=MemoryConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     learning: LearningConfig = msgspec.field(default_factory=LearningConfig)
     fleet: FleetConfig = msgspec.field(default_factory=FleetConfig)
     quality: QualityConfig = msgspec.field(default_factory=QualityConfig)

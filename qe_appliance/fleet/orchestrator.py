@@ -22,7 +22,7 @@ import msgspec
 from qe_appliance.fleet.pipelines import Step
 from qe_appliance.sandbox import UNAUTHENTICATED_HTTP, Caller
 from qe_appliance.store.database import StoreError, retrying
-from qe_appliance.store.tasks import TaskStore
+from qe_appliance.store.interface import TaskBackend
 from qe_appliance.tools.base import ProgressFn, ToolError, ToolSpec, no_progress
 from qe_appliance.tools.runner import ToolRunner
 
@@ -52,7 +52,7 @@ class _Task:
 class Orchestrator:
     def __init__(
         self,
-        store: TaskStore,
+        store: TaskBackend,
         tools: Callable[[], dict[str, ToolSpec]],
         runner: ToolRunner,
         capacity: Callable[[str], int],

@@ -46,10 +46,20 @@ def run(args: argparse.Namespace) -> int:
     # The copies hold what the state does (stored secrets included): for this user alone.
     os.umask(0o077)
     try:
-        directory = state_dir(load_config(args.config))
+        config = load_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if config.store.url:
+        # The state is in PostgreSQL: its own tools copy it consistently while servers write.
+        verb = "pg_dump --format=custom --file=FILE" if args.command == "backup" else "pg_restore --clean --dbname"
+        print(
+            f"aqe-v3: state {args.command}: the stores are in PostgreSQL (store.url {config.store.url}), not in "
+            f"files; use PostgreSQL's tools instead: {verb} '{config.store.url}' (see README, Backup and restore)",
+            file=sys.stderr,
+        )
+        return 2
+    directory = state_dir(config)
     try:
         if args.command == "backup":
             copied = backup(directory, pathlib.Path(args.dest))

@@ -13,12 +13,13 @@ meanwhile the loop serves other requests instead of spinning inside sqlite.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import pathlib
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final, ParamSpec, TypeVar
 
@@ -46,6 +47,10 @@ class StoreError(RuntimeError):
 
 class StoreBusyError(StoreError):
     """Another process kept the database locked for longer than BUSY_DEADLINE_S; retrying later may work."""
+
+
+class StoreUnavailableError(StoreError):
+    """The PostgreSQL server (store.url) cannot be reached now; the call changed nothing and may be retried."""
 
 
 class StateGoneError(StoreError):
@@ -205,14 +210,20 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("COMMIT")
 
 
-async def retrying(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+async def retrying(fn: Callable[P, T | Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """`fn(*args, **kwargs)` (a store call), run again after an async pause while another process holds
-    the database's lock. Raises StoreBusyError when the lock is still held after BUSY_DEADLINE_S."""
+    the database's lock. Raises StoreBusyError when the lock is still held after BUSY_DEADLINE_S.
+
+    A PostgreSQL store's methods are coroutines: their result is awaited here, so callers are the same
+    for both backends (PostgreSQL waits for its own row locks; it never raises SQLITE_BUSY)."""
     delay = _BACKOFF_FIRST_S
     deadline = time.monotonic() + BUSY_DEADLINE_S
     while True:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                return await result
+            return result
         except sqlite3.OperationalError as exc:
             if not is_busy(exc):
                 raise

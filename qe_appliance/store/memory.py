@@ -11,11 +11,14 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from qe_appliance.store.database import Database, StoreError, open_database, retrying, transaction
+
+if TYPE_CHECKING:
+    from qe_appliance.store.interface import MemoryBackend
 
 log = logging.getLogger("aqe_mcp.store")
 
@@ -359,7 +362,7 @@ class MemoryStore:
         self.database.close()
 
 
-async def purge_periodically(store: MemoryStore, interval_s: float) -> None:
+async def purge_periodically(store: MemoryBackend, interval_s: float) -> None:
     """Delete expired entries now and every `interval_s`, a batch at a time so requests run in between.
 
     Runs until cancelled; a database error is logged and retried at the next interval. Several processes

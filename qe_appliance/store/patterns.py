@@ -188,13 +188,13 @@ def normalise(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def _when(epoch: float) -> datetime:
+def when(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def _pattern(row: Any) -> Pattern:
+def pattern_from_row(row: Any) -> Pattern:
     *fields, created, updated, promoted = row
-    times = [_when(created), _when(updated), None if promoted is None else _when(promoted)]
+    times = [when(created), when(updated), None if promoted is None else when(promoted)]
     return Pattern(*fields, *times)
 
 
@@ -224,7 +224,7 @@ class PatternStore:
         row = self._db.execute(
             f"SELECT {_PATTERN_COLUMNS} FROM patterns WHERE id = ?", (pattern_id,)
         ).fetchone()
-        return None if row is None else _pattern(row)
+        return None if row is None else pattern_from_row(row)
 
     def learn(
         self, draft: PatternDraft, rules: LearningConfig, outcome: tuple[str, bool] | None = None
@@ -438,7 +438,7 @@ class PatternStore:
             "ORDER BY quality DESC, framework IS NULL, updated_at DESC LIMIT :limit",
             params,
         ).fetchall()
-        return [_pattern(row) for row in rows]
+        return [pattern_from_row(row) for row in rows]
 
     def status(
         self, *, domain: str | None = None, language: str | None = None, top: int = 10, recent: int = 10
@@ -489,12 +489,12 @@ class PatternStore:
             total_successes=successes,
             top_patterns=[
                 PatternSummary(
-                    pid, _preview(text), kind, dom, lang, fw, tier, round(quality, 4), use, round(rate, 4)
+                    pid, preview(text), kind, dom, lang, fw, tier, round(quality, 4), use, round(rate, 4)
                 )
                 for pid, text, kind, dom, lang, fw, tier, quality, use, rate in top_rows
             ],
             recent_events=[
-                LearningEvent(_when(at), kind, pid, dom, lang, detail)
+                LearningEvent(when(at), kind, pid, dom, lang, detail)
                 for at, kind, pid, dom, lang, detail in events
             ],
         )
@@ -504,6 +504,6 @@ class PatternStore:
         self.database.close()
 
 
-def _preview(text: str) -> str:
+def preview(text: str) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1] + "…"

@@ -10,7 +10,9 @@ import pathlib
 import time
 from typing import Final
 
+from qe_appliance.config import Config, state_dir
 from qe_appliance.store.database import Database, StoreError
+from qe_appliance.store.interface import StoresBackend
 from qe_appliance.store.memory import MemoryStore
 from qe_appliance.store.patterns import PatternStore
 from qe_appliance.store.reports import ReportStore
@@ -60,6 +62,9 @@ class Stores:
             self.reports.database,
         )
 
+    async def open(self) -> None:
+        """Nothing to do: SQLite databases are open once constructed (PgStores connects here)."""
+
     def problem(self) -> str | None:
         """None while the state directory and its databases are the ones opened; else what happened
         (logged once, with how to recover). Readiness asks this: a vanished directory makes /readyz 503.
@@ -104,3 +109,13 @@ class Stores:
         self.reports.close()
         self.memory.close()
         os.close(self._lock)
+
+
+def open_stores(config: Config) -> StoresBackend:
+    """The stores `config.store` names: SQLite files in server.stateDir, or PostgreSQL at store.url (which
+    connects in `await stores.open()`, on the server's event loop)."""
+    if config.store.url:
+        from qe_appliance.store.postgres import PgStores
+
+        return PgStores(config.store)
+    return Stores(state_dir(config))

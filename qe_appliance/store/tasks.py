@@ -120,7 +120,7 @@ class TaskStore:
         ).fetchone()
         if row is None:
             return None
-        task = _task(row)
+        task = task_row(row)
         if subtasks:
             task["subtasks"] = [
                 {
@@ -145,13 +145,13 @@ class TaskStore:
             "FROM task ORDER BY created_at DESC LIMIT ?",
             (limit,),
         )
-        return [_task(row) for row in rows]
+        return [task_row(row) for row in rows]
 
     def close(self) -> None:
         self.database.close()
 
 
-def _task(row: Any) -> dict[str, Any]:
+def task_row(row: Any) -> dict[str, Any]:
     task_id, kind, strategy, priority, status, total, done, failed, created, finished = row
     return {
         "taskId": task_id,

@@ -13,7 +13,7 @@ from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec, no_p
 
 if TYPE_CHECKING:
     from qe_appliance.fleet.runtime import Fleet
-    from qe_appliance.store.tasks import TaskStore
+    from qe_appliance.store.interface import TaskBackend
 
 FLEET_INIT = "qe_fleet_init"
 FLEET_STATUS = "qe_fleet_status"
@@ -139,7 +139,7 @@ async def fleet_init(ctx: ToolContext, args: FleetInitInput) -> dict[str, Any]:
 
 
 async def fleet_status(ctx: ToolContext, args: FleetStatusInput) -> dict[str, Any]:
-    store: TaskStore = ctx.services.tasks
+    store: TaskBackend = ctx.services.tasks
     if args.task_id is not None:
         task = await retrying(store.get, args.task_id)
         if task is None:

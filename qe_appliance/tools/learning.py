@@ -9,11 +9,11 @@ import msgspec
 
 from qe_appliance.config import LearningConfig
 from qe_appliance.store.database import retrying
+from qe_appliance.store.interface import PatternBackend
 from qe_appliance.store.patterns import (
     LearningStatus,
     LearnResult,
     PatternDraft,
-    PatternStore,
     PatternType,
     UnknownPatternError,
     normalise,
@@ -112,7 +112,7 @@ async def learn_pattern(ctx: ToolContext, args: LearnPatternInput) -> LearnResul
         if problems:
             known = ", ".join(f"${name}" for name in TEMPLATE_FIELDS)
             raise ToolError(f"the template has {'; '.join(problems)}; the placeholders are {known}")
-    store: PatternStore = ctx.services.patterns
+    store: PatternBackend = ctx.services.patterns
     rules: LearningConfig = ctx.services.config.learning
     outcome = None if args.outcome is None else (args.outcome.pattern_id, args.outcome.success)
     if args.replaces is not None and outcome is not None:
@@ -127,7 +127,7 @@ async def learn_pattern(ctx: ToolContext, args: LearnPatternInput) -> LearnResul
 
 
 async def learn_status(ctx: ToolContext, args: LearnStatusInput) -> LearningStatus:
-    store: PatternStore = ctx.services.patterns
+    store: PatternBackend = ctx.services.patterns
     with store_failures(store.path):
         return await retrying(
             store.status,

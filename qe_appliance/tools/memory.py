@@ -18,7 +18,8 @@ import msgspec
 
 from qe_appliance.config import DEFAULT_NAMESPACE, MemoryConfig
 from qe_appliance.store.database import StoreError, retrying
-from qe_appliance.store.memory import MemoryEntry, MemoryHit, MemoryStore, SearchQueryError
+from qe_appliance.store.interface import MemoryBackend
+from qe_appliance.store.memory import MemoryEntry, MemoryHit, SearchQueryError
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
 
 TTL_MAX_SECONDS = 10 * 365 * 86400
@@ -237,7 +238,7 @@ def _check_range(name: str, value: int, low: int, high: int) -> None:
 
 
 @contextmanager
-def store_failures(path: Path) -> Iterator[None]:
+def store_failures(path: Path | str) -> Iterator[None]:
     """Turn a database failure into a result the caller can read instead of an internal error."""
     try:
         yield
@@ -264,7 +265,7 @@ async def memory_store(ctx: ToolContext, args: MemoryStoreInput) -> MemoryStoreR
     metadata_json = None if args.metadata is None else msgspec.json.encode(args.metadata)
     if metadata_json is not None:
         _check_size("metadata", metadata_json, limits)
-    store: MemoryStore = ctx.services.memory
+    store: MemoryBackend = ctx.services.memory
     with store_failures(store.path):
         put = await retrying(
             store.put,
@@ -293,7 +294,7 @@ async def memory_retrieve(ctx: ToolContext, args: MemoryRetrieveInput) -> Memory
     limits = _limits(ctx)
     _check_key(args.key, limits)
     _check_namespace(args.namespace, limits)
-    store: MemoryStore = ctx.services.memory
+    store: MemoryBackend = ctx.services.memory
     with store_failures(store.path):
         entry = await retrying(store.get, args.namespace, args.key)
     if entry is None:
@@ -325,7 +326,7 @@ async def memory_search(ctx: ToolContext, args: MemorySearchInput) -> MemorySear
         _check_namespace(namespace, _limits(ctx))
     _check_range("limit", args.limit, 1, SEARCH_LIMIT_MAX)
     _check_range("offset", args.offset, 0, SEARCH_OFFSET_MAX)
-    store: MemoryStore = ctx.services.memory
+    store: MemoryBackend = ctx.services.memory
     try:
         with store_failures(store.path):
             hits, total = await retrying(

@@ -20,7 +20,8 @@ from qe_appliance.config import LearningConfig
 from qe_appliance.coverage.sources import locate
 from qe_appliance.sandbox import refusal
 from qe_appliance.store.database import StoreError, retrying
-from qe_appliance.store.patterns import Pattern, PatternDraft, PatternStore, UnknownPatternError, normalise
+from qe_appliance.store.interface import PatternBackend
+from qe_appliance.store.patterns import Pattern, PatternDraft, UnknownPatternError, normalise
 from qe_appliance.testgen.explore import ChildFailed, Explored, Figures, Focus, Mutation, explore
 from qe_appliance.testgen.generate import Style, target_tests
 from qe_appliance.testgen.learned import TEMPLATE_SYNTAX, LearnedPattern
@@ -518,7 +519,7 @@ async def generate_tests(ctx: ToolContext, args: GenerateTestsInput) -> Generate
     spec = services.workspace.spec()
     planned = await plan_job.run(ctx, _PlanJob(spec, args.source, args.path, args.module, args.targets))
     store = services.patterns
-    by_target, known = _patterns(store, args, planned.targets)
+    by_target, known = await _patterns(store, args, planned.targets)
     if allowed and args.oracle != "static":
         return await _generate_observed(ctx, args, planned, by_target, known, store)
 
@@ -581,7 +582,7 @@ async def _generate_observed(
     planned: _Planned,
     by_target: dict[str, list[LearnedPattern]],
     known: dict[str, Pattern],
-    store: PatternStore | None,
+    store: PatternBackend | None,
 ) -> GenerateTestsResult:
     """Observe calls within the budget, then run the tests with pytest and return those that pass."""
     names = [ref.name for ref in planned.targets]
@@ -674,8 +675,8 @@ def _domain_words(words: list[str]) -> set[str]:
     return {w for w in found if len(w) >= 3}
 
 
-def _patterns(
-    store: PatternStore, args: GenerateTestsInput, refs: list[_TargetRef]
+async def _patterns(
+    store: PatternBackend, args: GenerateTestsInput, refs: list[_TargetRef]
 ) -> tuple[dict[str, list[LearnedPattern]], dict[str, Pattern]]:
     """The learned patterns each target may use (best first), and every pattern found, by id."""
     wanted = {ref.name: {normalise(args.domain)} if args.domain else _domain_words(ref.words) for ref in refs}
@@ -685,7 +686,8 @@ def _patterns(
         for domain in domains:
             for pattern_type in PATTERN_TYPES:
                 by_domain.setdefault(domain, []).extend(
-                    store.best(
+                    await retrying(
+                        store.best,
                         LANGUAGE,
                         framework=args.framework,
                         domain=domain,
@@ -693,7 +695,7 @@ def _patterns(
                         limit=PATTERNS_PER_QUERY,
                     )
                 )
-    except sqlite3.Error:
+    except (sqlite3.Error, StoreError):
         return {}, {}  # generation goes on without patterns rather than failing
     known = {p.id: p for found in by_domain.values() for p in found}
     chosen: dict[str, list[LearnedPattern]] = {}
@@ -721,7 +723,7 @@ def _pattern_outcomes(finished: _Finished) -> dict[str, tuple[int, bool | None]]
 
 
 async def _record_outcomes(
-    store: PatternStore | None,
+    store: PatternBackend | None,
     ctx: ToolContext,
     outcomes: dict[str, tuple[int, bool | None]],
     known: dict[str, Pattern],

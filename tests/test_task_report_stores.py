@@ -1,0 +1,71 @@
+"""The task and coverage-report stores through the interface the tools use, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pg import Blocking, close_pg_stores, open_pg_stores
+
+from qe_appliance.store.reports import StoredReport
+from qe_appliance.store.stores import Stores
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Stores whose methods are called as plain methods on either backend."""
+    if request.param == "sqlite":
+        sqlite = Stores(tmp_path / "state")
+        yield sqlite
+        sqlite.close()
+        return
+    postgres = request.getfixturevalue("postgres")
+    pg, loop = open_pg_stores(postgres.socket_url(postgres.database()))
+    try:
+        yield type("PgStoresBlocking", (), {
+            "tasks": Blocking(pg.tasks, loop), "reports": Blocking(pg.reports, loop),
+        })()
+    finally:
+        close_pg_stores(pg, loop)
+
+
+def test_a_task_counts_its_subtasks_and_closes_with_the_last(stores: Any) -> None:
+    tasks = stores.tasks
+    task_id = tasks.create("qe_memory_store", "parallel", "high", [{"a": 1}, {"b": [2, None]}])
+    assert task_id.startswith("task-")
+    tasks.started(task_id, 0)
+    tasks.finished(task_id, 0, b'{"ok": true}', None)
+    running = tasks.get(task_id)
+    assert running is not None and running["status"] == "running" and running["completed"] == 1
+    assert [s["status"] for s in running["subtasks"]] == ["completed", "pending"]
+    assert running["subtasks"][1]["input"] == {"b": [2, None]}
+    tasks.started(task_id, 1)
+    tasks.finished(task_id, 1, None, "agent crashed")
+    done = tasks.get(task_id)
+    assert done is not None and (done["status"], done["completed"], done["failed"]) == ("failed", 1, 1)
+    assert done["finishedAt"] is not None and done["subtasks"][0]["result"] == {"ok": True}
+    assert done["subtasks"][1]["error"] == "agent crashed" and done["subtasks"][0]["durationMs"] is not None
+    assert tasks.get("task-missing") is None
+    other = tasks.create("pipeline", "sequential", "low", [])
+    assert [t["taskId"] for t in tasks.recent(5)] == [other, task_id]
+    assert "subtasks" not in tasks.get(task_id, subtasks=False)
+
+
+def test_reports_are_found_by_id_and_by_path_and_only_the_newest_kept(stores: Any) -> None:
+    reports = stores.reports
+    for i, root in enumerate(["/repo", "/repo/shop/api", "/other"]):
+        reports.put(StoredReport(f"r{i}", "lcov", root, "coverage.lcov", 1000.0 + i), bytes([i]) * 10)
+    assert reports.get("r1") == (StoredReport("r1", "lcov", "/repo/shop/api", "coverage.lcov", 1001.0), b"\x01" * 10)
+    assert reports.get("nope") is None
+    latest = reports.latest_for("/repo/shop")  # r0 contains it, r1 lies inside it: the newer wins
+    assert latest is not None and latest.id == "r1"
+    assert reports.latest_for("/repo/shopping") is not None and reports.latest_for("/repo/shopping").id == "r0"
+    assert reports.latest_for("/elsewhere") is None
+    # The same report again refreshes it instead of adding a copy.
+    reports.put(StoredReport("r0", "lcov", "/repo", "again.lcov", 2000.0), b"\x00" * 10)
+    assert reports.count() == 3 and reports.latest_for("/repo/shop").id == "r0"
+    for i in range(3, 3 + reports.max_reports):
+        reports.put(StoredReport(f"r{i}", "lcov", "/bulk", "x", 3000.0 + i), b"")
+    assert reports.count() == reports.max_reports and reports.get("r0") is None
