@@ -152,12 +152,18 @@ async def test_metrics_tell_callers_mistakes_from_server_faults_and_verify_runs_
         assert not verified.is_error, text(verified)
         plain = await client.call_tool("qe_test_generate", {"source": "def f(x: int) -> int:\n    return x\n"})
         assert not plain.is_error, text(plain)
+        static = await client.call_tool(
+            "qe_test_generate", {"source": "def f(x: int) -> int:\n    return x\n", "oracle": "static"}
+        )
+        assert not static.is_error, text(static)
     after = scrape()
     # Bad arguments are the caller's mistakes: counted as such, never as the server's faults.
     assert errors(after, "caller") - errors(before, "caller") == 3
     assert errors(after, "server") == errors(before, "server")
     # The verify run is timed under its own mode (and judged against its own target, 10 s by default).
     assert calls(after, "verify") - calls(before, "verify") == 1
+    # Observing calls (the default oracle here) has its own mode too; static generation and refusals have none.
+    assert calls(after, "observed") - calls(before, "observed") == 1
     assert calls(after, "default") - calls(before, "default") == 4
     target = ("aqe_mcp_tool_target_latency_seconds", (("mode", "verify"), ("tool", "qe_test_generate")))
     assert after[target] == 10.0

@@ -203,10 +203,14 @@ class QualityConfig(_Section, frozen=True):
 
 # The design's tool table; the CPU-heavy tools run on the agent fleet, the rest on the event loop.
 TOOL_DEFAULTS: Final[dict[str, ToolConfig]] = {
-    # Generating and running the tests (`verify: true`) takes seconds by nature: 500 ms is for generation alone.
+    # Running the tests (`verify: true`) or observing calls (the observed oracle, bounded by budgetSeconds, 10 s
+    # by default) takes seconds by nature: 500 ms is for static generation alone.
     "qe_test_generate": ToolConfig(
         category="test-generation", target_latency_ms=500.0, execution="fleet",
-        modes={"verify": ToolModeConfig(target_latency_ms=10_000.0)},
+        modes={
+            "verify": ToolModeConfig(target_latency_ms=10_000.0),
+            "observed": ToolModeConfig(target_latency_ms=20_000.0),
+        },
     ),
     "qe_coverage_analyze": ToolConfig(
         category="coverage-analysis", target_latency_ms=200.0, execution="fleet"

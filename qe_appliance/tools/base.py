@@ -108,6 +108,9 @@ class ToolSpec:
     destructive: bool = False
     idempotent: bool = False
     open_world: bool = False
+    # The tools.<name>.modes entry a call belongs to, for tools whose slow kinds of call are not a boolean
+    # argument of the mode's name (the default rule); a name the config does not define counts as none.
+    latency_mode: Callable[[Any], str] | None = None
     input_schema: dict[str, Any] = field(init=False, repr=False, compare=False)
     output_schema: dict[str, Any] | None = field(init=False, repr=False, compare=False)
 

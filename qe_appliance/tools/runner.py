@@ -116,8 +116,12 @@ class ToolRunner:
         return CallResult("ok", rpc.encoder.encode(value), mode=mode)
 
     def _mode(self, tool: ToolSpec, args: Any) -> str:
-        """The first of tools.<name>.modes whose boolean argument is true in `args`, else ""."""
+        """The tool's own choice among tools.<name>.modes, else the first mode whose boolean argument is true
+        in `args`, else ""."""
         config = self.services.config.tools.get(tool.name)
+        if config is not None and tool.latency_mode is not None:
+            chosen = tool.latency_mode(args)
+            return chosen if chosen in config.modes else ""
         if config is not None:
             for mode in config.modes:
                 if getattr(args, mode, None) is True:

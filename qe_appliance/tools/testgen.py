@@ -500,6 +500,15 @@ def _static_tests(
 # ---- the handler ------------------------------------------------------------------------------------------
 
 
+def generation_mode(args: GenerateTestsInput) -> str:
+    """Which tools.qe_test_generate.modes target a call is judged by: running the tests, or observing calls
+    (the default oracle where the server allows running code; a refused caller falls back to static and is
+    then judged leniently), or none for static generation."""
+    if args.verify:
+        return "verify"
+    return "" if args.oracle == "static" else "observed"
+
+
 async def generate_tests(ctx: ToolContext, args: GenerateTestsInput) -> GenerateTestsResult:
     one_source(source=args.source, path=args.path)
     refused = refusal(ctx.services.config.server, ctx.caller)
@@ -849,6 +858,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         ),
         input_type=GenerateTestsInput,
         handler=generate_tests,
+        latency_mode=generation_mode,
         output_type=GenerateTestsResult,
         # Records how the learned patterns it used did, so a repeat call is not free of effects.
         read_only=False,
