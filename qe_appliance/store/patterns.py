@@ -8,6 +8,7 @@ from __future__ import annotations
 import pathlib
 import secrets
 import time
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
@@ -446,24 +447,13 @@ class PatternStore:
         """Totals, averages, the `top` patterns by quality and the `recent` latest events."""
         clauses, params = _filters(domain, language)
         where = " AND ".join(clauses)
-        by_type = dict.fromkeys(PATTERN_TYPES, 0)
-        by_tier = dict.fromkeys(TIERS, 0)
-        by_domain: dict[str, int] = {}
-        count = uses = successes = used = 0
-        confidence_sum = rate_sum = 0.0
-        for kind, dom, tier, n, conf, use, ok, rates, n_used in self._db.execute(
+        groups = self._db.execute(
             "SELECT pattern_type, domain, tier, count(*), sum(confidence), sum(usage_count), "
             "sum(success_count), "
             f"sum(CASE WHEN usage_count > 0 THEN {_RATE} END), sum(usage_count > 0) "
             f"FROM patterns WHERE {where} GROUP BY pattern_type, domain, tier",
             params,
-        ):
-            by_type[kind] = by_type.get(kind, 0) + n
-            by_tier[tier] = by_tier.get(tier, 0) + n
-            by_domain[dom] = by_domain.get(dom, 0) + n
-            count, uses, successes, used = count + n, uses + use, successes + ok, used + n_used
-            confidence_sum += conf
-            rate_sum += rates or 0.0
+        ).fetchall()
         top_rows = self._db.execute(
             f"SELECT id, substr(text, 1, {PREVIEW_CHARS + 1}), pattern_type, domain, language, framework, "
             "tier, "
@@ -476,28 +466,7 @@ class PatternStore:
             "ORDER BY id DESC LIMIT :recent",
             {**params, "recent": recent},
         ).fetchall()
-        return LearningStatus(
-            totals=LearningTotals(
-                patterns=count,
-                by_type=by_type,
-                by_domain=dict(sorted(by_domain.items(), key=lambda item: (-item[1], item[0]))),
-                by_tier=by_tier,
-            ),
-            average_confidence=round(confidence_sum / count, 4) if count else None,
-            average_success_rate=round(rate_sum / used, 4) if used else None,
-            total_uses=uses,
-            total_successes=successes,
-            top_patterns=[
-                PatternSummary(
-                    pid, preview(text), kind, dom, lang, fw, tier, round(quality, 4), use, round(rate, 4)
-                )
-                for pid, text, kind, dom, lang, fw, tier, quality, use, rate in top_rows
-            ],
-            recent_events=[
-                LearningEvent(when(at), kind, pid, dom, lang, detail)
-                for at, kind, pid, dom, lang, detail in events
-            ],
-        )
+        return learning_status(groups, top_rows, events)
 
     def close(self) -> None:
         """Close the database; later calls raise sqlite3.ProgrammingError."""
@@ -507,3 +476,41 @@ class PatternStore:
 def preview(text: str) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= PREVIEW_CHARS else flat[: PREVIEW_CHARS - 1] + "…"
+
+
+def learning_status(
+    groups: Iterable[Sequence[Any]], top_rows: Iterable[Sequence[Any]], events: Iterable[Sequence[Any]]
+) -> LearningStatus:
+    """The status both backends report, from the same three queries' rows: counts per (type, domain, tier)
+    group, the top patterns by quality and the latest events."""
+    by_type = dict.fromkeys(PATTERN_TYPES, 0)
+    by_tier = dict.fromkeys(TIERS, 0)
+    by_domain: dict[str, int] = {}
+    count = uses = successes = used = 0
+    confidence_sum = rate_sum = 0.0
+    for kind, dom, tier, n, conf, use, ok, rates, n_used in groups:
+        by_type[kind] = by_type.get(kind, 0) + n
+        by_tier[tier] = by_tier.get(tier, 0) + n
+        by_domain[dom] = by_domain.get(dom, 0) + n
+        count, uses, successes, used = count + n, uses + use, successes + ok, used + n_used
+        confidence_sum += conf
+        rate_sum += rates or 0.0
+    return LearningStatus(
+        totals=LearningTotals(
+            patterns=count,
+            by_type=by_type,
+            by_domain=dict(sorted(by_domain.items(), key=lambda item: (-item[1], item[0]))),
+            by_tier=by_tier,
+        ),
+        average_confidence=round(confidence_sum / count, 4) if count else None,
+        average_success_rate=round(rate_sum / used, 4) if used else None,
+        total_uses=uses,
+        total_successes=successes,
+        top_patterns=[
+            PatternSummary(pid, preview(text), kind, dom, lang, fw, tier, round(quality, 4), use, round(rate, 4))
+            for pid, text, kind, dom, lang, fw, tier, quality, use, rate in top_rows
+        ],
+        recent_events=[
+            LearningEvent(when(at), kind, pid, dom, lang, detail) for at, kind, pid, dom, lang, detail in events
+        ],
+    )

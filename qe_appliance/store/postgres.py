@@ -42,23 +42,17 @@ from qe_appliance.store.memory import (
 )
 from qe_appliance.store.patterns import (
     EVENTS_KEPT,
-    PATTERN_TYPES,
     PREVIEW_CHARS,
-    TIERS,
     EventKind,
-    LearningEvent,
     LearningStatus,
-    LearningTotals,
     LearnResult,
     Pattern,
     PatternDraft,
-    PatternSummary,
     UnknownPatternError,
+    learning_status,
     normalise,
     pattern_from_row,
-    preview,
     quality_score,
-    when,
 )
 from qe_appliance.store.pgurl import read_password
 from qe_appliance.store.reports import MAX_REPORTS, StoredReport
@@ -814,37 +808,7 @@ class PgPatternStore:
             groups = await conn.fetch(groups_sql, *groups_args)
             top_rows = await conn.fetch(top_sql, *top_args)
             events = await conn.fetch(events_sql, *events_args)
-        by_type = dict.fromkeys(PATTERN_TYPES, 0)
-        by_tier = dict.fromkeys(TIERS, 0)
-        by_domain: dict[str, int] = {}
-        count = uses = successes = used = 0
-        confidence_sum = rate_sum = 0.0
-        for kind, dom, tier, n, conf, use, ok, rates, n_used in groups:
-            by_type[kind] = by_type.get(kind, 0) + n
-            by_tier[tier] = by_tier.get(tier, 0) + n
-            by_domain[dom] = by_domain.get(dom, 0) + n
-            count, uses, successes, used = count + n, uses + use, successes + ok, used + n_used
-            confidence_sum += conf
-            rate_sum += rates or 0.0
-        return LearningStatus(
-            totals=LearningTotals(
-                patterns=count,
-                by_type=by_type,
-                by_domain=dict(sorted(by_domain.items(), key=lambda item: (-item[1], item[0]))),
-                by_tier=by_tier,
-            ),
-            average_confidence=round(confidence_sum / count, 4) if count else None,
-            average_success_rate=round(rate_sum / used, 4) if used else None,
-            total_uses=uses,
-            total_successes=successes,
-            top_patterns=[
-                PatternSummary(pid, preview(text), kind, dom, lang, fw, tier, round(quality, 4), use, round(rate, 4))
-                for pid, text, kind, dom, lang, fw, tier, quality, use, rate in top_rows
-            ],
-            recent_events=[
-                LearningEvent(when(at), kind, pid, dom, lang, detail) for at, kind, pid, dom, lang, detail in events
-            ],
-        )
+        return learning_status(groups, top_rows, events)
 
     def close(self) -> None:
         """The pool belongs to PgStores, which closes it."""
