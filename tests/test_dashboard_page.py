@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.components import missing
 from tests.conftest import ServerProcess, start_server
 from tests.ops_traffic import CALLED, drive_traffic, start_workspace_server
 from tests.test_http_edges import request
@@ -31,9 +31,7 @@ def _chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    if os.environ.get("CI") == "true":
-        pytest.fail("chromium is missing (Debian package chromium)")
-    pytest.skip("chromium is not installed (Debian package chromium)")
+    missing("chromium", "chromium")
 
 
 class Browser:

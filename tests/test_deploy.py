@@ -5,7 +5,6 @@ calls."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.components import missing
 from tests.conftest import ServerProcess
 from tests.ops_traffic import drive_traffic, start_workspace_server
 from tests.test_http_edges import request
@@ -30,9 +30,7 @@ METRIC = re.compile(r"\b(?:aqe_mcp|process)_[a-z0-9_]+")
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is missing (Debian package prometheus)")
-        pytest.skip(f"{name} is not installed (Debian package prometheus)")
+        missing(name, "prometheus")
     return path
 
 

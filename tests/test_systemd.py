@@ -25,6 +25,7 @@ import pytest
 from qe_appliance import systemd
 from qe_appliance.lifecycle import DRAIN_DEADLINE_S
 from qe_appliance.tools import ALL_TOOLS
+from tests.components import missing
 from tests.conftest import ServerProcess, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,38 +297,16 @@ def test_cli_install_errors_say_what_to_do(tmp_path: Path) -> None:
 
 # --- systemd-analyze verify ---------------------------------------------------------------------------
 
-APT_TIMEOUT_S = 300
-
-
 @pytest.fixture(scope="module")
 def analyzer() -> tuple[str, int]:
-    """systemd-analyze and its version; installed from Debian's `systemd` package when missing."""
-    if shutil.which("systemd-analyze") is None:
-        _apt_install_systemd()
+    """systemd-analyze and its version (Debian's `systemd` package, which .ci/run installs)."""
     found = shutil.which("systemd-analyze")
     if found is None:
-        pytest.skip("systemd-analyze is missing and could not be installed (needs root and apt-get: "
-                    "apt-get install -y systemd)")
+        missing("systemd-analyze", "systemd")
     version = re.match(r"systemd (\d+)", subprocess.run([found, "--version"], capture_output=True, text=True,
                                                        timeout=30).stdout)
     assert version, "systemd-analyze --version says which systemd it is"
     return found, int(version.group(1))
-
-
-def _apt_install_systemd() -> None:
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        for attempt in range(2):
-            if attempt:  # an image with empty package lists needs one update first
-                subprocess.run(["apt-get", "update"], capture_output=True, timeout=APT_TIMEOUT_S, env=env)
-            done = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "systemd"],
-                                  capture_output=True, timeout=APT_TIMEOUT_S, env=env)
-            if done.returncode == 0:
-                return
-    except subprocess.TimeoutExpired:
-        return
 
 
 def verify(analyzer: tuple[str, int], unit: Path) -> list[str]:
