@@ -199,9 +199,9 @@ def pattern_from_row(row: Any) -> Pattern:
     return Pattern(*fields, *times)
 
 
-def _filters(domain: str | None, language: str | None) -> tuple[list[str], dict[str, object]]:
-    """WHERE clauses (and their parameters) for an optional domain and language."""
-    clauses: list[str] = ["1"]
+def pattern_filters(domain: str | None, language: str | None) -> tuple[list[str], dict[str, object]]:
+    """WHERE clauses (and their :named parameters) for an optional domain and language; both backends."""
+    clauses: list[str] = ["TRUE"]
     params: dict[str, object] = {}
     if domain is not None:
         clauses.append("domain = :domain")
@@ -424,7 +424,7 @@ class PatternStore:
         on equal quality). `domain` and `pattern_type`: exact matches; without a pattern type,
         anti-patterns are left out (ask for them by type). None means any.
         """
-        clauses, params = _filters(domain, language)
+        clauses, params = pattern_filters(domain, language)
         params["limit"] = limit
         if pattern_type is None:
             clauses.append("pattern_type != 'anti-pattern'")
@@ -445,7 +445,7 @@ class PatternStore:
         self, *, domain: str | None = None, language: str | None = None, top: int = 10, recent: int = 10
     ) -> LearningStatus:
         """Totals, averages, the `top` patterns by quality and the `recent` latest events."""
-        clauses, params = _filters(domain, language)
+        clauses, params = pattern_filters(domain, language)
         where = " AND ".join(clauses)
         groups = self._db.execute(
             "SELECT pattern_type, domain, tier, count(*), sum(confidence), sum(usage_count), "

@@ -51,12 +51,13 @@ from qe_appliance.store.patterns import (
     UnknownPatternError,
     learning_status,
     normalise,
+    pattern_filters,
     pattern_from_row,
     quality_score,
 )
 from qe_appliance.store.pgurl import read_password
 from qe_appliance.store.reports import MAX_REPORTS, StoredReport
-from qe_appliance.store.tasks import task_row
+from qe_appliance.store.tasks import subtask_row, task_row
 
 log = logging.getLogger("aqe_mcp.store")
 
@@ -562,18 +563,6 @@ _PATTERN_COLUMNS = (
 )
 
 
-def _filters(domain: str | None, language: str | None) -> tuple[list[str], dict[str, Any]]:
-    clauses = ["TRUE"]
-    params: dict[str, Any] = {}
-    if domain is not None:
-        clauses.append("domain = :domain")
-        params["domain"] = normalise(domain)
-    if language is not None:
-        clauses.append("language = :language")
-        params["language"] = normalise(language)
-    return clauses, params
-
-
 class PgPatternStore:
     """`patterns.PatternStore` in PostgreSQL: the same methods, as coroutines."""
 
@@ -763,7 +752,7 @@ class PgPatternStore:
         limit: int = 5,
     ) -> list[Pattern]:
         """As `PatternStore.best`."""
-        clauses, params = _filters(domain, language)
+        clauses, params = pattern_filters(domain, language)
         params["limit"] = limit
         if pattern_type is None:
             clauses.append("pattern_type != 'anti-pattern'")
@@ -785,7 +774,7 @@ class PgPatternStore:
         self, *, domain: str | None = None, language: str | None = None, top: int = 10, recent: int = 10
     ) -> LearningStatus:
         """As `PatternStore.status`."""
-        clauses, params = _filters(domain, language)
+        clauses, params = pattern_filters(domain, language)
         where = " AND ".join(clauses)
         groups_sql, groups_args = bind(
             "SELECT pattern_type, domain, tier, count(*), sum(confidence), sum(usage_count), sum(success_count), "
@@ -815,7 +804,6 @@ class PgPatternStore:
 
 
 _json = msgspec.json.Encoder()
-_plain = msgspec.json.Decoder()
 _TASK_COLUMNS = "id, kind, strategy, priority, status, total, done, failed, created_at, finished_at"
 
 
@@ -889,15 +877,8 @@ class PgTaskStore:
             task = task_row(row)
             if subtasks:
                 task["subtasks"] = [
-                    {
-                        "index": idx,
-                        "input": _plain.decode(inp),
-                        "status": status,
-                        "result": _plain.decode(result) if result is not None else None,
-                        "error": error,
-                        "durationMs": round((end - start) * 1000, 3) if start and end else None,
-                    }
-                    for idx, inp, status, result, error, start, end in await conn.fetch(
+                    subtask_row(sub)
+                    for sub in await conn.fetch(
                         "SELECT idx, input, status, result, error, started_at, finished_at FROM subtask "
                         "WHERE task_id = $1 ORDER BY idx",
                         task_id,

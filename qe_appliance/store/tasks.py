@@ -123,15 +123,8 @@ class TaskStore:
         task = task_row(row)
         if subtasks:
             task["subtasks"] = [
-                {
-                    "index": idx,
-                    "input": _plain.decode(inp),
-                    "status": status,
-                    "result": _plain.decode(result) if result is not None else None,
-                    "error": error,
-                    "durationMs": round((end - start) * 1000, 3) if start and end else None,
-                }
-                for idx, inp, status, result, error, start, end in self._db.execute(
+                subtask_row(sub)
+                for sub in self._db.execute(
                     "SELECT idx, input, status, result, error, started_at, finished_at FROM subtask "
                     "WHERE task_id = ? ORDER BY idx",
                     (task_id,),
@@ -164,4 +157,17 @@ def task_row(row: Any) -> dict[str, Any]:
         "failed": failed,
         "createdAt": created,
         "finishedAt": finished,
+    }
+
+
+def subtask_row(row: Any) -> dict[str, Any]:
+    """A subtask as tasks report it, from (idx, input, status, result, error, started_at, finished_at)."""
+    idx, inp, status, result, error, start, end = row
+    return {
+        "index": idx,
+        "input": _plain.decode(inp),
+        "status": status,
+        "result": _plain.decode(result) if result is not None else None,
+        "error": error,
+        "durationMs": round((end - start) * 1000, 3) if start and end else None,
     }
