@@ -65,6 +65,19 @@ def is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
+def vanished(path: pathlib.Path, identity: tuple[int, int], what: str, kind: str) -> str | None:
+    """None while `path` is still the file or directory (device, inode) `identity` opened; else what happened."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return f"{what} {path} was deleted while the server ran"
+    except OSError as exc:
+        return f"{what} {path} cannot be checked: {exc}"
+    if (stat.st_dev, stat.st_ino) != identity:
+        return f"{what} {path} was replaced by another {kind} while the server ran"
+    return None
+
+
 class Database:
     """One open SQLite database: its connection, and what it takes to tell that its file is still there."""
 
@@ -79,15 +92,7 @@ class Database:
 
     def problem(self) -> str | None:
         """None while the file this connection writes is the one at `path`; else what happened to it."""
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            return f"the {self.what} {self.path} was deleted while the server ran"
-        except OSError as exc:
-            return f"the {self.what} {self.path} cannot be checked: {exc}"
-        if (stat.st_dev, stat.st_ino) != self._identity:
-            return f"the {self.what} {self.path} was replaced by another file while the server ran"
-        return None
+        return vanished(self.path, self._identity, f"the {self.what}", "file")
 
     @contextmanager
     def durable(self) -> Iterator[None]:

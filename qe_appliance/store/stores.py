@@ -11,7 +11,7 @@ import time
 from typing import Final
 
 from qe_appliance.config import Config, state_dir
-from qe_appliance.store.database import Database, StoreError
+from qe_appliance.store.database import Database, StoreError, vanished
 from qe_appliance.store.interface import StoresBackend
 from qe_appliance.store.memory import MemoryStore
 from qe_appliance.store.patterns import PatternStore
@@ -93,15 +93,7 @@ class Stores:
         return problem
 
     def _directory_problem(self) -> str | None:
-        try:
-            stat = self.directory.stat()
-        except FileNotFoundError:
-            return f"the state directory {self.directory} was deleted while the server ran"
-        except OSError as exc:
-            return f"the state directory {self.directory} cannot be checked: {exc}"
-        if (stat.st_dev, stat.st_ino) != self._identity:
-            return f"the state directory {self.directory} was replaced by another directory while the server ran"
-        return None
+        return vanished(self.directory, self._identity, "the state directory", "directory")
 
     def close(self) -> None:
         self.tasks.close()
