@@ -145,3 +145,32 @@ def test_no_alerts_reads_as_words() -> None:
     console = Console(record=True, width=80)
     console.print(render.alerts({"firing": [], "pending": [], "resolved": []}))
     assert "no alerts" in console.export_text()
+
+
+def test_the_live_dashboard_judges_each_mode_against_its_own_target() -> None:
+    # qe_test_generate's verify runs (3 s) are within the verify target (10 s) though over the tool's 500 ms:
+    # a "verify mode" row under the tool, green like the default mode's (100 ms) and the tool's own row.
+    from qe_appliance.config import Config
+    from qe_appliance.monitoring import Monitor
+
+    monitor = Monitor(Config())
+    for _ in range(20):
+        monitor.record_tool("qe_test_generate", 0.1, "ok")
+        monitor.record_tool("qe_test_generate", 3.0, "ok", "verify")
+    monitor.evaluate()
+    data = json.loads(json.dumps(monitor.dashboard()))
+    console = Console(record=True, width=120, force_terminal=True, color_system="truecolor")
+    console.print(render.dashboard(data, 120))
+    text = console.export_text(styles=False, clear=False).splitlines()
+    styled = console.export_text(styles=True).splitlines()
+    readable("\n".join(text), 120)
+    rows = {name: i for i, line in enumerate(text) for name in ("qe_test_generate", "default mode", "verify mode")
+            if line.lstrip().startswith(name)}
+    assert rows["qe_test_generate"] < rows["default mode"] < rows["verify mode"], text
+    assert re.search(r"verify mode\s+3\.\d+ s\s+10\.00 s\s+20\b", text[rows["verify mode"]]), text[rows["verify mode"]]
+    assert re.search(r"default mode\s+\d+(\.\d+)? ms\s+500 ms\s+20\b", text[rows["default mode"]])
+    red, green = "\x1b[31m", "\x1b[32m"
+    overall = next(i for i, line in enumerate(text) if "all tools p95" in line)
+    assert "+20 in modes" in text[overall + 1]
+    for i in [overall, *rows.values()]:
+        assert green in styled[i] and red not in styled[i], styled[i]

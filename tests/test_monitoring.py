@@ -5,6 +5,7 @@ bounded labels, and the pending -> firing -> resolved alert state machine driven
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import msgspec
@@ -226,6 +227,43 @@ def test_dashboard_shows_latency_against_targets_pool_lookups_rates_and_agents()
     assert board["sessions"] == 0
     assert board["intervalMs"] == 1000
     assert board["alerts"] == {"firing": [], "pending": [], "resolved": []}
+
+
+def test_dashboard_judges_each_mode_against_its_own_target() -> None:
+    # qe_test_generate: 500 ms by default, 10 s for verify runs (the shipped config). Its default calls take
+    # 100 ms and its verify calls 3 s: both within their own target, though 3 s is over the default's 500 ms.
+    monitor = Monitor(Config())
+    for _ in range(20):
+        monitor.record_tool("qe_test_generate", 0.1, "ok")
+        monitor.record_tool("qe_test_generate", 3.0, "ok", "verify")
+        monitor.record_tool("qe_memory_store", 0.005, "ok")
+    monitor.evaluate(time.time())
+    board = msgspec.json.decode(msgspec.json.encode(monitor.dashboard()))
+    rows = {row["tool"]: row for row in board["tools"]}
+    generate = rows["qe_test_generate"]
+    assert generate["p95Ms"] == pytest.approx(3000, rel=0.02) and generate["targetMs"] == 500
+    assert generate["withinTarget"] is True
+    modes = {mode["mode"]: mode for mode in generate["modes"]}
+    assert set(modes) == {"default", "verify"}
+    assert modes["default"]["targetMs"] == 500 and modes["default"]["calls"] == 20
+    assert modes["default"]["p95Ms"] == pytest.approx(100, rel=0.02) and modes["default"]["withinTarget"] is True
+    assert modes["verify"]["targetMs"] == 10_000 and modes["verify"]["withinTarget"] is True
+    assert modes["verify"]["p95Ms"] == pytest.approx(3000, rel=0.02)
+    # A tool called in no mode keeps its one row, judged as before.
+    assert rows["qe_memory_store"]["modes"] == [] and rows["qe_memory_store"]["withinTarget"] is True
+    # The history keeps each mode's p95 for the sparklines.
+    [point] = board["history"]
+    assert point["modes"] == {"qe_test_generate/default": pytest.approx(100, rel=0.02),
+                              "qe_test_generate/verify": pytest.approx(3000, rel=0.02)}
+
+    # Verify runs past their own 10 s: that mode, and so the tool, misses its target; the default mode does not.
+    for _ in range(40):
+        monitor.record_tool("qe_test_generate", 12.0, "ok", "verify")
+    board = msgspec.json.decode(msgspec.json.encode(monitor.dashboard()))
+    [generate] = [row for row in board["tools"] if row["tool"] == "qe_test_generate"]
+    modes = {mode["mode"]: mode for mode in generate["modes"]}
+    assert modes["verify"]["withinTarget"] is False and modes["default"]["withinTarget"] is True
+    assert generate["withinTarget"] is False
 
 
 def test_dashboard_without_fleet_or_traffic_has_no_numbers_to_invent() -> None:

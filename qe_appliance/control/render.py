@@ -403,6 +403,10 @@ def _verdict(
     return OK if value <= limit else (WARN if warn is not None and value <= warn else BAD)
 
 
+def _met(within: bool | None) -> str:
+    return DIM if within is None else OK if within else BAD
+
+
 def dashboard(data: dict[str, Any], width: int) -> RenderableType:
     """The live view, laid out for a terminal `width` columns wide: a status line, latency with sparklines per
     tool coloured by target met or missed, the pool, the agents with load bars, and the alerts."""
@@ -438,14 +442,27 @@ def dashboard(data: dict[str, Any], width: int) -> RenderableType:
         Text(sparkline([p.get("p95Ms") for p in history], spark_width, target),
              style=_verdict(latency["p95Ms"], target, latency["alertP95Ms"])),
     )
-    overall.add_row(Text(f"p50 {ms(latency['p50Ms'])}  p99 {ms(latency['p99Ms'])}", style=DIM), "", "", "", "")
+    in_modes = f"  +{latency['modeCalls']} in modes" if latency.get("modeCalls") else ""
+    overall.add_row(Text(f"p50 {ms(latency['p50Ms'])}  p99 {ms(latency['p99Ms'])}{in_modes}", style=DIM),
+                    "", "", "", "")
     for row in data["tools"]:
-        style = _verdict(row["p95Ms"], row["targetMs"])
+        # A tool called in several modes (tools.<name>.modes) is judged per mode, each against its own target:
+        # its row is met when every mode's is, and each mode has a row under it.
+        style = _met(row["withinTarget"])
         overall.add_row(
-            Text(row["tool"], style="cyan"), Text(ms(row["p95Ms"]), style=style), ms(row["targetMs"]),
+            Text(row["tool"], style="cyan"), Text(ms(row["p95Ms"]), style=style),
+            "" if row.get("modes") else ms(row["targetMs"]),
             f"{row['calls']}", Text(sparkline([(p.get("tools") or {}).get(row["tool"]) for p in history],
                                               spark_width, row["targetMs"]), style=style),
         )
+        for mode in row.get("modes") or ():
+            style = _met(mode["withinTarget"])
+            key = f"{row['tool']}/{mode['mode']}"
+            overall.add_row(
+                f"  {mode['mode']} mode", Text(ms(mode["p95Ms"]), style=style), ms(mode["targetMs"]),
+                f"{mode['calls']}", Text(sparkline([(p.get("modes") or {}).get(key) for p in history],
+                                                   spark_width, mode["targetMs"]), style=style),
+            )
 
     parts: list[RenderableType] = [status, overall]
     if pool:

@@ -26,6 +26,9 @@ MIN_SAMPLES: Final = 10
 # Resolved alerts kept for `aqe-v3 mcp alerts list` and the dashboard.
 RESOLVED_KEPT: Final = 100
 
+# The `mode` label (and dashboard row) of calls in none of tools.<name>.modes.
+DEFAULT_MODE: Final = "default"
+
 RULES: Final = ("p95_response_time", "error_rate", "pool_hit_rate", "tool_latency")
 
 

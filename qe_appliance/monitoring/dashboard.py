@@ -8,7 +8,7 @@ from collections import deque
 from typing import Any, Final
 
 from qe_appliance.config import Config
-from qe_appliance.monitoring.alerts import Traffic
+from qe_appliance.monitoring.alerts import DEFAULT_MODE, Traffic
 
 # Resolved alerts shown under "alerts" (the design's getRecentAlerts(10)).
 RECENT_ALERTS = 10
@@ -28,7 +28,8 @@ class History:
         self._points: deque[dict[str, Any]] = deque(maxlen=HISTORY_POINTS)
 
     def add(self, now: float, traffic: Traffic, pool: dict[str, Any] | None) -> None:
-        calls = traffic.tool_calls
+        calls = traffic.plain_calls
+        moded = {name for (name, mode), h in traffic.tool_modes.items() if mode and h.count}
         self._points.append({
             "t": round(now, 3),
             **{key: _round(value) for key, value in _percentiles(calls).items() if key != "maxMs"},
@@ -36,6 +37,10 @@ class History:
             "perSecond": _round(traffic.requests / traffic.span_s),
             "errorRate": _round(traffic.error_rate),
             "tools": {name: _round(_ms(h, 95)) for name, h in sorted(traffic.tools.items()) if h.count},
+            # p95 per tool and mode ("tool/mode", "default" for calls in none) of the tools called in a mode.
+            "modes": {f"{name}/{mode or DEFAULT_MODE}": _round(_ms(h, 95))
+                      for (name, mode), h in sorted(traffic.tool_modes.items())
+                      if h.count and name in moded},
             "poolHitRate": _round(traffic.pool_hit_rate),
             "poolInUse": (pool or {}).get("inUse"),
             "poolWaitP95Ms": _round((pool or {}).get("p95WaitMs")),
@@ -70,24 +75,17 @@ def build(
 ) -> dict[str, Any]:
     """Recent figures come from `traffic`; the `*_total` counts are since start; `history` is History.since()."""
     targets, limits = config.targets, config.monitoring.alert_thresholds
-    calls = traffic.tool_calls
+    # The overall figures are those of calls in no mode, as the p95 alert judges them: a verify run's seconds
+    # are judged against its own target, in its tool's row.
+    calls = traffic.plain_calls
     latency = {
         **_percentiles(calls),
         "calls": calls.count,
+        "modeCalls": traffic.tool_calls.count - calls.count,
         "targetP95Ms": targets.p95_response_time,
         "alertP95Ms": limits.p95_response_time,
     }
-    tools = []
-    for name in sorted(traffic.tools):
-        recent = traffic.tools[name]
-        tool = config.tools.get(name)
-        target = tool.target_latency_ms if tool is not None else None
-        row = {"tool": name, "calls": recent.count, "callsTotal": tool_totals.get(name, 0)}
-        row.update(_percentiles(recent))
-        p95 = row["p95Ms"]
-        row["targetMs"] = target
-        row["withinTarget"] = None if p95 is None or target is None else p95 <= target
-        tools.append(row)
+    tools = [_tool_row(name, traffic, config, tool_totals.get(name, 0)) for name in sorted(traffic.tools)]
     lookups = traffic.lookups
     lookup = {
         "lookups": registry.get("lookups") if registry else None,
@@ -115,6 +113,36 @@ def build(
         "alerts": {**alerts, "resolved": alerts["resolved"][:RECENT_ALERTS]},
         "history": history,
     }
+
+
+def _tool_row(name: str, traffic: Traffic, config: Config, total: int) -> dict[str, Any]:
+    """A tool's last minute: all its calls, and under `modes` each mode of tools.<name>.modes it was called in
+    ("default" for calls in none) judged against that mode's own target. The tool is within target when every
+    mode is; `targetMs` is its default mode's."""
+    recent, tool = traffic.tools[name], config.tools.get(name)
+    row: dict[str, Any] = {"tool": name, "calls": recent.count, "callsTotal": total, **_percentiles(recent)}
+    row["targetMs"] = tool.target_latency_ms if tool is not None else None
+    called = sorted(mode for (named, mode), histogram in traffic.tool_modes.items()
+                    if named == name and histogram.count)
+    if tool is None or not any(called):  # in no mode but the default: the tool's own figures are that mode's
+        row["withinTarget"] = _within(row["p95Ms"], row["targetMs"])
+        row["modes"] = []
+        return row
+    modes = []
+    for mode in called:
+        histogram = traffic.tool_modes[(name, mode)]
+        target = tool.target_ms(mode) if not mode or mode in tool.modes else None
+        figures = _percentiles(histogram)
+        modes.append({"mode": mode or DEFAULT_MODE, "calls": histogram.count, **figures, "targetMs": target,
+                      "withinTarget": _within(figures["p95Ms"], target)})
+    verdicts = [mode["withinTarget"] for mode in modes if mode["withinTarget"] is not None]
+    row["withinTarget"] = all(verdicts) if verdicts else None
+    row["modes"] = modes
+    return row
+
+
+def _within(p95: float | None, target: float | None) -> bool | None:
+    return None if p95 is None or target is None else p95 <= target
 
 
 def _pool(fleet: dict[str, Any], traffic: Traffic, config: Config) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import msgspec
 from qe_appliance import __version__
 from qe_appliance._core.histogram import Histogram
 from qe_appliance.config import Config
-from qe_appliance.monitoring.alerts import WINDOW_S, AlertBook, Traffic, measure
+from qe_appliance.monitoring.alerts import DEFAULT_MODE, WINDOW_S, AlertBook, Traffic, measure
 from qe_appliance.monitoring.dashboard import RECENT_ALERTS, History
 from qe_appliance.monitoring.dashboard import build as build_dashboard
 from qe_appliance.monitoring.families import Family, Kind, buckets
@@ -45,8 +45,6 @@ REFUSAL_REASONS: Final = (
     "malformed", "sessions",
 )
 OTHER: Final = "other"
-# The `mode` label of calls in none of tools.<name>.modes.
-DEFAULT_MODE: Final = "default"
 # A runner outcome as the `kind` label of the error counters.
 _FAULT_OF: Final[dict[str, Fault]] = {"caller-error": "caller", "server-error": "server"}
 # Pool counter samples kept between evaluations (one per dashboardIntervalMs, the window is WINDOW_S).
