@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from qe_appliance import __version__
+from qe_appliance import __version__, tracing
 from qe_appliance.app import App
 from qe_appliance.config import Config, ConfigError, control_socket, is_loopback
 from qe_appliance.control.server import ControlServer
@@ -280,4 +280,9 @@ def run(config: Config, *, stdio: bool = False, source: Callable[[], Config] | N
     async def main() -> int:
         return await Server(config, stdio=stdio, source=source).serve()
 
-    return uvloop.run(main())
+    # Traces are set by the OTEL_* environment only, once per process: a reload leaves them as they are.
+    tracing.configure()
+    try:
+        return uvloop.run(main())
+    finally:
+        tracing.shutdown()

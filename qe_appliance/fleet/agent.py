@@ -46,11 +46,15 @@ class _InFlight:
         self.thread = threading.Thread(target=self._work, daemon=True, name=f"call-{call.id}")
 
     def _work(self) -> None:
+        # A traced call's times go back with its result: the server records the span (see tracing.py).
+        started = time.time_ns() if self.call.trace else 0
         with self.scope:
             try:
                 result = _run(self.call)
             except _CallCancelled:
                 result = None
+        if result is not None and started:
+            result.started_ns, result.ended_ns = started, time.time_ns()
         self.done.set()
         if result is None or self.scope.cancelled:
             return
@@ -119,7 +123,10 @@ def _run(call: rpc.Call) -> rpc.Result:
     except ToolError as exc:
         return rpc.Result(call.id, False, error=INPUT_ERROR + str(exc))
     except Exception as exc:
-        # The message travels back to the caller; the traceback stays in this agent's stderr.
+        # The message travels back to the caller; the traceback stays in this agent's stderr, with the trace
+        # it belongs to when the server traces.
+        if call.trace:
+            print(f"agent: {call.fn} failed (traceparent {call.trace})", file=sys.stderr)
         traceback.print_exc(file=sys.stderr)
         return rpc.Result(call.id, False, error=f"{type(exc).__name__}: {exc}")
 

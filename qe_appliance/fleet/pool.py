@@ -109,13 +109,13 @@ class AgentConnection(asyncio.Protocol):
         self._buffer.clear()
         self.close()
 
-    async def call(self, op: str, fn: str = "", payload: Any = None) -> rpc.Result:
+    async def call(self, op: str, fn: str = "", payload: Any = None, trace: str = "") -> rpc.Result:
         if self.closed or self.transport is None:
             raise AgentUnreachable(f"agent {self.agent_id} connection is closed")
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
         self._call_id = next(self._ids)
-        self.transport.write(rpc.frame(rpc.Call(self._call_id, op, fn, payload)))
+        self.transport.write(rpc.frame(rpc.Call(self._call_id, op, fn, payload, trace)))
         return await self._waiter
 
     def close(self) -> None:

@@ -13,12 +13,14 @@ MAX_FRAME = 256 * 1024 * 1024
 
 
 class Call(msgspec.Struct, array_like=True):
-    """`op` is "call" (run `fn` with `payload`), "ping" or "sleep" (tests: hold the agent busy)."""
+    """`op` is "call" (run `fn` with `payload`), "ping" or "sleep" (tests: hold the agent busy); `trace` is the
+    caller's W3C traceparent when the server traces ("" otherwise): the agent then times its work."""
 
     id: int
     op: str
     fn: str = ""
     payload: Any = None
+    trace: str = ""
 
 
 class Result(msgspec.Struct, array_like=True):
@@ -26,6 +28,9 @@ class Result(msgspec.Struct, array_like=True):
     ok: bool
     value: Any = None
     error: str = ""
+    # When the call carried a trace: when the agent started and ended the work (wall clock, ns).
+    started_ns: int = 0
+    ended_ns: int = 0
 
 
 encoder = msgspec.msgpack.Encoder()

@@ -13,17 +13,18 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from qe_appliance import sandbox
+from qe_appliance import sandbox, tracing
 from qe_appliance._core.balancer import Balancer
 from qe_appliance.config import AGENT_TYPES, Config, runtime_dir
 from qe_appliance.fleet import agent as agent_main
-from qe_appliance.fleet import forkserver
+from qe_appliance.fleet import forkserver, rpc
 from qe_appliance.fleet.pool import (
     AgentConnection,
     AgentGone,
@@ -398,7 +399,10 @@ class Fleet:
 
     async def _call(self, agent_id: str, fn: str, payload: Any, deadline: float, timeout_s: float) -> Any:
         try:
-            conn = await self.pool.acquire(agent_id, max(deadline - time.monotonic(), 0.001))
+            if tracing.tracer is None:
+                conn = await self.pool.acquire(agent_id, max(deadline - time.monotonic(), 0.001))
+            else:
+                conn = await tracing.acquire(self.pool, agent_id, max(deadline - time.monotonic(), 0.001))
         except PoolTimeout as exc:
             self.balancer.release(agent_id)
             self._capacity.wake_one()
@@ -409,8 +413,14 @@ class Fleet:
             self._suspect(agent_id)
             raise AgentUnreachable(f"agent {agent_id} is unreachable ({exc})") from None
         started = time.perf_counter()
+        answer: Awaitable[rpc.Result]
+        if tracing.tracer is None:
+            answer = conn.call("call", fn, payload)
+        else:
+            trace = tracing.traceparent()
+            answer = tracing.agent_work(conn.call("call", fn, payload, trace), trace, agent_id, fn)
         try:
-            result = await asyncio.wait_for(conn.call("call", fn, payload), max(deadline - time.monotonic(), 0.001))
+            result = await asyncio.wait_for(answer, max(deadline - time.monotonic(), 0.001))
         except TimeoutError:
             self.pool.release(conn, broken=True)
             self.balancer.finish(agent_id, time.perf_counter() - started, False, time.monotonic())

@@ -102,6 +102,7 @@ class ToolCalls:
                 raise
             finally:
                 session.inflight.pop(msg_id, None)
+        exch.tool, exch.call = tool.name, outcome
         result = outcome.wire()
         if fuzzy:
             result.setdefault("_meta", {}).update({"io.aqe/requestedTool": name, "io.aqe/resolvedTool": tool.name})

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from qe_appliance import SERVER_NAME, __version__
+from qe_appliance import SERVER_NAME, __version__, tracing
 from qe_appliance._core.jsondepth import exceeds_depth
 from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.calls import CallParams, ToolCalls
@@ -122,13 +122,17 @@ class Dispatcher:
     async def handle(self, body: bytes, exch: Inbound) -> Reply:
         self.handled += 1
         monitor = self.monitor
+        handle = self._handle if tracing.tracer is None else self._traced
         if monitor is None:
-            return await self._handle(body, exch)
+            return await handle(body, exch)
         started = time.perf_counter()
         try:
-            return await self._handle(body, exch)
+            return await handle(body, exch)
         finally:
             monitor.record_request(exch.method, time.perf_counter() - started, exch.error)
+
+    async def _traced(self, body: bytes, exch: Inbound) -> Reply:
+        return await tracing.request(self._handle, body, exch)
 
     async def _handle(self, body: bytes, exch: Inbound) -> Reply:
         msg_id: Any = None

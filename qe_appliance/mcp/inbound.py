@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from qe_appliance.mcp.sessions import Session
+
+if TYPE_CHECKING:
+    from qe_appliance.tools.runner import CallResult
 
 # Whose fault a failed request or tool call was: the caller's (bad arguments, unknown names) or the
 # server's (a bug, a timeout, a crashed agent). Only server faults count towards the error-rate alert.
@@ -34,6 +37,9 @@ class Inbound:
     # with a JSON-RPC error, whose fault that was ("caller" or "server": only the latter pages anyone).
     method: str = "invalid"
     error: Fault | None = None
+    # tools/call only: the tool that ran (typos resolved) and the runner's result (its outcome, for traces).
+    tool: str = ""
+    call: CallResult | None = None
 
 
 @dataclass
