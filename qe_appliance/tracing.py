@@ -19,13 +19,15 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import Tracer
+    from opentelemetry.trace import SpanKind, StatusCode, Tracer
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     from qe_appliance.fleet import rpc
     from qe_appliance.fleet.pool import AgentConnection, ConnectionPool
@@ -33,9 +35,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aqe_mcp.tracing")
 
+
+
+@dataclass(frozen=True)
+class _Api:
+    """What the spans need of the OpenTelemetry API, imported once when tracing is turned on."""
+
+    w3c: TraceContextTextMapPropagator
+    server: SpanKind
+    internal: SpanKind
+    error: StatusCode
+
+
 # The tracer when tracing is on, else None: the one thing the request path looks at.
 tracer: Tracer | None = None
 _provider: TracerProvider | None = None
+_api: _Api
 
 INSTALL_HINT: Final = "pip install 'aqe-mcp[otel]'"
 _ON = ("otlp", "console")
@@ -102,7 +117,12 @@ def configure(environ: Mapping[str, str] = os.environ) -> None:
 
 def install(provider: TracerProvider | None) -> None:
     """Trace with `provider` (None: off). `configure` calls it; tests give one with an in-memory exporter."""
-    global tracer, _provider
+    global tracer, _provider, _api
+    if provider is not None:
+        from opentelemetry.trace import SpanKind, StatusCode
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        _api = _Api(TraceContextTextMapPropagator(), SpanKind.SERVER, SpanKind.INTERNAL, StatusCode.ERROR)
     _provider = provider
     tracer = None if provider is None else provider.get_tracer("qe_appliance")
 
@@ -152,10 +172,8 @@ Handle = Callable[[bytes, "Inbound"], Awaitable["Reply"]]
 
 async def request(handle: Handle, body: bytes, exch: Inbound) -> Reply:
     """Run `handle(body, exch)` (the dispatcher) inside the message's SERVER span."""
-    from opentelemetry.trace import SpanKind, StatusCode
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     assert tracer is not None
+    api = _api
     try:
         peeked = _peek.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
@@ -169,7 +187,7 @@ async def request(handle: Handle, body: bytes, exch: Inbound) -> Reply:
             carrier["tracestate"] = meta.tracestate
     elif exch.headers is not None:
         carrier = exch.headers
-    parent = TraceContextTextMapPropagator().extract(carrier) if carrier else None
+    parent = api.w3c.extract(carrier) if carrier else None
     attributes: dict[str, Any] = {"network.transport": "pipe" if exch.headers is None else "tcp"}
     if isinstance(peeked.id, str | int) and not isinstance(peeked.id, bool):
         attributes["jsonrpc.request.id"] = str(peeked.id)
@@ -180,7 +198,7 @@ async def request(handle: Handle, body: bytes, exch: Inbound) -> Reply:
         version = exch.session.protocol_version
     if isinstance(version, str):
         attributes["mcp.protocol.version"] = version.strip()
-    with tracer.start_as_current_span("mcp", context=parent, kind=SpanKind.SERVER, attributes=attributes,
+    with tracer.start_as_current_span("mcp", context=parent, kind=api.server, attributes=attributes,
                                       record_exception=False, set_status_on_exception=False) as span:
         reply = await handle(body, exch)
         method, tool = exch.method, exch.tool
@@ -200,7 +218,7 @@ async def request(handle: Handle, body: bytes, exch: Inbound) -> Reply:
             error = _reply_error(reply.body)
             code = str(error.code) if error is not None else str(reply.status)
             done.update({"aqe.outcome": f"{exch.error}-error", "error.type": code, "rpc.response.status_code": code})
-            span.set_status(StatusCode.ERROR, error.message if error is not None and
+            span.set_status(api.error, error.message if error is not None and
                             isinstance(error.message, str) else None)
         elif call is not None:
             done["aqe.outcome"] = call.outcome
@@ -209,7 +227,7 @@ async def request(handle: Handle, body: bytes, exch: Inbound) -> Reply:
             if not call.ok:
                 # An isError result: the caller's mistake or the server's fault, told apart by aqe.outcome.
                 done["error.type"] = "tool_error"
-                span.set_status(StatusCode.ERROR, call.message[:500])
+                span.set_status(api.error, call.message[:500])
         else:
             done["aqe.outcome"] = "ok"
         span.set_attributes(done)
@@ -230,9 +248,8 @@ def _reply_error(body: bytes | None) -> _ErrorBody | None:
 
 async def acquire(pool: ConnectionPool, agent_id: str, timeout_s: float) -> AgentConnection:
     """pool.acquire in a `pool acquire` span: which agent, and whether a warm connection served it."""
-    from opentelemetry.trace import StatusCode
-
     assert tracer is not None
+    api = _api
     with tracer.start_as_current_span("pool acquire", attributes={"aqe.agent.id": agent_id},
                                       record_exception=False, set_status_on_exception=False) as span:
         hits = pool.hits
@@ -240,7 +257,7 @@ async def acquire(pool: ConnectionPool, agent_id: str, timeout_s: float) -> Agen
             conn = await pool.acquire(agent_id, timeout_s)
         except BaseException as exc:
             span.set_attribute("error.type", type(exc).__qualname__)
-            span.set_status(StatusCode.ERROR, str(exc))
+            span.set_status(api.error, str(exc))
             raise
         span.set_attribute("aqe.pool.hit", pool.hits > hits)
         return conn
@@ -248,38 +265,34 @@ async def acquire(pool: ConnectionPool, agent_id: str, timeout_s: float) -> Agen
 
 def traceparent() -> str:
     """The W3C traceparent of the current span, for the fleet RPC message."""
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier)
+    _api.w3c.inject(carrier)
     return carrier.get("traceparent", "")
 
 
 async def agent_work(call: Awaitable[rpc.Result], trace: str, agent_id: str, fn: str) -> rpc.Result:
     """Await the agent's answer and record its work as a child of `trace`: the agent's own start and end
     times when it answered, else from sending to the failure (timeout, crash, cancellation)."""
-    from opentelemetry.trace import SpanKind, StatusCode
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     assert tracer is not None
-    context = TraceContextTextMapPropagator().extract({"traceparent": trace})
+    api = _api
+    context = api.w3c.extract({"traceparent": trace})
     attributes = {"aqe.agent.id": agent_id, "aqe.compute.fn": fn}
     name = f"agent {fn.rsplit(':', 1)[-1]}"
     sent = time.time_ns()
     try:
         result = await call
     except BaseException as exc:
-        span = tracer.start_span(name, context=context, kind=SpanKind.INTERNAL, attributes=attributes,
+        span = tracer.start_span(name, context=context, kind=api.internal, attributes=attributes,
                                  start_time=sent)
         span.set_attribute("error.type", type(exc).__qualname__)
-        span.set_status(StatusCode.ERROR, str(exc) or f"{type(exc).__name__} while {agent_id} ran {fn}")
+        span.set_status(api.error, str(exc) or f"{type(exc).__name__} while {agent_id} ran {fn}")
         span.end()
         raise
     started = result.started_ns or sent
-    span = tracer.start_span(name, context=context, kind=SpanKind.INTERNAL, attributes=attributes,
+    span = tracer.start_span(name, context=context, kind=api.internal, attributes=attributes,
                              start_time=started)
     if not result.ok:
         span.set_attribute("error.type", "agent_error")
-        span.set_status(StatusCode.ERROR, result.error[:500])
+        span.set_status(api.error, result.error[:500])
     span.end(end_time=max(result.ended_ns or time.time_ns(), started))
     return result

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -383,3 +384,19 @@ def test_an_unsupported_protocol_is_refused_with_the_fix(caplog: pytest.LogCaptu
     assert tracing.tracer is None
     assert "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf" in caplog.text
 
+
+
+def test_a_reload_keeps_tracing(traced: ServerProcess, receiver: Receiver) -> None:
+    # Traces are configured from the environment at start; re-reading the YAML leaves them on.
+    traced.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reload:" not in traced.log:
+        assert time.monotonic() < deadline, traced.log[-2000:]
+        time.sleep(0.05)
+    trace_id, parent_id = f"{secrets.randbits(128):032x}", f"{secrets.randbits(64):016x}"
+    body, headers = modern("tools/call", {"name": "qe_coverage_analyze", "arguments": {"path": "coverage.xml"}})
+    header = {"traceparent": f"00-{trace_id}-{parent_id}-01"}
+    status, _, raw = request(traced, "POST", body=body, headers={**headers, **header})
+    assert status == 200 and b'"isError":false' in raw, raw
+    spans = receiver.trace(trace_id, "tools/call qe_coverage_analyze", "pool acquire", "agent *")
+    assert {span["name"].split(" ")[0] for span in spans} == {"tools/call", "pool", "agent"}
