@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from mcp import Client
 
 from tests.components import missing
 from tests.conftest import ServerProcess, start_server
@@ -123,9 +125,22 @@ def busy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     server = start_workspace_server(tmp_path_factory.mktemp("dashboard"))
     try:
         drive_traffic(server, rounds=12)
+        anyio.run(_generate_in_two_modes, server)
         yield server
     finally:
         server.stop()
+
+
+async def _generate_in_two_modes(server: ServerProcess) -> None:
+    """qe_test_generate in its default mode (static oracle) and in its `observed` mode (the default oracle, which
+    falls back to static for an unauthenticated HTTP caller), so its card shows a row per mode."""
+    async with Client(server.url) as client:
+        for oracle in ("static", None):
+            arguments = {"source": "def double(x: int) -> int:\n    return 2 * x\n"}
+            if oracle:
+                arguments["oracle"] = oracle
+            result = await client.call_tool("qe_test_generate", arguments)
+            assert not result.is_error, result.content
 
 
 def _wait_for(browser: Browser, expression: str, timeout: float = 20) -> Any:
@@ -164,6 +179,13 @@ def test_the_page_draws_live_figures_without_console_errors(
     })""")
     for row in live["tools"]:
         assert f"{row['callsTotal']} total" in page["cards"][row["tool"]], (row, page["cards"])
+    # A tool called in two modes shows each against its own target: qe_test_generate's 500 ms and observed's 20 s.
+    [generate] = [row for row in live["tools"] if row["tool"] == "qe_test_generate"]
+    assert {mode["mode"] for mode in generate["modes"]} == {"default", "observed"}
+    modes = browser.evaluate("""[...document.querySelectorAll('.tool[data-tool="qe_test_generate"] .mode')]
+        .map(m => [m.dataset.mode, m.innerText])""")
+    assert dict(modes).keys() == {"default", "observed"}, modes
+    assert "target 500 ms" in dict(modes)["default"] and "target 20.0 s" in dict(modes)["observed"], modes
     assert page["agents"] == [agent["id"] for agent in live["agents"]] and len(page["agents"]) == 2
     assert re.fullmatch(r"[\d.]+ (ms|µs|s)", page["p95"]), page["p95"]
     assert f"{live['requests']['total']} since start" == page["rps"]
