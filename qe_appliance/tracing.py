@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ def configure(environ: Mapping[str, str] = os.environ) -> None:
 
             exporter = OTLPSpanExporter()
         else:
-            exporter = ConsoleSpanExporter()
+            exporter = ConsoleSpanExporter(out=sys.stderr)  # stdout is the stdio transport's
     except ImportError as exc:
         log.warning("traces asked for (OTEL_TRACES_EXPORTER=otlp) but the OTLP/HTTP exporter is not installed "
                     "(%s): %s; tracing stays off", exc, INSTALL_HINT)

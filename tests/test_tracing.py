@@ -272,7 +272,11 @@ def test_the_w3c_traceparent_header_is_continued(traced: ServerProcess, receiver
 
 async def test_stdio_continues_the_clients_trace(receiver: Receiver, tmp_path: Path) -> None:
     command, args, env = stdio_command(tmp_path)
-    params = StdioServerParameters(command=command, args=args, env={**env, **otel_env(receiver, "aqe-stdio")})
+    # Only the traces endpoint this time: OTLP is the default exporter once an endpoint is named.
+    variables = otel_env(receiver, "aqe-stdio")
+    del variables["OTEL_TRACES_EXPORTER"], variables["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    variables["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"{receiver.endpoint}/v1/traces"
+    params = StdioServerParameters(command=command, args=args, env={**env, **variables})
     with client_span() as (trace_id, parent_id):
         async with Client(params) as client:
             stored = await client.call_tool("qe_memory_store", {"key": "stdio/1", "value": 1})
