@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import anyio
 import pytest
 import uvloop
 from mcp import Client, StdioServerParameters
@@ -404,3 +405,33 @@ def test_a_reload_keeps_tracing(traced: ServerProcess, receiver: Receiver) -> No
     assert status == 200 and b'"isError":false' in raw, raw
     spans = receiver.trace(trace_id, "tools/call qe_coverage_analyze", "pool acquire", "agent *")
     assert {span["name"].split(" ")[0] for span in spans} == {"tools/call", "pool", "agent"}
+
+
+async def test_orchestrated_subtasks_stay_in_their_callers_trace(traced: ServerProcess, receiver: Receiver) -> None:
+    # Two orchestrations at once share the subtask queue; a subtask started when the other's finished still
+    # belongs to its own caller's trace.
+    traces: dict[str, str] = {}
+
+    async def orchestrate(label: str) -> None:
+        with client_span() as (trace_id, _):
+            traces[label] = trace_id
+            async with Client(traced.url) as client:
+                done = await client.call_tool("qe_task_orchestrate", {
+                    "task": {"tool": "qe_coverage_analyze", "inputs": [{"path": "coverage.xml"}] * 4},
+                    "strategy": "parallel", "wait": True})
+                assert not done.is_error and done.structured_content["task"]["completed"] == 4, done.content
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(orchestrate, "a")
+        group.start_soon(orchestrate, "b")
+    for trace_id in traces.values():
+        deadline = time.monotonic() + 15
+        while True:
+            spans = receiver.trace(trace_id, "tools/call qe_task_orchestrate")
+            work = by_name(spans, "agent ")
+            if len(work) >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        [req] = [s for s in spans if s["name"] == "tools/call qe_task_orchestrate"]
+        assert len(work) == 4 and len(by_name(spans, "pool acquire")) == 4, [s["name"] for s in spans]
+        assert all(span["parent"] == req["id"] for span in work)

@@ -9,6 +9,7 @@ the task store as it happens.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import logging
@@ -46,6 +47,9 @@ class _Task:
     next_index: int = 0
     queued: int = 0
     finished: int = 0
+    # The submitting call's context (its trace span, when tracing is on): each subtask runs in a copy of it,
+    # whichever call's moment the queue happens to start it in.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -114,7 +118,7 @@ class Orchestrator:
                 return
             heapq.heappop(self._queue)
             self._running += 1
-            job = loop.create_task(self._run(task, index))
+            job = loop.create_task(self._run(task, index), context=task.context.copy())
             self._active.add(job)
             job.add_done_callback(self._active.discard)
 
