@@ -99,12 +99,12 @@ async def hit_rate_and_overhead(tmp: Path, calls: int) -> dict[str, Any]:
             started = time.perf_counter()
             echo(payload)
             direct_us.append((time.perf_counter() - started) * 1e6)
-        acquires = after["acquires"] - before["acquires"]
-        hits = after["hits"] - before["hits"]
+        acquires = after.acquires - before.acquires
+        hits = after.hits - before.hits
         return {
             "acquires": acquires,
             "hitRate": hits / acquires,
-            "opened": after["opened"],
+            "opened": after.opened,
             "fleet_p50_us": statistics.median(fleet_us),
             "fleet_p99_us": pct(fleet_us, 0.99),
             "thread_p50_us": statistics.median(thread_us),
