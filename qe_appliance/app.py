@@ -22,18 +22,21 @@ from qe_appliance.http.routes import AccessPolicy, Routes, error_body
 from qe_appliance.http.server import HttpServer, Limits
 from qe_appliance.mcp.dispatcher import Dispatcher
 from qe_appliance.mcp.sessions import SessionTable
+from qe_appliance.mcp.surface import Surface
 from qe_appliance.monitoring.monitor import Monitor, Sources
 from qe_appliance.overrides import Overrides
 from qe_appliance.registry import ToolRegistry
 from qe_appliance.services import Services
 from qe_appliance.store.memory import purge_periodically
 from qe_appliance.tools import ALL_TOOLS
-from qe_appliance.tools.base import ToolSpec
+from qe_appliance.tools.base import ToolContext, ToolSpec
 from qe_appliance.tools.runner import ToolRunner
 
 log = logging.getLogger("aqe_mcp")
 
 SESSION_SWEEP_S = 30.0
+# History points the aqe://dashboard resource carries (the page and /dashboard.json keep more).
+DASHBOARD_RESOURCE_S = 60.0
 # Changes that only a restart can apply: a new socket or directory.
 RESTART_KEYS = (
     "server.host",
@@ -167,8 +170,11 @@ class App:
             ))
             self.sessions.on_refuse = self.monitor.record_refusal
         self.runner = ToolRunner(self.services, self.monitor)
+        dashboard = self._dashboard if self.monitor is not None else None
+        self.surface = Surface(self.services, self.sessions, self._context_for, dashboard)
         self.dispatcher = Dispatcher(
-            self.registry, self.runner, self.sessions, max_json_depth=server.max_json_depth, monitor=self.monitor
+            self.registry, self.runner, self.sessions, max_json_depth=server.max_json_depth, monitor=self.monitor,
+            methods=self.surface.methods(),
         )
         self.orchestrator = Orchestrator(self.services.tasks, lambda: self._by_name, self.runner, self.fleet.capacity)
         self.services.fleet = self.fleet
@@ -177,6 +183,15 @@ class App:
             self.http = HttpFront(server, self.dispatcher, self.sessions, self.readiness, self.monitor)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+
+    def _context_for(self, tool: str) -> ToolContext:
+        """Where work for a tool's resources runs: as its calls do (a disabled tool: as the catalog says)."""
+        spec = self._by_name.get(tool) or next(spec for spec in self.catalog if spec.name == tool)
+        return self.runner.context(spec)
+
+    def _dashboard(self) -> dict[str, Any]:
+        assert self.monitor is not None
+        return self.monitor.dashboard(time.time() - DASHBOARD_RESOURCE_S)
 
     def readiness(self) -> str | None:
         if self.state is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from qe_appliance.changes import Changes
 from qe_appliance.config import Config
 from qe_appliance.overrides import Overrides
 from qe_appliance.store.stores import open_stores
@@ -29,6 +30,8 @@ class Services:
         # Files the coverage and quality tools may read; relative roots start from the start directory.
         server = config.server
         self.workspace = Workspace.from_config(server.workspace_roots, server.max_input_file_bytes)
+        # Writers report changed resources here; the MCP layer notifies subscribed sessions.
+        self.changes = Changes()
         self.fleet: Fleet | None = None
         self.orchestrator: Orchestrator | None = None
 

@@ -73,6 +73,8 @@ class ServerConfig(_Section, frozen=True):
     allow_code_execution: bool = True
     allow_unauthenticated_code_execution: bool = False
     max_input_file_bytes: AtLeastOne = 67_108_864
+    # A tool result's text past this many bytes (~10k tokens) is sent as a summary plus resource links.
+    max_result_text_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32_768
 
 
 class PoolConfig(_Section, frozen=True):

@@ -26,6 +26,7 @@ from qe_appliance.store.database import StoreError, retrying
 from qe_appliance.store.interface import TaskBackend
 from qe_appliance.tools.base import ProgressFn, ToolError, ToolSpec, no_progress
 from qe_appliance.tools.runner import ToolRunner
+from qe_appliance.uris import task_uri
 
 log = logging.getLogger("aqe_mcp.orchestrator")
 
@@ -98,6 +99,7 @@ class Orchestrator:
         if max_agents is not None:
             limit = min(limit, max_agents)
         task_id = await retrying(self.store.create, kind, strategy, priority, inputs)
+        self._runner.services.changes.changed(task_uri(task_id), new=True)
         task = _Task(task_id, category, steps, inputs, PRIORITIES[priority], limit, progress, caller)
         self._fill(task)
         self._dispatch()
@@ -141,6 +143,8 @@ class Orchestrator:
                 await retrying(self.store.finished, task.id, index, result, error)
             except (StoreError, sqlite3.Error) as exc:
                 log.error("subtask %s/%d: its outcome could not be recorded: %s", task.id, index, exc)
+            else:
+                self._runner.services.changes.changed(task_uri(task.id))
             self._running -= 1
             task.queued -= 1
             task.finished += 1

@@ -8,10 +8,12 @@ message at a time to `Dispatcher.handle` and write back the `Reply` it returns.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -21,7 +23,7 @@ from qe_appliance._core.jsondepth import exceeds_depth
 from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.calls import CallParams, ToolCalls
 from qe_appliance.mcp.headers import check_routing_headers
-from qe_appliance.mcp.inbound import ACCEPTED, Inbound, Reply
+from qe_appliance.mcp.inbound import ACCEPTED, Inbound, Method, MethodCall, Reply
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.sessions import LOG_LEVELS, Session, SessionTable
 from qe_appliance.monitoring.monitor import Monitor
@@ -35,9 +37,18 @@ log = logging.getLogger("aqe_mcp.dispatch")
 INSTRUCTIONS = (
     "Quality-engineering tools: generate tests, analyse coverage and its riskiest gaps, gate a release, "
     "measure code quality, remember and learn what worked, and spread heavy work over a fleet of agents. "
-    "Tool names are resolved with typo tolerance; the result's _meta says which tool ran."
+    "Tool names are resolved with typo tolerance; the result's _meta says which tool ran. What the tools "
+    "produce stays readable as aqe:// resources (coverage reports and gaps, generated tests, tasks, memory); "
+    "a result too large to send whole comes as a summary with resource links. Prompts walk through the usual "
+    "workflows: generate-tests, review-coverage, release-gate, triage-failures, explain-gap."
 )
-CAPABILITIES: dict[str, Any] = {"tools": {"listChanged": True}, "logging": {}}
+CAPABILITIES: dict[str, Any] = {
+    "tools": {"listChanged": True},
+    "logging": {},
+    "resources": {"subscribe": True, "listChanged": True},
+    "prompts": {"listChanged": True},
+    "completions": {},
+}
 SERVER_INFO = {"name": SERVER_NAME, "title": "aqe-mcp QE server", "version": __version__}
 LIST_TTL_MS = 30_000
 # Metric labels stay bounded: any other method a client sends is counted as "other".
@@ -52,14 +63,30 @@ KNOWN_METHODS = frozenset(
         "notifications/initialized",
         "notifications/cancelled",
         "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
         "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "batch",
     }
 )
+# JSON-RPC batches (a JSON array of messages) exist in this revision only.
+BATCH_VERSION = "2025-03-26"
 DEFAULT_MAX_JSON_DEPTH = 64
+# Methods whose params.name the Mcp-Name routing header mirrors (resources/read mirrors params.uri).
+NAMED_METHODS = frozenset({"tools/call", "prompts/get"})
+# Errors that keep their 4xx in the handshake era: the message itself could not be read as a request.
+TRANSPORT_ERRORS = frozenset({rpc.PARSE_ERROR, rpc.INVALID_REQUEST})
 
 class AnyParams(msgspec.Struct):
     meta: Any = msgspec.field(default=None, name="_meta")
     cursor: Any = None
+    # What the Mcp-Name routing header mirrors: prompts/get's name, resources/read's uri.
+    name: Any = None
+    uri: Any = None
 
 
 _call_params = msgspec.json.Decoder(CallParams)
@@ -87,6 +114,7 @@ class Dispatcher:
         page_size: int = 100,
         max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
         monitor: Monitor | None = None,
+        methods: Mapping[str, Method] | None = None,
     ) -> None:
         self.registry = registry
         self.runner = runner
@@ -97,6 +125,8 @@ class Dispatcher:
         # The appliance's Monitor when monitoring is enabled (requests, refusals, lookups; tools: the runner).
         self.monitor = monitor
         self.calls = ToolCalls(registry, runner, monitor)
+        # Methods both eras serve the same way (resources, prompts, completion): name -> handler.
+        self.methods: dict[str, Method] = dict(methods or {})
         # Messages handled since start, for the "stopped" summary (counted with monitoring off too).
         self.handled = 0
         self._tool_pages: list[dict[str, Any]] = []
@@ -136,6 +166,7 @@ class Dispatcher:
 
     async def _handle(self, body: bytes, exch: Inbound) -> Reply:
         msg_id: Any = None
+        handshake = False
         try:
             if exceeds_depth(body, self.max_json_depth):
                 if self.monitor is not None:
@@ -145,6 +176,8 @@ class Dispatcher:
                     f"JSON nested deeper than {self.max_json_depth} levels (server.maxJsonDepth); "
                     "flatten the request or raise the limit",
                 )
+            if body.lstrip()[:1] == b"[":
+                return await self._batch(body, exch)
             msg = rpc.decode_message(body)
             if msg.method is msgspec.UNSET:
                 return ACCEPTED  # a response to a server request; we send none, so nothing to match
@@ -168,6 +201,7 @@ class Dispatcher:
                 self._modern_ladder(method, params, meta, exch)
                 result = await self._modern(method, msg_id, params, meta or {}, raw_params, exch)
                 return Reply(200, rpc.result_bytes(msg_id, self._stamp(result)))
+            handshake = True
             return await self._legacy(msg_id, is_request, method, params, meta, raw_params, exch)
         except RpcError as exc:
             exch.error = "server" if exc.code == rpc.INTERNAL_ERROR else "caller"
@@ -175,6 +209,10 @@ class Dispatcher:
                 # Errors about notifications have nobody to go to; the transport still acknowledges.
                 return ACCEPTED
             status = exc.http_status or rpc.HTTP_STATUS.get(exc.code, 200)
+            if handshake and exc.http_status is None and exc.code not in TRANSPORT_ERRORS:
+                # Handshake era: an error answering a request is a normal response; 4xx means the transport
+                # failed (no session, bad headers, unreadable body), which clients handle differently.
+                status = 200
             return Reply(status, rpc.error_bytes(msg_id, exc.code, exc.message, exc.data))
         except (UnicodeDecodeError, RecursionError) as exc:
             # From decoding params deep inside a method (the envelope's own are RpcErrors already).
@@ -185,7 +223,7 @@ class Dispatcher:
             log.exception("unhandled error dispatching %s", exch.method)
             exch.error = "server"
             message = "internal error while handling the request; the server log has the details"
-            return Reply(500, rpc.error_bytes(msg_id, rpc.INTERNAL_ERROR, message))
+            return Reply(200 if handshake else 500, rpc.error_bytes(msg_id, rpc.INTERNAL_ERROR, message))
 
     @staticmethod
     def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
@@ -225,7 +263,7 @@ class Dispatcher:
             )
         version = meta[rpc.META_PROTOCOL_VERSION]
         if exch.headers is not None:
-            name = params.name if method == "tools/call" else None
+            name = params.uri if method == "resources/read" else params.name if method in NAMED_METHODS else None
             check_routing_headers(exch.headers, exch.duplicated, version, method, name)
         if not isinstance(version, str):
             raise RpcError(rpc.INVALID_PARAMS, "the protocol-version envelope value must be a string")
@@ -249,6 +287,9 @@ class Dispatcher:
             result["ttlMs"] = LIST_TTL_MS
             result["cacheScope"] = "public"
             return result
+        handler = self.methods.get(method)
+        if handler is not None:
+            return await handler(MethodCall(_params_object(raw), True, None, exch))
         if method == "server/discover":
             return {
                 "supportedVersions": list(rpc.MODERN_VERSIONS),
@@ -299,6 +340,10 @@ class Dispatcher:
         if method == "tools/call":
             result = await self.calls.call(False, params, meta or {}, exch, session.log_level, session, msg_id)
             return Reply(200, rpc.result_bytes(msg_id, result))
+        handler = self.methods.get(method)
+        if handler is not None:
+            result = await handler(MethodCall(_params_object(raw), False, session, exch))
+            return Reply(200, rpc.result_bytes(msg_id, result))
         if method == "logging/setLevel":
             level = _params_object(raw).get("level")
             if level not in LOG_LEVELS:
@@ -306,6 +351,42 @@ class Dispatcher:
             session.log_level = LOG_LEVELS.index(level)
             return Reply(200, rpc.result_bytes(msg_id, {}))
         raise RpcError(rpc.METHOD_NOT_FOUND, f"method {method!r} not found")
+
+    async def _batch(self, body: bytes, exch: Inbound) -> Reply:
+        """A JSON-RPC batch: in a 2025-03-26 session every message is handled (at once) and the responses come
+        back as one array (202 when all were notifications); elsewhere it is refused."""
+        exch.method = "batch"
+        session = exch.session
+        if session is None and exch.headers is not None and exch.headers.get("mcp-session-id"):
+            session = self._session_of(exch)
+        version = session.protocol_version if session is not None else None
+        if version != BATCH_VERSION:
+            negotiated = f"this session uses {version}" if version else "it has no 2025-03-26 session"
+            raise RpcError(
+                rpc.INVALID_REQUEST,
+                f"JSON-RPC batches are accepted only in sessions that negotiated protocol {BATCH_VERSION} "
+                f"({negotiated}); send one message per request",
+            )
+        items = rpc.decode_any(body)
+        if not items:
+            raise RpcError(rpc.INVALID_REQUEST, "an empty JSON-RPC batch; send at least one message")
+
+        async def one(item: Any) -> Reply:
+            if isinstance(item, dict) and item.get("method") == "initialize":
+                msg_id = item.get("id") if isinstance(item.get("id"), str | int) else None
+                return Reply(200, rpc.error_bytes(
+                    msg_id, rpc.INVALID_REQUEST, "initialize must not be part of a batch; send it alone"
+                ))
+            # Each message in its own exchange, without in-band notifications: the batch answers as a whole.
+            inner = Inbound(headers=exch.headers, duplicated=exch.duplicated, principal=exch.principal,
+                            session=exch.session)
+            return await self.handle(rpc.encoder.encode(item), inner)
+
+        replies = await asyncio.gather(*(one(item) for item in items))
+        bodies = [reply.body for reply in replies if reply.body is not None]
+        if not bodies:
+            return ACCEPTED
+        return Reply(200, b"[" + b",".join(bodies) + b"]")
 
     def _session_of(self, exch: Inbound) -> Session:
         if exch.session is not None:

@@ -52,7 +52,8 @@ def check_routing_headers(
     if decode_header_value(headers.get("mcp-method")) != method:
         raise RpcError(rpc.HEADER_MISMATCH, f"Mcp-Method header does not match the body's method {method!r}")
     if name is not None and decode_header_value(headers.get("mcp-name")) != name:
-        raise RpcError(rpc.HEADER_MISMATCH, f"Mcp-Name header does not match params.name {name!r}")
+        field = "params.uri" if method == "resources/read" else "params.name"
+        raise RpcError(rpc.HEADER_MISMATCH, f"Mcp-Name header does not match {field} {name!r}")
 
 
 def header_params(tool: ToolSpec) -> tuple[HeaderParam, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from qe_appliance.mcp.sessions import Session
 
@@ -52,3 +52,17 @@ class Reply:
 
 
 ACCEPTED = Reply(202)
+
+
+@dataclass
+class MethodCall:
+    """One request to a method both eras share (the dispatcher's method table): its params object, the era
+    it came in, and the handshake-era session (None in the 2026-07-28 era)."""
+
+    params: dict[str, Any]
+    modern: bool
+    session: Session | None
+    exch: Inbound
+
+
+Method = Callable[[MethodCall], Awaitable[dict[str, Any]]]

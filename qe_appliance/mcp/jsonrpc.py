@@ -99,7 +99,7 @@ def decode_message(body: bytes) -> Message:
         msg = _message_decoder.decode(body)
     except msgspec.ValidationError:
         # Valid JSON but not an object: say what it was so a batch sender knows batching is gone.
-        value = _decode_any(body)
+        value = decode_any(body)
         if isinstance(value, list):
             raise RpcError(
                 INVALID_REQUEST, "JSON-RPC batches are not supported; send one message per request"
@@ -118,7 +118,7 @@ def decode_message(body: bytes) -> Message:
     return msg
 
 
-def _decode_any(body: bytes) -> Any:
+def decode_any(body: bytes) -> Any:
     try:
         return _any_decoder.decode(body)
     except UNREADABLE as exc:

@@ -34,6 +34,8 @@ class Session:
         "last_seen",
         "inflight",
         "listeners",
+        "subscriptions",
+        "__weakref__",
     )
 
     def __init__(
@@ -51,6 +53,13 @@ class Session:
         self.inflight: dict[Any, asyncio.Future[Any]] = {}
         # Queues of open GET /mcp streams, fed with server-initiated notifications.
         self.listeners: set[asyncio.Queue[bytes | None]] = set()
+        # Resource URIs it subscribed to (resources/subscribe): their changes reach its streams.
+        self.subscriptions: set[str] = set()
+
+    def notify(self, event: bytes) -> None:
+        """A server-initiated notification to this session's open streams (none open: it is dropped)."""
+        for queue in self.listeners:
+            queue.put_nowait(event)
 
     def close(self) -> None:
         for fut in self.inflight.values():
@@ -99,8 +108,7 @@ class SessionTable:
     def broadcast(self, event: bytes) -> None:
         """A server-initiated notification to every open GET /mcp stream (e.g. tools/list_changed)."""
         for session in self._sessions.values():
-            for queue in session.listeners:
-                queue.put_nowait(event)
+            session.notify(event)
 
     def create(self, protocol_version: str, client_info: Any, principal: str | None = None) -> Session:
         self.sweep()

@@ -31,6 +31,15 @@ async def serve_stdio(dispatcher: Dispatcher, drain_timeout_s: float = 30.0) -> 
         out.flush()
 
     pending: set[asyncio.Task[None]] = set()
+    # Server-initiated notifications (resource updates it subscribed to) go out between replies.
+    notices: asyncio.Queue[bytes | None] = asyncio.Queue()
+    session.listeners.add(notices)
+
+    async def forward() -> None:
+        while (event := await notices.get()) is not None:
+            await send(event)
+
+    forwarder = asyncio.create_task(forward())
 
     async def answer(line: bytes) -> None:
         reply = await dispatcher.handle(line, Inbound(session=session, send=send))
@@ -59,6 +68,8 @@ async def serve_stdio(dispatcher: Dispatcher, drain_timeout_s: float = 30.0) -> 
         _, late = await asyncio.wait(pending, timeout=drain_timeout_s)
         for task in late:
             task.cancel()
+    session.listeners.discard(notices)
+    forwarder.cancel()
     log.info("stdin closed; exiting")
 
 

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from qe_appliance.config import LearningConfig
 from qe_appliance.store.memory import MemoryEntry, MemoryHit, PutResult
 from qe_appliance.store.patterns import LearningStatus, LearnResult, Pattern, PatternDraft
-from qe_appliance.store.reports import StoredReport
+from qe_appliance.store.reports import Artifact, StoredReport
 
 
 class MemoryBackend(Protocol):
@@ -43,6 +43,8 @@ class MemoryBackend(Protocol):
         limit: int = 20,
         offset: int = 0,
     ) -> tuple[list[MemoryHit], int] | Awaitable[tuple[list[MemoryHit], int]]: ...
+
+    def namespaces(self, prefix: str, limit: int) -> list[str] | Awaitable[list[str]]: ...
 
     def purge_expired(self, batch: int = ...) -> int | Awaitable[int]: ...
 
@@ -108,6 +110,16 @@ class ReportBackend(Protocol):
     def latest_for(self, path: str) -> StoredReport | None | Awaitable[StoredReport | None]: ...
 
     def count(self) -> int | Awaitable[int]: ...
+
+    def recent(self, limit: int) -> list[StoredReport] | Awaitable[list[StoredReport]]: ...
+
+    def put_artifact(self, meta: Artifact, body: bytes) -> None | Awaitable[None]: ...
+
+    def get_artifact(
+        self, artifact_id: str
+    ) -> tuple[Artifact, bytes] | None | Awaitable[tuple[Artifact, bytes] | None]: ...
+
+    def recent_artifacts(self, kind: str, limit: int) -> list[Artifact] | Awaitable[list[Artifact]]: ...
 
 
 class StoresBackend(Protocol):

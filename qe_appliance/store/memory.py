@@ -348,6 +348,21 @@ class MemoryStore:
         (total,) = self._db.execute(f"SELECT count(*) FROM {source} WHERE {where}", params).fetchone()
         return rows, total
 
+    def namespaces(self, prefix: str, limit: int) -> list[str]:
+        """Namespaces with a live entry that start with `prefix`, in order, at most `limit`."""
+        params: dict[str, object] = {"now": time.time(), "limit": limit, "prefix": prefix}
+        where = [_LIVE, "e.namespace >= :prefix"]
+        upper = prefix_upper_bound(prefix)
+        if prefix and upper is not None:
+            where.append("e.namespace < :upper")
+            params["upper"] = upper
+        rows = self._db.execute(
+            f"SELECT DISTINCT e.namespace FROM memory_entries e WHERE {' AND '.join(where)} "
+            "ORDER BY e.namespace LIMIT :limit",
+            params,
+        )
+        return [row[0] for row in rows]
+
     def purge_expired(self, batch: int = PURGE_BATCH) -> int:
         """Delete up to `batch` expired entries; returns how many were removed."""
         return self._db.execute(_PURGE, {"now": time.time(), "batch": batch}).rowcount

@@ -56,7 +56,7 @@ from qe_appliance.store.patterns import (
     quality_score,
 )
 from qe_appliance.store.pgurl import read_password
-from qe_appliance.store.reports import MAX_REPORTS, StoredReport
+from qe_appliance.store.reports import MAX_ARTIFACTS, MAX_REPORTS, Artifact, StoredReport
 from qe_appliance.store.tasks import subtask_row, task_row
 
 log = logging.getLogger("aqe_mcp.store")
@@ -161,6 +161,18 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX reports_root ON reports (root, created_at)",
         "CREATE INDEX reports_created ON reports (created_at)",
+    ),
+    (
+        """CREATE TABLE artifacts (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            title TEXT NOT NULL,
+            mime_type TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            body BYTEA NOT NULL
+        )""",
+        "CREATE INDEX artifacts_kind ON artifacts (kind, created_at)",
+        "CREATE INDEX artifacts_created ON artifacts (created_at)",
     ),
 )
 # Migrations of several instances starting at once are serialised on this advisory lock.
@@ -517,6 +529,17 @@ class PgMemoryStore:
                 yield
             finally:
                 _BATCH.reset(token)
+
+    async def namespaces(self, prefix: str, limit: int) -> list[str]:
+        """Namespaces with a live entry that start with `prefix`, in order, at most `limit`."""
+        sql, args = bind(
+            f"SELECT DISTINCT e.namespace FROM memory_entries e WHERE {_LIVE} "
+            "AND starts_with(e.namespace, :prefix) ORDER BY e.namespace LIMIT :limit",
+            {"now": time.time(), "prefix": prefix, "limit": limit},
+        )
+        async with self.database.connection() as conn:
+            rows = await conn.fetch(sql, *args)
+        return [row[0] for row in rows]
 
     async def purge_expired(self, batch: int = PURGE_BATCH) -> int:
         """Delete up to `batch` expired entries; returns how many were removed."""
@@ -935,6 +958,40 @@ class PgReportStore:
     async def count(self) -> int:
         async with self.database.connection() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM reports"))
+
+    async def recent(self, limit: int) -> list[StoredReport]:
+        async with self.database.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id, format, root, origin, created_at FROM reports ORDER BY created_at DESC, id LIMIT $1", limit)
+        return [StoredReport(*row) for row in rows]
+
+    async def put_artifact(self, meta: Artifact, body: bytes) -> None:
+        async with self.database.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO artifacts (id, kind, title, mime_type, created_at, body) VALUES ($1, $2, $3, $4, $5, $6) "
+                "ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, title = excluded.title, "
+                "mime_type = excluded.mime_type, created_at = excluded.created_at, body = excluded.body",
+                meta.id, meta.kind, meta.title, meta.mime_type, meta.created_at, body,
+            )
+            await conn.execute(
+                "DELETE FROM artifacts WHERE id NOT IN (SELECT id FROM artifacts ORDER BY created_at DESC LIMIT $1)",
+                MAX_ARTIFACTS,
+            )
+
+    async def get_artifact(self, artifact_id: str) -> tuple[Artifact, bytes] | None:
+        async with self.database.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT id, kind, title, mime_type, created_at, body FROM artifacts WHERE id = $1", artifact_id)
+        return None if row is None else (Artifact(*row[:5]), bytes(row[5]))
+
+    async def recent_artifacts(self, kind: str, limit: int) -> list[Artifact]:
+        async with self.database.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id, kind, title, mime_type, created_at FROM artifacts WHERE kind = $1 "
+                "ORDER BY created_at DESC, id LIMIT $2",
+                kind, limit,
+            )
+        return [Artifact(*row) for row in rows]
 
     def close(self) -> None:
         """The pool belongs to PgStores, which closes it."""

@@ -317,6 +317,13 @@ async def coverage_gaps(ctx: ToolContext, args: CoverageGapsInput) -> CoverageGa
     return await gaps_job.run(ctx, _GapsJob(ctx.services.workspace.spec(), args, body))
 
 
+async def rank_all_gaps(ctx: ToolContext, report_id: str, body: bytes) -> CoverageGapsResult:
+    """Every gap of a stored report, riskiest first (minRisk 0, no limit: the aqe://coverage/{id}/gaps
+    resource, where the tool's own limit argument stops at 500)."""
+    args = CoverageGapsInput(report_id=report_id, min_risk=0.0, limit=2**31)
+    return await gaps_job.run(ctx, _GapsJob(ctx.services.workspace.spec(), args, body))
+
+
 TOOLS: tuple[ToolSpec, ...] = (
     ToolSpec(
         name=COVERAGE_ANALYZE,

@@ -21,6 +21,7 @@ from qe_appliance.store.database import StoreError, retrying
 from qe_appliance.store.interface import MemoryBackend
 from qe_appliance.store.memory import MemoryEntry, MemoryHit, SearchQueryError
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
+from qe_appliance.uris import memory_uri
 
 TTL_MAX_SECONDS = 10 * 365 * 86400
 SEARCH_LIMIT_MAX = 500
@@ -276,6 +277,7 @@ async def memory_store(ctx: ToolContext, args: MemoryStoreInput) -> MemoryStoreR
             tags=args.tags or (),
             metadata_json=metadata_json,
         )
+    ctx.services.changes.changed(memory_uri(args.namespace, args.key), new=not put.replaced)
     return MemoryStoreResult(
         key=args.key,
         namespace=args.namespace,

@@ -18,7 +18,7 @@ import msgspec
 
 from qe_appliance.fleet.compute import ComputeFn, name_of
 from qe_appliance.mcp import jsonrpc as rpc
-from qe_appliance.sandbox import UNAUTHENTICATED_HTTP, Caller
+from qe_appliance.sandbox import IN_PROCESS, UNAUTHENTICATED_HTTP, Caller
 from qe_appliance.services import Services
 from qe_appliance.tools.base import (
     LogFn,
@@ -114,6 +114,12 @@ class ToolRunner:
             log.exception("tool %s failed", tool.name)
             return CallResult("server-error", message=f"{tool.name} failed: {type(exc).__name__}: {exc}", mode=mode)
         return CallResult("ok", rpc.encoder.encode(value), mode=mode)
+
+    def context(self, tool: ToolSpec) -> ToolContext:
+        """A context for work done on a tool's behalf outside a call (reading its resources): the tool's
+        heavy steps go where its calls' go, with no progress or log channel."""
+        offload = self._offload(tool)
+        return ToolContext(self.services, no_progress, no_log, tool.name, caller=IN_PROCESS, offload=offload)
 
     def _mode(self, tool: ToolSpec, args: Any) -> str:
         """The tool's own choice among tools.<name>.modes, else the first mode whose boolean argument is true

@@ -31,6 +31,7 @@ from qe_appliance.testgen.source import ModuleFacts, parse, target_named, target
 from qe_appliance.testgen.subject import DEFAULT_MODULE, Subject, check_module_name, display_name
 from qe_appliance.testgen.subject import locate as locate_module
 from qe_appliance.testgen.verify import ImportFailed, RunSpec, run
+from qe_appliance.tools.artifacts import TEST_MODULE, keep
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
 from qe_appliance.tools.coverage import decode_report, one_source, read_report, stored_report
 from qe_appliance.tools.jobs import fleet_job
@@ -259,6 +260,10 @@ class GenerateTestsResult(msgspec.Struct, rename="camel", frozen=True):
         msgspec.Meta(description="observed: assertions on what the calls did when run; static: predicted."),
     ] = "static"
     measured: Measured | None = None
+    generation_id: Annotated[
+        str | None,
+        msgspec.Meta(description="The module is kept: read it again as the resource aqe://tests/{generationId}."),
+    ] = None
 
 
 # ---- jobs -------------------------------------------------------------------------------------------------
@@ -510,6 +515,14 @@ def generation_mode(args: GenerateTestsInput) -> str:
 
 
 async def generate_tests(ctx: ToolContext, args: GenerateTestsInput) -> GenerateTestsResult:
+    """Generate, then keep the module as aqe://tests/{generationId}."""
+    result = await _generate(ctx, args)
+    title = f"{result.file_name} ({len(result.tests)} tests of {result.subject.module})"
+    generation_id = await keep(ctx.services, TEST_MODULE, title, "text/x-python", result.module.encode())
+    return msgspec.structs.replace(result, generation_id=generation_id)
+
+
+async def _generate(ctx: ToolContext, args: GenerateTestsInput) -> GenerateTestsResult:
     one_source(source=args.source, path=args.path)
     refused = refusal(ctx.services.config.server, ctx.caller)
     allowed = refused is None
