@@ -190,6 +190,8 @@ class _GapsJob(msgspec.Struct, frozen=True):
     workspace: WorkspaceSpec
     args: CoverageGapsInput
     body: bytes | None
+    # Every gap, past the tool's limit argument (the aqe://coverage/{id}/gaps resource).
+    every: bool = False
 
 
 @fleet_job
@@ -301,7 +303,7 @@ def gaps_job(task: _GapsJob) -> CoverageGapsResult:
         churn_measured=analysis.churn_measured,
         gaps_total=len(analysis.gaps),
         severities=SeverityCounts(**counts),
-        gaps=kept[: args.limit],
+        gaps=kept if task.every else kept[: args.limit],
         warnings=analysis.warnings,
     )
     return result
@@ -320,8 +322,8 @@ async def coverage_gaps(ctx: ToolContext, args: CoverageGapsInput) -> CoverageGa
 async def rank_all_gaps(ctx: ToolContext, report_id: str, body: bytes) -> CoverageGapsResult:
     """Every gap of a stored report, riskiest first (minRisk 0, no limit: the aqe://coverage/{id}/gaps
     resource, where the tool's own limit argument stops at 500)."""
-    args = CoverageGapsInput(report_id=report_id, min_risk=0.0, limit=2**31)
-    return await gaps_job.run(ctx, _GapsJob(ctx.services.workspace.spec(), args, body))
+    args = CoverageGapsInput(report_id=report_id, min_risk=0.0)
+    return await gaps_job.run(ctx, _GapsJob(ctx.services.workspace.spec(), args, body, every=True))
 
 
 TOOLS: tuple[ToolSpec, ...] = (
