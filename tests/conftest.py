@@ -98,8 +98,8 @@ def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
     srv.stop()
 
 
-def stdio_command(tmp: Path) -> tuple[str, list[str], dict[str, str]]:
-    config = write_config(tmp / "qe-mcp.yaml", tmp / "state")
+def stdio_command(tmp: Path, extra: dict | None = None) -> tuple[str, list[str], dict[str, str]]:
+    config = write_config(tmp / "qe-mcp.yaml", tmp / "state", extra)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return sys.executable, ["-m", "qe_appliance.cli", "mcp", "start", "--stdio", "--config", str(config)], env
 

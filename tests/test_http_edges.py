@@ -186,7 +186,8 @@ def test_session_lifecycle(server: ServerProcess) -> None:
     status, _, raw = legacy(server, sid, "ping")
     assert status == 200 and json.loads(raw)["result"] == {}
     status, _, raw = legacy(server, sid, "logging/setLevel", {"level": "verbose"})
-    assert rpc_error(raw)["code"] == -32602 and "debug" in rpc_error(raw)["message"]
+    # Handshake era: a JSON-RPC error answering a request travels with HTTP 200 (4xx is for the transport).
+    assert status == 200 and rpc_error(raw)["code"] == -32602 and "debug" in rpc_error(raw)["message"]
     status, _, _ = request(server, "DELETE", headers={"Mcp-Session-Id": sid})
     assert status == 204
     status, _, raw = legacy(server, sid, "tools/list")
@@ -247,8 +248,9 @@ def test_get_stream_needs_a_session(server: ServerProcess) -> None:
 def test_malformed_json_and_batches(server: ServerProcess) -> None:
     status, _, raw = request(server, "POST", body=b'{"jsonrpc": "2.0", "id": 1,')
     assert status == 400 and rpc_error(raw)["code"] == -32700
+    # A batch outside a 2025-03-26 session (here: none at all) is refused (tests/test_surface.py has the rest).
     status, _, raw = request(server, "POST", body=[{"jsonrpc": "2.0", "id": 1, "method": "ping"}])
-    assert status == 400 and rpc_error(raw)["code"] == -32600 and "batch" in rpc_error(raw)["message"]
+    assert status == 400 and rpc_error(raw)["code"] == -32600 and "2025-03-26" in rpc_error(raw)["message"]
     status, _, raw = request(server, "POST", body={"jsonrpc": "1.0", "id": 1, "method": "ping"})
     assert status == 400 and rpc_error(raw)["code"] == -32600
 

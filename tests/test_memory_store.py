@@ -100,6 +100,16 @@ def test_namespaces_keep_the_same_key_apart(store: MemoryStore) -> None:
     assert store.get("team-c", "k") is None
 
 
+def test_namespaces_are_listed_by_prefix_live_entries_only(store: MemoryStore) -> None:
+    for namespace in ("team-b", "team-a", "team-a", "other", "te%m"):
+        store.put(namespace, "k", b"1", None)
+    store.put("team-gone", "k", b"1", 0.001)
+    time.sleep(0.01)
+    assert store.namespaces("team-", 10) == ["team-a", "team-b"]
+    assert store.namespaces("", 2) == ["other", "te%m"]
+    assert store.namespaces("te%", 10) == ["te%m"]  # the prefix is literal, not a LIKE pattern
+
+
 def test_values_come_back_byte_for_byte(store: MemoryStore) -> None:
     value = '{"name":"Zoë ✓ 😀","nested":[1,2.5,null,true,{"x":"\\u0000"}]}'.encode()
     store.put("default", "unicode", value, None)

@@ -17,7 +17,7 @@ from mcp_types import PromptReference, ResourceTemplateReference
 
 from qe_appliance.mcp.dispatcher import INSTRUCTIONS
 from qe_appliance.tools import ALL_TOOLS
-from tests.conftest import ServerProcess, start_server, write_config
+from tests.conftest import ServerProcess, start_server, stdio_command
 from tests.test_http_edges import initialize, legacy, modern, request, rpc_error
 
 pytestmark = pytest.mark.anyio
@@ -234,13 +234,8 @@ async def test_resources_prompts_and_completions_over_http(srv: ServerProcess, m
 
 
 async def test_stdio_both_eras_and_subscriptions(tmp_path: Path, workspace: Path) -> None:
-    config = write_config(tmp_path / "qe-mcp.yaml", tmp_path / "state", {"server": {"workspaceRoots": [str(workspace)]}})
-    import os
-    import sys
-    params = StdioServerParameters(
-        command=sys.executable, args=["-m", "qe_appliance.cli", "mcp", "start", "--stdio", "--config", str(config)],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    command, args, env = stdio_command(tmp_path, {"server": {"workspaceRoots": [str(workspace)]}})
+    params = StdioServerParameters(command=command, args=args, env=env)
     async with Client(params) as client:
         await _exercise_resources(client, "stdio-modern", True)
     updates: list[str] = []

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pg import Blocking, close_pg_stores, open_pg_stores
 
-from qe_appliance.store.reports import StoredReport
+from qe_appliance.store.reports import MAX_ARTIFACTS, Artifact, StoredReport
 from qe_appliance.store.stores import Stores
 
 
@@ -69,3 +69,21 @@ def test_reports_are_found_by_id_and_by_path_and_only_the_newest_kept(stores: An
     for i in range(3, 3 + reports.max_reports):
         reports.put(StoredReport(f"r{i}", "lcov", "/bulk", "x", 3000.0 + i), b"")
     assert reports.count() == reports.max_reports and reports.get("r0") is None
+
+
+def test_artifacts_and_recent_reports_newest_first_and_bounded(stores: Any) -> None:
+    reports = stores.reports
+    for i in range(3):
+        reports.put(StoredReport(f"r{i}", "lcov", "/repo", "x", 1000.0 + i), b"")
+    assert [r.id for r in reports.recent(2)] == ["r2", "r1"]
+    module = b"def test_x():\n    assert True\n"
+    reports.put_artifact(Artifact("gen-1", "test-module", "test_x.py", "text/x-python", 10.0), module)
+    reports.put_artifact(Artifact("res-1", "result", "big", "application/json", 11.0), b"{}")
+    reports.put_artifact(Artifact("gen-2", "test-module", "test_y.py", "text/x-python", 12.0), b"")
+    assert reports.get_artifact("gen-1") == (Artifact("gen-1", "test-module", "test_x.py", "text/x-python", 10.0), module)
+    assert reports.get_artifact("gen-404") is None
+    assert [a.id for a in reports.recent_artifacts("test-module", 10)] == ["gen-2", "gen-1"]
+    assert [a.id for a in reports.recent_artifacts("result", 10)] == ["res-1"]
+    for i in range(MAX_ARTIFACTS):
+        reports.put_artifact(Artifact(f"bulk-{i}", "result", "b", "application/json", 100.0 + i), b"")
+    assert reports.get_artifact("gen-1") is None and len(reports.recent_artifacts("result", 10_000)) == MAX_ARTIFACTS

@@ -356,6 +356,7 @@ class Dispatcher:
         """A JSON-RPC batch: in a 2025-03-26 session every message is handled (at once) and the responses come
         back as one array (202 when all were notifications); elsewhere it is refused."""
         exch.method = "batch"
+        items = rpc.decode_any(body)  # unreadable JSON is a parse error whatever the session
         session = exch.session
         if session is None and exch.headers is not None and exch.headers.get("mcp-session-id"):
             session = self._session_of(exch)
@@ -367,7 +368,6 @@ class Dispatcher:
                 f"JSON-RPC batches are accepted only in sessions that negotiated protocol {BATCH_VERSION} "
                 f"({negotiated}); send one message per request",
             )
-        items = rpc.decode_any(body)
         if not items:
             raise RpcError(rpc.INVALID_REQUEST, "an empty JSON-RPC batch; send at least one message")
 
