@@ -80,7 +80,8 @@ def test_artifacts_and_recent_reports_newest_first_and_bounded(stores: Any) -> N
     reports.put_artifact(Artifact("gen-1", "test-module", "test_x.py", "text/x-python", 10.0), module)
     reports.put_artifact(Artifact("res-1", "result", "big", "application/json", 11.0), b"{}")
     reports.put_artifact(Artifact("gen-2", "test-module", "test_y.py", "text/x-python", 12.0), b"")
-    assert reports.get_artifact("gen-1") == (Artifact("gen-1", "test-module", "test_x.py", "text/x-python", 10.0), module)
+    first = Artifact("gen-1", "test-module", "test_x.py", "text/x-python", 10.0)
+    assert reports.get_artifact("gen-1") == (first, module)
     assert reports.get_artifact("gen-404") is None
     assert [a.id for a in reports.recent_artifacts("test-module", 10)] == ["gen-2", "gen-1"]
     assert [a.id for a in reports.recent_artifacts("result", 10)] == ["res-1"]
