@@ -258,13 +258,17 @@ async def test_stdio_both_eras_and_subscriptions(tmp_path: Path, workspace: Path
 
 
 async def test_subscribe_then_updated_over_the_session_stream(srv: ServerProcess) -> None:
-    """Handshake era over HTTP: the update arrives on the session's GET stream; unsubscribing stops it."""
+    """Handshake era over HTTP: the update arrives on the session's GET stream; unsubscribing stops it. A new
+    resource makes the list change, which every session's stream hears."""
     updates: list[str] = []
+    list_changed: list[bool] = []
 
     async def on_message(message: Any) -> None:
         root = getattr(message, "root", message)
         if getattr(root, "method", None) == "notifications/resources/updated":
             updates.append(root.params.uri)
+        if getattr(root, "method", None) == "notifications/resources/list_changed":
+            list_changed.append(True)
 
     async with Client(srv.url, mode="legacy", message_handler=on_message) as client:
         await client.call_tool("qe_memory_store", {"namespace": "watch", "key": "a/b", "value": 1})
@@ -281,6 +285,9 @@ async def test_subscribe_then_updated_over_the_session_stream(srv: ServerProcess
                 if updates:
                     break
         assert set(updates) == {uri}
+        with anyio.fail_after(10):
+            while not list_changed:  # "other" was new
+                await anyio.sleep(0.05)
         await client.session.unsubscribe_resource(uri)
         seen = len(updates)
         await client.call_tool("qe_memory_store", {"namespace": "watch", "key": "a/b", "value": 3})
@@ -317,6 +324,17 @@ async def test_large_results_come_as_a_summary_with_resource_links(srv: ServerPr
         tests_uri = f"aqe://tests/{generated.structured_content['generationId']}"
         assert tests_uri in {block.uri for block in generated.content if block.type == "resource_link"}
         assert (await _read(client, tests_uri)).text == module
+
+        # A tool without an outputSchema sends no structuredContent then: the linked resources hold it all.
+        inputs = [{"namespace": f"big-{mode}", "key": f"k{i}", "value": "v" * 200} for i in range(120)]
+        orchestrated = await client.call_tool(
+            "qe_task_orchestrate", {"task": {"tool": "qe_memory_store", "inputs": inputs}, "wait": True})
+        assert not orchestrated.is_error and orchestrated.structured_content is None
+        linked = [block.uri for block in orchestrated.content if block.type == "resource_link"]
+        assert linked[0].startswith("aqe://results/") and linked[1].startswith("aqe://tasks/task-")
+        whole = json.loads((await _read(client, linked[0])).text)
+        assert len(whole["task"]["subtasks"]) == 120 and whole["task"]["status"] == "completed"
+        assert len(json.loads((await _read(client, linked[1])).text)["subtasks"]) == 120
 
         # Under the limit nothing changes: the text is the structured content's JSON.
         small = await client.call_tool("qe_memory_retrieve", {"key": "nothing-here"})

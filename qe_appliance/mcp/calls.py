@@ -104,7 +104,7 @@ class ToolCalls:
             finally:
                 session.inflight.pop(msg_id, None)
         exch.tool, exch.call = tool.name, outcome
-        result = await sized(self.runner.services, tool.name, outcome)
+        result = await sized(self.runner.services, tool, outcome)
         if fuzzy:
             result.setdefault("_meta", {}).update({"io.aqe/requestedTool": name, "io.aqe/resolvedTool": tool.name})
         return result

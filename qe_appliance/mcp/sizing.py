@@ -5,8 +5,9 @@ A result's text is the JSON of its structuredContent. When that text is over `se
 summary (the same JSON with long strings cut and long lists shortened, each cut saying how much is left
 out) followed by `resource_link` items: `aqe://results/{id}`, which holds exactly the whole structuredContent,
 and the resources the result is about (the coverage report, its gaps, the generated module, the task).
-structuredContent still carries the whole object, since the tool's outputSchema requires it; the result's
-`_meta["io.aqe/resultText"]` says the text is a summary, how large the whole is, and where it is.
+structuredContent still carries the whole object when the tool has an outputSchema (which requires it); a
+tool without one (the fleet tools) then sends no structuredContent, since the resource holds it. The
+result's `_meta["io.aqe/resultText"]` says the text is a summary, how large the whole is, and where it is.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import msgspec
 
 from qe_appliance.services import Services
 from qe_appliance.tools.artifacts import RESULT, keep
-from qe_appliance.tools.base import ToolError
+from qe_appliance.tools.base import ToolError, ToolSpec
 from qe_appliance.tools.runner import CallResult
 from qe_appliance.uris import gaps_uri, memory_uri, report_uri, result_uri, task_uri, tests_uri
 
@@ -110,8 +111,9 @@ def _summary_text(tool: str, value: Any, size: int, limit: int, uri: str) -> str
     return (head + body).encode()[:limit].decode(errors="ignore")
 
 
-async def sized(services: Services, tool: str, outcome: CallResult) -> dict[str, Any]:
+async def sized(services: Services, spec: ToolSpec, outcome: CallResult) -> dict[str, Any]:
     """The CallToolResult of `outcome`, its text within server.maxResultTextBytes (see the module doc)."""
+    tool = spec.name
     result = outcome.wire()
     limit = services.config.server.max_result_text_bytes
     if outcome.value is None or len(outcome.value) <= limit:
@@ -132,5 +134,7 @@ async def sized(services: Services, tool: str, outcome: CallResult) -> dict[str,
     links += about(value) if about is not None and isinstance(value, dict) else []
     text = await asyncio.to_thread(_summary_text, tool, value, size, limit, uri)
     result["content"] = [{"type": "text", "text": text}, *links]
+    if spec.output_schema is None:
+        del result["structuredContent"]
     result.setdefault("_meta", {})[META_KEY] = {"complete": False, "bytes": size, "limit": limit, "resource": uri}
     return result
