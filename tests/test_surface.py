@@ -187,6 +187,9 @@ async def _exercise_prompts(client: Client, report: str) -> None:
     gate = await client.get_prompt("release-gate", {"report": report, "policy": "strict", "junit": "reports/junit.xml"})
     assert '"policyName": "strict"' in gate.messages[-1].content.text
 
+    triage = await client.get_prompt("triage-failures", {"junit": "reports/junit.xml"})
+    assert '"junitXml": "reports/junit.xml"' in triage.messages[0].content.text
+
     with pytest.raises(MCPError) as err:
         await client.get_prompt("release-gate", {"policy": "strict"})
     assert err.value.error.code == -32602 and "'report'" in err.value.error.message

@@ -82,6 +82,7 @@ class Completions:
             ("release-gate", "report"): _either(reports, paths),
             ("release-gate", "junit"): xml,
             ("triage-failures", "junit"): xml,
+            ("triage-failures", "path"): paths,
             ("explain-gap", "reportId"): reports,
             ("explain-gap", "file"): self._report_files("reportId"),
         }

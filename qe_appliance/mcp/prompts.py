@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -14,10 +13,10 @@ from typing import Any, Final
 from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.resources import Contents, Resources
+from qe_appliance.tools.coverage import REPORT_ID
 from qe_appliance.uris import gaps_uri, report_uri
 
 TTL_MS: Final = 300_000
-_REPORT_ID = re.compile(r"cov-[0-9a-f]{16}")
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ async def _generate_tests(prompts: Prompts, args: dict[str, str]) -> list[Messag
 
 async def _review_coverage(prompts: Prompts, args: dict[str, str]) -> list[Message]:
     report = args["report"]
-    if _REPORT_ID.fullmatch(report):
+    if REPORT_ID.fullmatch(report):
         embedded = await prompts.embed(report_uri(report))
         return [
             embedded,
@@ -102,7 +101,7 @@ async def _release_gate(prompts: Prompts, args: dict[str, str]) -> list[Message]
         known = ", ".join(sorted(prompts.resources.services.config.quality.policies))
         raise RpcError(rpc.INVALID_PARAMS, f"no policy named {policy!r} in quality.policies; known: {known}")
     inputs = {"coverageReport": report, **({"junitXml": junit} if junit else {})}
-    messages = [await prompts.embed(report_uri(report))] if _REPORT_ID.fullmatch(report) else []
+    messages = [await prompts.embed(report_uri(report))] if REPORT_ID.fullmatch(report) else []
     messages.append(_user(
         f"Decide whether this build may be released under the `{policy}` policy.\n\n"
         f"Call qe_quality_gate with {json.dumps({'policyName': policy, 'inputs': inputs})}. Report the verdict "
@@ -114,11 +113,11 @@ async def _release_gate(prompts: Prompts, args: dict[str, str]) -> list[Message]
 
 
 async def _triage_failures(prompts: Prompts, args: dict[str, str]) -> list[Message]:
-    junit = args["junit"]
+    junit, path = args["junit"], args.get("path") or "."
     return [_user(
         f"Triage the failing tests in `{junit}`.\n\n"
-        f"1. Call qe_quality_gate with {json.dumps({'inputs': {'junitXml': junit}})} to read the results "
-        "(failures, errors, skipped and the pass rate).\n"
+        f"1. Call qe_quality_metrics with {_args(path=path, junitXml=junit)}: its `tests` gives the counts "
+        "and `tests.failed` each failure with its message, beside the complexity of the code they test.\n"
         "2. For each failure, read its message and the code it exercises, and classify it: a bug in the code, a "
         "bug in the test, a flaky test (timing, order, shared state) or the environment (network, missing "
         "service, configuration).\n"
@@ -168,7 +167,9 @@ PROMPTS: Final[tuple[Prompt, ...]] = (
     Prompt(
         "triage-failures", "Triage test failures",
         "Classify the failures of a JUnit XML run and propose fixes.",
-        (Argument("junit", "JUnit XML results path (pytest, jest-junit, Maven Surefire)."),),
+        (Argument("junit", "JUnit XML results path (pytest, jest-junit, Maven Surefire)."),
+         Argument("path", "The code under test (file or directory); default: the first workspace root.",
+                  required=False)),
         _triage_failures,
     ),
     Prompt(

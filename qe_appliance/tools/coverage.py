@@ -45,7 +45,7 @@ _PATH = "Coverage report file under the server's workspace roots; or give conten
 _CONTENT = "The coverage report itself, inline; or give path."
 _REPORTS = msgspec.msgpack.Decoder(Report)
 _ENCODER = msgspec.msgpack.Encoder()
-_REPORT_ID = re.compile(r"cov-[0-9a-f]{16}")
+REPORT_ID = re.compile(r"cov-[0-9a-f]{16}")
 
 
 class CoverageAnalyzeInput(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
@@ -269,7 +269,7 @@ async def stored_report(ctx: ToolContext, rid: str) -> bytes | None:
         found = await retrying(reports.get, rid)
     if found is not None:
         return found[1]
-    if _REPORT_ID.fullmatch(rid):
+    if REPORT_ID.fullmatch(rid):
         raise ToolError(
             f"no stored report {rid!r}; run qe_coverage_analyze to get a reportId (the newest "
             f"{ctx.services.reports.max_reports} reports are kept)"
