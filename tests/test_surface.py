@@ -15,8 +15,10 @@ from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 from mcp_types import PromptReference, ResourceTemplateReference
 
+from qe_appliance.mcp.completion import workspace_paths
 from qe_appliance.mcp.dispatcher import INSTRUCTIONS
 from qe_appliance.tools import ALL_TOOLS
+from qe_appliance.workspace import Workspace
 from tests.conftest import ServerProcess, start_server, stdio_command
 from tests.test_http_edges import initialize, legacy, modern, request, rpc_error
 
@@ -57,6 +59,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "reports").mkdir()
     (root / "reports" / "junit.xml").write_text('<testsuite name="s" tests="1"><testcase name="t"/></testsuite>')
     (root / ".hidden").write_text("")
+    (root / "many").mkdir()
+    for i in range(150):
+        (root / "many" / f"f{i:03}.py").write_text("")
     return root
 
 
@@ -202,13 +207,12 @@ async def _exercise_completions(client: Client, report: str, namespace: str) -> 
     async def values(ref: Any, name: str, value: str, context: dict[str, str] | None = None) -> list[str]:
         done = await client.complete(ref, {"name": name, "value": value}, context)
         completion = done.completion
-        assert len(completion.values) <= 100 and completion.total is not None and completion.total >= len(
-            completion.values)
+        assert completion.has_more is False and completion.total == len(completion.values)
         return completion.values
 
     path = PromptReference(type="ref/prompt", name="generate-tests")
     assert await values(path, "path", "src/sh") == ["src/shipping.py", "src/shop.py"]
-    assert await values(path, "path", "") == ["reports/", "src/"]  # hidden files only when asked for
+    assert await values(path, "path", "") == ["many/", "reports/", "src/"]  # hidden files only when asked for
     assert await values(path, "path", "../") == []  # nothing outside the workspace roots
     assert await values(PromptReference(type="ref/prompt", name="release-gate"), "policy", "st") == ["strict"]
     assert await values(PromptReference(type="ref/prompt", name="release-gate"), "junit", "reports/") == [
@@ -342,6 +346,30 @@ async def test_large_results_come_as_a_summary_with_resource_links(srv: ServerPr
         # Under the limit nothing changes: the text is the structured content's JSON.
         small = await client.call_tool("qe_memory_retrieve", {"key": "nothing-here"})
         assert json.loads(small.content[0].text) == small.structured_content and len(small.content) == 1
+
+
+def test_path_completion_stays_inside_the_roots_and_is_bounded(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "many").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.py").write_text("")
+    (root / "escape").symlink_to(outside)
+    (root / "mod.py").write_text("")
+    for i in range(150):
+        (root / "many" / f"f{i:03}.py").write_text("")
+    workspace = Workspace([root], 1 << 20)
+    assert workspace_paths(workspace, "") == ["many/", "mod.py"]
+    assert workspace_paths(workspace, "escape/") == [] and workspace_paths(workspace, "../outside/") == []
+    assert workspace_paths(workspace, f"{root}/mo") == [f"{root}/mod.py"]
+    assert len(workspace_paths(workspace, "many/f")) == 150
+
+
+async def test_completion_says_when_there_is_more(srv: ServerProcess, workspace: Path) -> None:
+    async with Client(srv.url) as client:
+        done = await client.complete(PromptReference(type="ref/prompt", name="generate-tests"),
+                                     {"name": "path", "value": "many/f"})
+    assert len(done.completion.values) == 100 and done.completion.has_more is True
+    assert done.completion.values[0] == "many/f000.py"
 
 
 def test_descriptions_and_instructions_fit_clients() -> None:

@@ -110,8 +110,10 @@ class Completions:
         known = {k: v for k, v in given.items() if isinstance(v, str)} if isinstance(given, dict) else {}
         source = self._source(ref, name)
         values = await source(value, known) if source is not None else []
-        more = len(values) > MAX_VALUES
-        return {"completion": {"values": values[:MAX_VALUES], "total": len(values), "hasMore": more}}
+        if len(values) > MAX_VALUES:
+            # Sources stop looking past a bound (a directory's first entries, the newest ids): the total is unknown.
+            return {"completion": {"values": values[:MAX_VALUES], "hasMore": True}}
+        return {"completion": {"values": values, "total": len(values), "hasMore": False}}
 
     def _source(self, ref: dict[str, Any], name: str) -> Source | None:
         kind = ref.get("type")
