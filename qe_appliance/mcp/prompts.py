@@ -129,8 +129,6 @@ async def _triage_failures(prompts: Prompts, args: dict[str, str]) -> list[Messa
 
 async def _explain_gap(prompts: Prompts, args: dict[str, str]) -> list[Message]:
     report_id, file = args["reportId"], args["file"]
-    if await prompts.resources.gaps(report_id) is None:
-        raise RpcError(rpc.INVALID_PARAMS, f"no stored report {report_id!r}; qe_coverage_analyze returns reportIds")
     return [
         await prompts.embed(gaps_uri(report_id, file)),
         _user(

@@ -38,7 +38,7 @@ from qe_appliance.services import Services
 from qe_appliance.store.database import retrying
 from qe_appliance.tools.artifacts import RESULT, TEST_MODULE
 from qe_appliance.tools.base import ToolContext
-from qe_appliance.tools.coverage import COVERAGE_GAPS, CoverageGapsResult, decode_report, rank_all_gaps
+from qe_appliance.tools.coverage import COVERAGE_GAPS, decode_report, rank_all_gaps
 from qe_appliance.uris import (
     DASHBOARD_URI,
     POLICIES_URI,
@@ -165,7 +165,7 @@ class Resources:
         # Where work done for a tool's resource runs (a gap ranking: qe_coverage_gaps' fleet and timeout).
         self.context_for = context_for
         self.dashboard = dashboard
-        self._gaps: OrderedDict[str, tuple[float, CoverageGapsResult]] = OrderedDict()
+        self._gaps: OrderedDict[tuple[str, str | None], tuple[float, bytes]] = OrderedDict()
 
     # ---- listing ------------------------------------------------------------------------------------
 
@@ -272,26 +272,23 @@ class Resources:
     async def _gaps_of(self, uri: str, rest: list[str], params: dict[str, str]) -> Contents | str:
         if rest[1] != "gaps":
             return "the only resource under a report is /gaps"
-        ranked = await self.gaps(rest[0])
+        ranked = await self.gaps(rest[0], params.get("file"))
         if ranked is None:
             return f"no stored report {rest[0]!r}"
-        file = params.get("file")
-        if file is not None:
-            kept = [gap for gap in ranked.gaps if gap.file == file]
-            ranked = msgspec.structs.replace(ranked, gaps=kept, gaps_total=len(kept))
-        return Contents(uri, JSON, (await asyncio.to_thread(rpc.encoder.encode, ranked)).decode(), GAPS_CACHE_S_MS)
+        return Contents(uri, JSON, ranked.decode(), GAPS_CACHE_S_MS)
 
-    async def gaps(self, report_id: str) -> CoverageGapsResult | None:
-        """Every gap of a stored report, riskiest first (minRisk 0, no limit); None without the report."""
-        now = time.monotonic()
-        cached = self._gaps.get(report_id)
+    async def gaps(self, report_id: str, file: str | None = None) -> bytes | None:
+        """Every gap of a stored report (or of one of its files) as JSON, riskiest first; None without the
+        report. Rankings are kept for GAPS_CACHE_S: one reads sources and git history."""
+        now, key = time.monotonic(), (report_id, file)
+        cached = self._gaps.get(key)
         if cached is not None and now - cached[0] < GAPS_CACHE_S:
             return cached[1]
         found = await retrying(self.services.reports.get, report_id)
         if found is None:
             return None
-        ranked = await rank_all_gaps(self.context_for(COVERAGE_GAPS), report_id, found[1])
-        self._gaps[report_id] = (now, ranked)
+        ranked = await rank_all_gaps(self.context_for(COVERAGE_GAPS), report_id, found[1], file)
+        self._gaps[key] = (now, ranked)
         while len(self._gaps) > GAPS_CACHE_SIZE:
             self._gaps.popitem(last=False)
         return ranked

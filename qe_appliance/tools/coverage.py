@@ -190,8 +190,6 @@ class _GapsJob(msgspec.Struct, frozen=True):
     workspace: WorkspaceSpec
     args: CoverageGapsInput
     body: bytes | None
-    # Every gap, past the tool's limit argument (the aqe://coverage/{id}/gaps resource).
-    every: bool = False
 
 
 @fleet_job
@@ -303,7 +301,7 @@ def gaps_job(task: _GapsJob) -> CoverageGapsResult:
         churn_measured=analysis.churn_measured,
         gaps_total=len(analysis.gaps),
         severities=SeverityCounts(**counts),
-        gaps=kept if task.every else kept[: args.limit],
+        gaps=kept[: args.limit],
         warnings=analysis.warnings,
     )
     return result
@@ -319,11 +317,30 @@ async def coverage_gaps(ctx: ToolContext, args: CoverageGapsInput) -> CoverageGa
     return await gaps_job.run(ctx, _GapsJob(ctx.services.workspace.spec(), args, body))
 
 
-async def rank_all_gaps(ctx: ToolContext, report_id: str, body: bytes) -> CoverageGapsResult:
-    """Every gap of a stored report, riskiest first (minRisk 0, no limit: the aqe://coverage/{id}/gaps
-    resource, where the tool's own limit argument stops at 500)."""
-    args = CoverageGapsInput(report_id=report_id, min_risk=0.0)
-    return await gaps_job.run(ctx, _GapsJob(ctx.services.workspace.spec(), args, body, every=True))
+class _AllGapsJob(msgspec.Struct, frozen=True):
+    workspace: WorkspaceSpec
+    report_id: str
+    body: bytes
+    file: str | None
+
+
+@fleet_job
+def all_gaps_job(task: _AllGapsJob) -> bytes:
+    """Every gap (of one file, or all), encoded as JSON where it was ranked: tens of thousands of gaps never
+    cross back as Structs to decode on the event loop."""
+    # Built here, not decoded: the tool's limit argument stops at 500, this ranking has none.
+    args = CoverageGapsInput(report_id=task.report_id, min_risk=0.0, limit=2**62)
+    ranked = gaps_job(_GapsJob(task.workspace, args, task.body))
+    if task.file is not None:
+        kept = [gap for gap in ranked.gaps if gap.file == task.file]
+        ranked = msgspec.structs.replace(ranked, gaps=kept, gaps_total=len(kept))
+    return msgspec.json.encode(ranked)
+
+
+async def rank_all_gaps(ctx: ToolContext, report_id: str, body: bytes, file: str | None = None) -> bytes:
+    """Every gap of a stored report, riskiest first, as qe_coverage_gaps' JSON (minRisk 0, no limit: the
+    aqe://coverage/{id}/gaps resource); only `file`'s when given."""
+    return await all_gaps_job.run(ctx, _AllGapsJob(ctx.services.workspace.spec(), report_id, body, file))
 
 
 TOOLS: tuple[ToolSpec, ...] = (
