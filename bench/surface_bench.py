@@ -4,8 +4,9 @@ tool result, and whether /healthz keeps answering while the large reads run (not
 
     .venv/bin/python bench/surface_bench.py [--files 5000] [--rounds 9]
 
-Two servers on loopback, one after the other: the default limit (32 KiB) and a limit no result reaches
-(64 MiB), each asked the same calls through the official Python client (2026-07-28). Prints medians in ms.
+Servers on loopback, one after the other and alternating: the default limit (32 KiB) and a limit no result
+reaches (64 MiB), each asked the same calls through the official Python client (2026-07-28). Prints medians in
+ms (the lower of the alternating runs of each kind, as is the slowest /healthz).
 """
 
 from __future__ import annotations
@@ -104,14 +105,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=5000, help="files in the coverage report (10 gaps each)")
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--repeat", type=int, default=2, help="servers of each kind, alternating; the best kept")
     args = parser.parse_args(argv)
     report = lcov(args.files)
     print(f"report: {args.files} files, {args.files * 10} gaps, {len(report.encode()) / 1e6:.1f} MB of LCOV")
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {
-            "size rule (32 KiB)": run_one("default", 32_768, report, args.rounds, Path(tmp)),
-            "no size rule (64 MiB)": run_one("unbounded", 64 << 20, report, args.rounds, Path(tmp)),
-        }
+        # Alternating servers, each measured args.repeat times: a shared machine's load drifts.
+        runs: dict[str, tuple[dict[str, float], float]] = {}
+        for round_ in range(args.repeat):
+            for label, name, limit in (("size rule (32 KiB)", "default", 32_768),
+                                       ("no size rule (64 MiB)", "unbounded", 64 << 20)):
+                results, worst = run_one(f"{name}-{round_}", limit, report, args.rounds, Path(tmp))
+                if label in runs:
+                    before, worst_before = runs[label]
+                    results = {key: min(value, before[key]) for key, value in results.items()}
+                    worst = min(worst, worst_before)
+                runs[label] = (results, worst)
     names = list(next(iter(runs.values()))[0])
     print(f"{'median ms':46}" + "".join(f"{label:>24}" for label in runs))
     for name in names:
