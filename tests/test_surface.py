@@ -343,6 +343,12 @@ async def test_large_results_come_as_a_summary_with_resource_links(srv: ServerPr
         assert len(whole["task"]["subtasks"]) == 120 and whole["task"]["status"] == "completed"
         assert len(json.loads((await _read(client, linked[1])).text)["subtasks"]) == 120
 
+        # A prompt that names a report too large to embed links it instead.
+        big = (await client.call_tool("qe_coverage_analyze", {"content": lcov(1500, 1)})).structured_content
+        review = await client.get_prompt("review-coverage", {"report": big["reportId"]})
+        assert review.messages[0].content.type == "resource_link"
+        assert review.messages[0].content.uri == f"aqe://coverage/{big['reportId']}"
+
         # Under the limit nothing changes: the text is the structured content's JSON.
         small = await client.call_tool("qe_memory_retrieve", {"key": "nothing-here"})
         assert json.loads(small.content[0].text) == small.structured_content and len(small.content) == 1
@@ -444,6 +450,15 @@ def test_batches_only_in_2025_03_26_sessions(srv: ServerProcess) -> None:
     assert "default" in json.loads(replies[3]["result"]["contents"][0]["text"])
     notes = [{"jsonrpc": "2.0", "method": "notifications/initialized"}]
     assert request(srv, "POST", body=notes, headers=headers)[0] == 202
+
+    # 2025-03-26 has no resource_link content: a large result names its resources in the text instead.
+    analyze = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+               "params": {"name": "qe_coverage_analyze", "arguments": {"content": lcov(400), "maxFiles": 400}}}
+    status, _, raw = request(srv, "POST", body=analyze, headers=headers)
+    result = json.loads(raw)["result"]
+    assert status == 200 and [block["type"] for block in result["content"]] == ["text"]
+    text = result["content"][0]["text"]
+    assert len(text.encode()) <= LIMIT and "aqe://results/res-" in text and "aqe://coverage/cov-" in text
 
     newer = initialize(srv, "2025-11-25")
     status, _, raw = request(srv, "POST", body=batch, headers={"Mcp-Session-Id": newer})

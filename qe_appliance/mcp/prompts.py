@@ -30,7 +30,7 @@ class Argument:
 
 
 Message = dict[str, Any]
-Render = Callable[["Prompts", dict[str, str]], Awaitable[list[Message]]]
+Render = Callable[["Fill", dict[str, str]], Awaitable[list[Message]]]
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def _args(**values: str | None) -> str:
     return json.dumps({name: value for name, value in values.items() if value})
 
 
-async def _generate_tests(prompts: Prompts, args: dict[str, str]) -> list[Message]:
+async def _generate_tests(fill: Fill, args: dict[str, str]) -> list[Message]:
     path, framework = args["path"], args.get("framework") or "pytest"
     return [_user(
         f"Write tests for `{path}`.\n\n"
@@ -73,10 +73,10 @@ async def _generate_tests(prompts: Prompts, args: dict[str, str]) -> list[Messag
     )]
 
 
-async def _review_coverage(prompts: Prompts, args: dict[str, str]) -> list[Message]:
+async def _review_coverage(fill: Fill, args: dict[str, str]) -> list[Message]:
     report = args["report"]
     if REPORT_ID.fullmatch(report):
-        embedded = await prompts.embed(report_uri(report))
+        embedded = await fill.embed(report_uri(report))
         return [
             embedded,
             _user(
@@ -95,13 +95,13 @@ async def _review_coverage(prompts: Prompts, args: dict[str, str]) -> list[Messa
     )]
 
 
-async def _release_gate(prompts: Prompts, args: dict[str, str]) -> list[Message]:
+async def _release_gate(fill: Fill, args: dict[str, str]) -> list[Message]:
     policy, report, junit = args.get("policy") or "default", args["report"], args.get("junit")
-    if policy not in prompts.resources.services.config.quality.policies:
-        known = ", ".join(sorted(prompts.resources.services.config.quality.policies))
+    if policy not in fill.resources.services.config.quality.policies:
+        known = ", ".join(sorted(fill.resources.services.config.quality.policies))
         raise RpcError(rpc.INVALID_PARAMS, f"no policy named {policy!r} in quality.policies; known: {known}")
     inputs = {"coverageReport": report, **({"junitXml": junit} if junit else {})}
-    messages = [await prompts.embed(report_uri(report))] if REPORT_ID.fullmatch(report) else []
+    messages = [await fill.embed(report_uri(report))] if REPORT_ID.fullmatch(report) else []
     messages.append(_user(
         f"Decide whether this build may be released under the `{policy}` policy.\n\n"
         f"Call qe_quality_gate with {json.dumps({'policyName': policy, 'inputs': inputs})}. Report the verdict "
@@ -112,7 +112,7 @@ async def _release_gate(prompts: Prompts, args: dict[str, str]) -> list[Message]
     return messages
 
 
-async def _triage_failures(prompts: Prompts, args: dict[str, str]) -> list[Message]:
+async def _triage_failures(fill: Fill, args: dict[str, str]) -> list[Message]:
     junit, path = args["junit"], args.get("path") or "."
     return [_user(
         f"Triage the failing tests in `{junit}`.\n\n"
@@ -127,10 +127,10 @@ async def _triage_failures(prompts: Prompts, args: dict[str, str]) -> list[Messa
     )]
 
 
-async def _explain_gap(prompts: Prompts, args: dict[str, str]) -> list[Message]:
+async def _explain_gap(fill: Fill, args: dict[str, str]) -> list[Message]:
     report_id, file = args["reportId"], args["file"]
     return [
-        await prompts.embed(gaps_uri(report_id, file)),
+        await fill.embed(gaps_uri(report_id, file)),
         _user(
             f"Above are the uncovered blocks of `{file}` in coverage report {report_id}, riskiest first, each with "
             "the factors of its risk score. Explain the riskiest one: what the code does there, why no test "
@@ -138,6 +138,33 @@ async def _explain_gap(prompts: Prompts, args: dict[str, str]) -> list[Message]:
             "cover it, written out, in the test file the gap suggests."
         ),
     ]
+
+
+@dataclass(frozen=True)
+class Fill:
+    """One prompts/get: where embedded resources come from, and whether the client's revision has
+    resource_link content (2025-06-18 and later)."""
+
+    resources: Resources
+    links: bool
+
+    async def embed(self, uri: str) -> Message:
+        """A user message carrying the resource at `uri`: embedded, or linked when over the result size limit."""
+        try:
+            contents: Contents = await self.resources.contents(uri, modern=True)
+        except RpcError as exc:
+            raise RpcError(rpc.INVALID_PARAMS, exc.message, exc.data) from None
+        limit = self.resources.services.config.server.max_result_text_bytes
+        size = len(contents.text.encode())
+        if size > limit:
+            if not self.links:
+                return _user(f"The resource {uri} ({size} bytes) is too large to include: read it with "
+                             "resources/read if you need it.")
+            link = {"type": "resource_link", "uri": uri, "name": uri.removeprefix("aqe://"),
+                    "mimeType": contents.mime_type}
+            return {"role": "user", "content": link}
+        resource = {"uri": uri, "mimeType": contents.mime_type, "text": contents.text}
+        return {"role": "user", "content": {"type": "resource", "resource": resource}}
 
 
 PROMPTS: Final[tuple[Prompt, ...]] = (
@@ -196,7 +223,9 @@ class Prompts:
             result["cacheScope"] = "public"
         return result
 
-    async def get(self, name: Any, arguments: Any) -> dict[str, Any]:
+    async def get(self, name: Any, arguments: Any, links: bool = True) -> dict[str, Any]:
+        """The prompt filled in; without `links` (a revision before resource_link) a large embedded resource
+        is named in a text message instead."""
         prompt = self.by_name.get(name) if isinstance(name, str) else None
         if prompt is None:
             raise RpcError(
@@ -220,19 +249,6 @@ class Prompts:
                 f"prompt {prompt.name!r} needs argument {', '.join(map(repr, missing))}: "
                 + "; ".join(f"{a.name}: {a.description}" for a in prompt.arguments if a.name in missing),
             )
-        messages = await prompt.render(self, {key: value.strip() for key, value in given.items()})
+        fill = Fill(self.resources, links)
+        messages = await prompt.render(fill, {key: value.strip() for key, value in given.items()})
         return {"description": prompt.description, "messages": messages}
-
-    async def embed(self, uri: str) -> Message:
-        """A user message carrying the resource at `uri`: embedded, or linked when over the result size limit."""
-        try:
-            contents: Contents = await self.resources.contents(uri, modern=True)
-        except RpcError as exc:
-            raise RpcError(rpc.INVALID_PARAMS, exc.message, exc.data) from None
-        limit = self.resources.services.config.server.max_result_text_bytes
-        if len(contents.text.encode()) > limit:
-            link = {"type": "resource_link", "uri": uri, "name": uri.removeprefix("aqe://"),
-                    "mimeType": contents.mime_type}
-            return {"role": "user", "content": link}
-        resource = {"uri": uri, "mimeType": contents.mime_type, "text": contents.text}
-        return {"role": "user", "content": {"type": "resource", "resource": resource}}

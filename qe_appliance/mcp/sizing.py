@@ -25,6 +25,8 @@ from qe_appliance.tools.runner import CallResult
 from qe_appliance.uris import gaps_uri, memory_uri, report_uri, result_uri, task_uri, tests_uri
 
 META_KEY: Final = "io.aqe/resultText"
+# The first revision with resource_link content items.
+LINKS_SINCE: Final = "2025-06-18"
 # Summary shapes: strings cut to this many characters, lists to this many items, nesting to this depth.
 STRING_CUT: Final = 300
 LIST_CUT: Final = 5
@@ -111,8 +113,14 @@ def _summary_text(tool: str, value: Any, size: int, limit: int, uri: str) -> str
     return (head + body).encode()[:limit].decode(errors="ignore")
 
 
-async def sized(services: Services, spec: ToolSpec, outcome: CallResult) -> dict[str, Any]:
-    """The CallToolResult of `outcome`, its text within server.maxResultTextBytes (see the module doc)."""
+def links_supported(version: str) -> bool:
+    """Whether a protocol revision has `resource_link` content (2025-06-18 and later)."""
+    return version >= LINKS_SINCE
+
+
+async def sized(services: Services, spec: ToolSpec, outcome: CallResult, links: bool = True) -> dict[str, Any]:
+    """The CallToolResult of `outcome`, its text within server.maxResultTextBytes (see the module doc).
+    Without `links` (a client of a revision before resource_link), the links are listed in the text."""
     tool = spec.name
     result = outcome.wire()
     limit = services.config.server.max_result_text_bytes
@@ -130,10 +138,16 @@ async def sized(services: Services, spec: ToolSpec, outcome: CallResult) -> dict
         return result
     uri = result_uri(result_id)
     about = ABOUT.get(tool)
-    links = [_link(uri, f"results/{result_id}", title, "application/json")]
-    links += about(value) if about is not None and isinstance(value, dict) else []
-    text = await asyncio.to_thread(_summary_text, tool, value, size, limit, uri)
-    result["content"] = [{"type": "text", "text": text}, *links]
+    resources = [_link(uri, f"results/{result_id}", title, "application/json")]
+    resources += about(value) if about is not None and isinstance(value, dict) else []
+    # Listed in the text, the links take room of their own.
+    budget = limit if links else max(limit // 2, limit - 1024)
+    text = await asyncio.to_thread(_summary_text, tool, value, size, budget, uri)
+    if links:
+        result["content"] = [{"type": "text", "text": text}, *resources]
+    else:
+        listed = "".join(f"\n{item['title']}: {item['uri']}" for item in resources)
+        result["content"] = [{"type": "text", "text": text + "\n\nResources (resources/read):" + listed}]
     if spec.output_schema is None:
         del result["structuredContent"]
     result.setdefault("_meta", {})[META_KEY] = {"complete": False, "bytes": size, "limit": limit, "resource": uri}

@@ -13,6 +13,7 @@ from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.prompts import Prompts
 from qe_appliance.mcp.resources import Resources
 from qe_appliance.mcp.sessions import SessionTable
+from qe_appliance.mcp.sizing import links_supported
 from qe_appliance.mcp.updates import ResourceUpdates
 from qe_appliance.services import Services
 from qe_appliance.tools.base import ToolContext
@@ -81,7 +82,9 @@ class Surface:
         return self.prompts.listing(call.params.get("cursor"), call.modern)
 
     async def _get_prompt(self, call: MethodCall) -> dict[str, Any]:
-        return await self.prompts.get(call.params.get("name"), call.params.get("arguments"))
+        session = call.session
+        links = call.modern or session is None or links_supported(session.protocol_version)
+        return await self.prompts.get(call.params.get("name"), call.params.get("arguments"), links)
 
     async def _complete(self, call: MethodCall) -> dict[str, Any]:
         return await self.completions.complete(call.params)
