@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import http_bench as hb
-
 from mcp import Client
 
 
