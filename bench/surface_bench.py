@@ -25,14 +25,9 @@ from typing import Any
 import http_bench as hb
 from mcp import Client
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-def lcov(files: int, gaps_per_file: int = 10) -> str:
-    out = []
-    for i in range(files):
-        out.append(f"SF:src/pkg{i % 50}/mod{i}.py")
-        out += [f"DA:{n},{1 if n % 4 in (1, 2) else 0}" for n in range(1, 4 * gaps_per_file + 1)]
-        out.append("end_of_record")
-    return "\n".join(out) + "\n"
+from tests.sample_reports import lcov_gaps as lcov  # noqa: E402
 
 
 class Prober(threading.Thread):

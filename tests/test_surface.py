@@ -20,6 +20,7 @@ from qe_appliance.mcp.dispatcher import INSTRUCTIONS
 from qe_appliance.tools import ALL_TOOLS
 from qe_appliance.workspace import Workspace
 from tests.conftest import ServerProcess, start_server, stdio_command
+from tests.sample_reports import lcov_gaps as lcov
 from tests.test_http_edges import initialize, legacy, modern, request, rpc_error
 
 pytestmark = pytest.mark.anyio
@@ -30,16 +31,6 @@ LIMIT = 32_768
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def lcov(files: int, gaps_per_file: int = 10) -> str:
-    """An LCOV report of `files` files with `gaps_per_file` two-line gaps each."""
-    out = []
-    for i in range(files):
-        out.append(f"SF:src/mod{i}.py")
-        out += [f"DA:{n},{1 if n % 4 in (1, 2) else 0}" for n in range(1, 4 * gaps_per_file + 1)]
-        out.append("end_of_record")
-    return "\n".join(out) + "\n"
 
 
 # 90 functions with a branch each: the static module for it is well over 32 KiB.

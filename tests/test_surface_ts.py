@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tests.components import missing
 from tests.conftest import ServerProcess
+from tests.sample_reports import lcov_gaps as lcov
 from tests.test_http_edges import modern, request
-from tests.test_surface import lcov
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "ts_client.cjs"
