@@ -215,6 +215,13 @@ async def _exercise_completions(client: Client, report: str, namespace: str) -> 
     memory = ResourceTemplateReference(type="ref/resource", uri="aqe://memory/{namespace}/{key}")
     assert namespace in await values(memory, "namespace", "ns-")
     assert await values(memory, "key", "runs", {"namespace": namespace}) == ["runs/42"]
+    tasks = ResourceTemplateReference(type="ref/resource", uri="aqe://tasks/{taskId}")
+    assert all(value.startswith("task-") for value in await values(tasks, "taskId", "task-")) and await values(
+        tasks, "taskId", "task-")
+    generations = ResourceTemplateReference(type="ref/resource", uri="aqe://tests/{generationId}")
+    assert all(value.startswith("gen-") for value in await values(generations, "generationId", ""))
+    gaps = ResourceTemplateReference(type="ref/resource", uri="aqe://coverage/{reportId}/gaps{?file}")
+    assert await values(gaps, "file", "src/mod1", {"reportId": report}) == ["src/mod1.py"]
     with pytest.raises(MCPError) as err:
         await client.complete(PromptReference(type="ref/prompt", name="nope"), {"name": "x", "value": ""})
     assert err.value.error.code == -32602
