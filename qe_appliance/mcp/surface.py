@@ -3,6 +3,7 @@ handshake-era subscriptions), prompts and completions."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from qe_appliance.mcp.sessions import SessionTable
 from qe_appliance.mcp.sizing import links_supported
 from qe_appliance.mcp.updates import ResourceUpdates
 from qe_appliance.services import Services
+from qe_appliance.store.database import StoreError
 from qe_appliance.tools.base import ToolContext
 
 
@@ -33,7 +35,7 @@ class Surface:
         self.updates = ResourceUpdates(services.changes, sessions)
 
     def methods(self) -> dict[str, Method]:
-        return {
+        table: dict[str, Method] = {
             "resources/list": self._list_resources,
             "resources/templates/list": self._list_templates,
             "resources/read": self._read,
@@ -43,6 +45,7 @@ class Surface:
             "prompts/get": self._get_prompt,
             "completion/complete": self._complete,
         }
+        return {name: _store_failures(method) for name, method in table.items()}
 
     async def _list_resources(self, call: MethodCall) -> dict[str, Any]:
         return await self.resources.listing(call.params.get("cursor"), call.modern)
@@ -88,3 +91,16 @@ class Surface:
 
     async def _complete(self, call: MethodCall) -> dict[str, Any]:
         return await self.completions.complete(call.params)
+
+
+def _store_failures(method: Method) -> Method:
+    """A store that fails (busy past its deadline, gone, unreachable) answers -32603 saying so, not a traceback."""
+
+    async def guarded(call: MethodCall) -> dict[str, Any]:
+        try:
+            return await method(call)
+        except (StoreError, sqlite3.Error) as exc:
+            raise RpcError(rpc.INTERNAL_ERROR, f"the store failed: {exc}; retry, and see the server log if it "
+                           "persists") from exc
+
+    return guarded
