@@ -116,8 +116,16 @@ def test_a_lost_server_makes_readiness_503_and_calls_fail_retryably_until_it_is_
     srv = start_server(tmp_path, pg_block(postgres))
     try:
         assert call(srv, "qe_memory_store", {"key": "before", "value": 1})["persisted"] is True
+        read = {"uri": "aqe://memory/default/before"}
+        body, headers = modern("resources/read", read)
+        headers["Mcp-Name"] = read["uri"]
+        status, _, raw = request(srv, "POST", body=body, headers=headers)
+        assert status == 200 and json.loads(json.loads(raw)["result"]["contents"][0]["text"])["value"] == 1
         postgres.stop("fast")
         try:
+            # A resource read fails as a tool call does: unready (503), or a JSON-RPC error naming the store.
+            status, _, raw = request(srv, "POST", body=body, headers=headers)
+            assert status == 503 or (json.loads(raw)["error"]["code"] == -32603 and b"PostgreSQL" in raw), raw
             body, headers = modern("tools/call", {"name": "qe_memory_store", "arguments": {"key": "k", "value": 2}})
             status, _, raw = request(srv, "POST", body=body, headers=headers)
             assert b'"persisted":true' not in raw
