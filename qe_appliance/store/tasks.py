@@ -195,7 +195,8 @@ class TaskStore:
             ).rowcount
             if closed:
                 self._db.execute(
-                    "UPDATE subtask SET status = ?, result = ?, error = ?, finished_at = ? WHERE task_id = ? AND idx = 0",
+                    "UPDATE subtask SET status = ?, result = ?, error = ?, finished_at = ? "
+                    "WHERE task_id = ? AND idx = 0",
                     (CALL_SUBTASK[status], result, error, now, task_id),
                 )
         return bool(closed)

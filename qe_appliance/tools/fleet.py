@@ -238,5 +238,6 @@ TOOLS: tuple[ToolSpec, ...] = (
         ),
         input_type=TaskOrchestrateInput,
         handler=task_orchestrate,
+        task_support="optional",
     ),
 )
