@@ -104,7 +104,9 @@ async def test_acknowledged_first_tagged_filtered_bounded_and_ended_gracefully_b
             assert response.status_code == 200 and response.headers["content-type"] == "text/event-stream"
             ack = await next_message(tools)
             assert ack["method"] == "notifications/subscriptions/acknowledged"
-            assert ack["params"] == {"_meta": {SUBSCRIPTION_ID: "tools-sub"}, "notifications": {"toolsListChanged": True}}
+            assert ack["params"] == {
+                "_meta": {SUBSCRIPTION_ID: "tools-sub"}, "notifications": {"toolsListChanged": True}
+            }
             ack = await next_message(others)
             assert ack["params"]["_meta"] == {SUBSCRIPTION_ID: 7}
             assert ack["params"]["notifications"] == {
