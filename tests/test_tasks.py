@@ -143,10 +143,16 @@ async def test_a_verified_generation_runs_as_a_task_polled_to_its_result(server:
 async def test_tasks_result_blocks_until_the_task_ends_and_a_tool_error_is_a_completed_task(
     server: ServerProcess,
 ) -> None:
-    async with Client(server.url, mode="legacy") as client:
+    watcher = StatusWatcher()
+    async with Client(server.url, mode="legacy", extensions=[watcher]) as client:
         task = await augmented(client, "qe_test_generate", {**VERIFY, "module": "blockmod"})
         final = await result(client, task.task_id)  # no polling: tasks/result waits
         assert not final.is_error and final.structured_content["verification"]["passed"] > 0
+        # The session's GET stream carried notifications/tasks/status when the task completed.
+        with anyio.fail_after(5):
+            while not watcher.statuses:
+                await anyio.sleep(0.05)
+        assert (watcher.statuses[0].task_id, watcher.statuses[0].status) == (task.task_id, "completed")
         broken = await augmented(client, "qe_test_generate", {"source": "def broken(:\n"})
         answer = await result(client, broken.task_id)
         assert answer.is_error and "syntax" in answer.content[0].text.lower()
