@@ -427,3 +427,38 @@ async def test_tasks_over_stdio_with_their_status_notification(tmp_path: Path) -
     async with Client(StdioServerParameters(command=command, args=args, env=env), extensions=[extension]) as client:
         final = await client.call_tool("qe_test_generate", {"source": SOURCE, "oracle": "static"})
         assert not final.is_error and extension.handles
+
+
+# ---- another instance on the same PostgreSQL store ----------------------------------------------------------
+
+
+def test_another_instance_on_the_same_postgresql_store_answers_waits_and_cancels(
+    postgres: Any, tmp_path: Path
+) -> None:
+    store = {"store": {"url": postgres.tcp_url(postgres.database()), "passwordFile": str(postgres.password_file)},
+             "server": OPEN}
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+    first = start_server(tmp_path / "a", store)
+    second = start_server(tmp_path / "b", store)
+    subject = _subject()
+
+    async def session() -> None:
+        async with Client(first.url, mode="legacy") as one, Client(second.url, mode="legacy") as other:
+            task = await augmented(one, "qe_test_generate", {**VERIFY, "module": "sharedmod"})
+            final = await result(other, task.task_id)  # waits on the store for the first instance's work
+            assert final.structured_content["verification"]["passed"] > 0
+            assert task.task_id in await listed(other)
+            hung = await augmented(one, "qe_test_generate",
+                                   {"source": HANG, "module": subject, "verify": True, "oracle": "static"})
+            await anyio.to_thread.run_sync(_wait_for, lambda: _runs_of(subject), 30, "no pytest run started")
+            assert (await cancel(other, hung.task_id)).status == "cancelled"
+
+    try:
+        anyio.run(session)
+        # The first instance sees the cancel in the store (it looks every 2 s) and stops its work.
+        _wait_for(lambda: not _runs_of(subject), 10, "the first instance did not stop the cancelled run")
+        _assert_stopped(first, subject)
+    finally:
+        first.stop()
+        second.stop()
