@@ -348,6 +348,13 @@ async def test_tasks_are_listed_read_and_cancelled_only_by_the_token_that_create
                     await call(bob, mine[0])
                 assert hidden.value.error.code == -32602 and "no task" in hidden.value.error.message
             assert not (await result(alice, mine[0])).is_error
+            # qe_fleet_status shows a call task to its creator only, and lists none in its overview.
+            own = await alice.call_tool("qe_fleet_status", {"taskId": mine[0]})
+            assert own.structured_content["task"]["subtasks"][0]["status"] == "completed"
+            peek = await bob.call_tool("qe_fleet_status", {"taskId": mine[0]})
+            assert peek.is_error and "no task" in peek.content[0].text
+            overview = await bob.call_tool("qe_fleet_status", {})
+            assert not {task["taskId"] for task in overview.structured_content["tasks"]} & set(mine)
         async with _with_token(srv.url, TOKEN_B, extensions=[TasksExtension()]) as bob_modern:
             with pytest.raises(MCPError):
                 await bob_modern.session.send_request(GetTask(params=t.GetTaskRequestParams(task_id=mine[1])),

@@ -162,7 +162,7 @@ class ToolCalls:
         HTTP guard refuses /mcp without a valid one)."""
         if exch.headers is None:
             return STDIO
-        return Caller("http", authenticated=self.runner.services.config.server.auth.enabled)
+        return Caller("http", authenticated=self.runner.services.config.server.auth.enabled, principal=exch.principal)
 
 
 def _status_channel(modern: bool, exch: Inbound, session: Session | None) -> Notify | None:

@@ -57,7 +57,7 @@ from qe_appliance.store.patterns import (
 )
 from qe_appliance.store.pgurl import read_password
 from qe_appliance.store.reports import MAX_REPORTS, StoredReport
-from qe_appliance.store.tasks import CALL_COLUMNS, CALL_SUBTASK, call_row, subtask_row, task_row
+from qe_appliance.store.tasks import CALL_COLUMNS, CALL_STRATEGY, CALL_SUBTASK, call_row, subtask_row, task_row
 
 log = logging.getLogger("aqe_mcp.store")
 
@@ -915,8 +915,8 @@ class PgTaskStore:
         async with self.database.connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO task (id, kind, strategy, priority, status, total, created_at, owner_host, owner_pid) "
-                "VALUES ($1, $2, 'call', 'normal', 'running', 1, $3, $4, $5)",
-                task_id, kind, now, self._host, self._pid,
+                "VALUES ($1, $2, $3, 'normal', 'running', 1, $4, $5, $6)",
+                task_id, kind, CALL_STRATEGY, now, self._host, self._pid,
             )
             await conn.execute(
                 "INSERT INTO subtask (task_id, idx, input, status, started_at) VALUES ($1, 0, $2, 'running', $3)",

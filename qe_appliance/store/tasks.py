@@ -17,6 +17,8 @@ import msgspec
 from qe_appliance.instances import pid_alive
 from qe_appliance.store.database import Database, open_database, retry_sync, transaction
 
+# The strategy of a task that is one tool call run as an MCP task (or `background: true`).
+CALL_STRATEGY = "call"
 # A tools/call run as an MCP task (task-augmented, or `background: true`): one task with one subtask (its
 # arguments in, its value or error message out), readable and cancellable only by the principal that created it,
 # and deleted once its ttl has run out. Both backends add this step.
@@ -171,8 +173,8 @@ class TaskStore:
         with self.database.durable(), transaction(self._db):
             self._db.execute(
                 "INSERT INTO task (id, kind, strategy, priority, status, total, created_at, owner) "
-                "VALUES (?, ?, 'call', 'normal', 'running', 1, ?, ?)",
-                (task_id, kind, now, self._pid),
+                "VALUES (?, ?, ?, 'normal', 'running', 1, ?, ?)",
+                (task_id, kind, CALL_STRATEGY, now, self._pid),
             )
             self._db.execute(
                 "INSERT INTO subtask (task_id, idx, input, status, started_at) VALUES (?, 0, ?, 'running', ?)",

@@ -9,6 +9,7 @@ import msgspec
 from qe_appliance.config import AgentType
 from qe_appliance.fleet.pipelines import PIPELINES, pass_input
 from qe_appliance.store.database import retrying
+from qe_appliance.store.tasks import CALL_STRATEGY
 from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec, no_progress
 
 if TYPE_CHECKING:
@@ -142,6 +143,11 @@ async def fleet_status(ctx: ToolContext, args: FleetStatusInput) -> dict[str, An
     store: TaskBackend = ctx.services.tasks
     if args.task_id is not None:
         task = await retrying(store.get, args.task_id)
+        if task is not None and task["strategy"] == CALL_STRATEGY:
+            # A tool call run as a task (MCP tasks, background: true) is its creator's, as tasks/get says.
+            call = await retrying(store.get_call, args.task_id)
+            if call is None or call["principal"] != ctx.caller.principal:
+                task = None
         if task is None:
             raise ToolError(f"no task {args.task_id!r}; taskIds come from qe_task_orchestrate")
         return {"task": task}
@@ -149,7 +155,8 @@ async def fleet_status(ctx: ToolContext, args: FleetStatusInput) -> dict[str, An
     if not args.verbose:
         keep = ("id", "type", "status", "capacity", "inFlight", "ewmaMs", "completed", "failed")
         status["agents"] = [{k: a.get(k) for k in keep} for a in status["agents"]]
-    status["tasks"] = await retrying(store.recent, 20 if args.verbose else 5)
+    recent = await retrying(store.recent, 20 if args.verbose else 5)
+    status["tasks"] = [task for task in recent if task["strategy"] != CALL_STRATEGY]  # callers' own: by taskId only
     return status
 
 
