@@ -16,24 +16,14 @@ from qe_appliance.mcp.headers import HeaderParam, check_param_headers, header_pa
 from qe_appliance.mcp.inbound import Inbound, Send
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.sessions import LOG_LEVELS, Session
-from qe_appliance.mcp.subscriptions import TASKS_EXTENSION
-from qe_appliance.mcp.tasks import (
-    TASKS_VERSION,
-    Notify,
-    ToolTasks,
-    background_result,
-    create_task_result,
-    split_background,
-)
+from qe_appliance.mcp.tasks import ToolTasks, split_background, wants_task
 from qe_appliance.monitoring.monitor import Monitor
 from qe_appliance.registry import ToolRegistry, UnknownToolError
 from qe_appliance.sandbox import STDIO, Caller
-from qe_appliance.tools.base import ToolSpec, no_log, no_progress
+from qe_appliance.tools.base import no_log, no_progress
 from qe_appliance.tools.runner import CallResult, ToolRunner
 
 REQUEST_CANCELLED = rpc.REQUEST_CANCELLED
-# resource_link content items exist from this revision on.
-RESOURCE_LINK_VERSIONS = frozenset({"2025-06-18", "2025-11-25", *rpc.MODERN_VERSIONS})
 
 _plain = msgspec.json.Decoder()
 
@@ -100,17 +90,11 @@ class ToolCalls:
             arguments, background = split_background(tool, arguments)
         except ValueError as exc:
             return CallResult("caller-error", message=str(exc)).wire()
-        augmented = self._augmented(tool, modern, params.task, meta, session)
-        if background or augmented:
-            record = await self.tasks.start(
-                tool, _plain.decode(arguments or b"{}") if isinstance(arguments, bytes) else arguments,
-                caller=self._caller(exch), principal=exch.principal, notify=_status_channel(modern, exch, session),
-                ttl_ms=params.task.get("ttl") if augmented and not modern else None,
+        if background or wants_task(tool, modern, params.task, meta, session):
+            # Answered at once; the call runs in the background through the runner all the same.
+            return await self.tasks.accept(
+                tool, arguments, background, modern, params.task, exch, session, self._caller(exch)
             )
-            if background:
-                version = rpc.MODERN_VERSIONS[0] if modern or session is None else session.protocol_version
-                return background_result(record, version in RESOURCE_LINK_VERSIONS)
-            return create_task_result(record, modern)
         token = meta.get("progressToken")
         send = exch.send
         progress = no_progress if token is None or send is None else _progress_fn(token, send)
@@ -137,55 +121,12 @@ class ToolCalls:
             result.setdefault("_meta", {}).update({"io.aqe/requestedTool": name, "io.aqe/resolvedTool": tool.name})
         return result
 
-    @staticmethod
-    def _augmented(tool: ToolSpec, modern: bool, task: Any, meta: dict[str, Any], session: Session | None) -> bool:
-        """Whether this call runs as a task: asked for with params.task (2025-11-25), or chosen by the server
-        for a tool that may run as one when the client declares the tasks extension (2026-07-28)."""
-        if modern:
-            capabilities = meta.get(rpc.META_CLIENT_CAPABILITIES)
-            extensions = capabilities.get("extensions") if isinstance(capabilities, dict) else None
-            return tool.task_support == "optional" and isinstance(extensions, dict) and TASKS_EXTENSION in extensions
-        if task is None or session is None or session.protocol_version != TASKS_VERSION:
-            return False  # an era without tasks ignores the field, as the specification says
-        if not isinstance(task, dict) or not isinstance(task.get("ttl", 0), int | None):
-            raise RpcError(rpc.INVALID_PARAMS, 'params.task must be an object such as {"ttl": 60000} (ms)')
-        if tool.task_support != "optional":
-            raise RpcError(
-                rpc.METHOD_NOT_FOUND,
-                f"{tool.name} does not run as a task (execution.taskSupport is forbidden): call it without "
-                "params.task",
-            )
-        return True
-
     def _caller(self, exch: Inbound) -> Caller:
         """stdio has no headers; over HTTP a caller is authenticated when the server checks tokens (the
         HTTP guard refuses /mcp without a valid one)."""
         if exch.headers is None:
             return STDIO
         return Caller("http", authenticated=self.runner.services.config.server.auth.enabled, principal=exch.principal)
-
-
-def _status_channel(modern: bool, exch: Inbound, session: Session | None) -> Notify | None:
-    """Where notifications/tasks/status for a 2025-11-25 task go: the stdio connection, or the session's
-    GET /mcp stream when one is open then. (2026-07-28 clients hear of tasks on subscriptions/listen.)"""
-    if modern or session is None:
-        return None
-    send = exch.send
-    if exch.headers is None and send is not None:
-        pending: set[asyncio.Task[None]] = set()
-
-        def to_stdout(event: bytes) -> None:
-            write = asyncio.ensure_future(send(event))
-            pending.add(write)
-            write.add_done_callback(pending.discard)
-
-        return to_stdout
-
-    def to_stream(event: bytes) -> None:
-        for queue in session.listeners:
-            queue.put_nowait(event)
-
-    return to_stream
 
 
 def _progress_fn(token: Any, send: Send) -> Callable[[float, float | None, str | None], Awaitable[None]]:

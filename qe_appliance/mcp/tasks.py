@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from qe_appliance.mcp import jsonrpc as rpc
+from qe_appliance.mcp.inbound import Inbound
 from qe_appliance.mcp.jsonrpc import RpcError
+from qe_appliance.mcp.sessions import Session
 from qe_appliance.mcp.subscriptions import TASKS_EXTENSION, Subscriptions
 from qe_appliance.sandbox import Caller
 from qe_appliance.store.database import retrying
@@ -67,6 +69,9 @@ MCP_STATUS: Final = {
     "cancelled": "cancelled",
     "interrupted": "failed",
 }
+
+# resource_link content items exist from this revision on.
+RESOURCE_LINK_VERSIONS: Final = frozenset({"2025-06-18", "2025-11-25", *rpc.MODERN_VERSIONS})
 
 Notify = Callable[[bytes], None]
 
@@ -111,6 +116,22 @@ class ToolTasks:
         running.work = asyncio.create_task(self._run(task_id, tool, arguments, caller, running))
         self._running[task_id] = running
         return record
+
+    async def accept(
+        self, tool: ToolSpec, arguments: bytes | Any, background: bool, modern: bool, task: Any, exch: Inbound,
+        session: Session | None, caller: Caller,
+    ) -> dict[str, Any]:
+        """Start a call as a task and return its answer: a CreateTaskResult in the era's shape, or for
+        `background: true` a normal result that points at the task."""
+        record = await self.start(
+            tool, _plain.decode(arguments or b"{}") if isinstance(arguments, bytes) else arguments,
+            caller=caller, principal=exch.principal, notify=status_channel(modern, exch, session),
+            ttl_ms=task.get("ttl") if isinstance(task, dict) and not modern and not background else None,
+        )
+        if background:
+            version = rpc.MODERN_VERSIONS[0] if modern or session is None else session.protocol_version
+            return background_result(record, version in RESOURCE_LINK_VERSIONS)
+        return create_task_result(record, modern)
 
     async def _run(self, task_id: str, tool: ToolSpec, arguments: Any, caller: Caller, running: Running) -> None:
         async def progress(value: float, total: float | None = None, message: str | None = None) -> None:
@@ -309,6 +330,49 @@ def split_background(tool: ToolSpec, arguments: bytes | Any) -> tuple[bytes | An
     if not isinstance(flag, bool):
         raise ValueError(f"invalid arguments for {tool.name}: background must be true or false; got {flag!r}")
     return values, flag
+
+
+def wants_task(tool: ToolSpec, modern: bool, task: Any, meta: dict[str, Any], session: Session | None) -> bool:
+    """Whether this call runs as a task: asked for with params.task (2025-11-25), or chosen by the server
+    for a tool that may run as one when the client declares the tasks extension (2026-07-28)."""
+    if modern:
+        capabilities = meta.get(rpc.META_CLIENT_CAPABILITIES)
+        extensions = capabilities.get("extensions") if isinstance(capabilities, dict) else None
+        return tool.task_support == "optional" and isinstance(extensions, dict) and TASKS_EXTENSION in extensions
+    if task is None or session is None or session.protocol_version != TASKS_VERSION:
+        return False  # an era without tasks ignores the field, as the specification says
+    if not isinstance(task, dict) or not isinstance(task.get("ttl", 0), int | None):
+        raise RpcError(rpc.INVALID_PARAMS, 'params.task must be an object such as {"ttl": 60000} (ms)')
+    if tool.task_support != "optional":
+        raise RpcError(
+            rpc.METHOD_NOT_FOUND,
+            f"{tool.name} does not run as a task (execution.taskSupport is forbidden): call it without "
+            "params.task",
+        )
+    return True
+
+
+def status_channel(modern: bool, exch: Inbound, session: Session | None) -> Notify | None:
+    """Where notifications/tasks/status for a 2025-11-25 task go: the stdio connection, or the session's
+    GET /mcp stream when one is open then. (2026-07-28 clients hear of tasks on subscriptions/listen.)"""
+    if modern or session is None:
+        return None
+    send = exch.send
+    if exch.headers is None and send is not None:
+        pending: set[asyncio.Task[None]] = set()
+
+        def to_stdout(event: bytes) -> None:
+            write = asyncio.ensure_future(send(event))
+            pending.add(write)
+            write.add_done_callback(pending.discard)
+
+        return to_stdout
+
+    def to_stream(event: bytes) -> None:
+        for queue in session.listeners:
+            queue.put_nowait(event)
+
+    return to_stream
 
 
 def background_result(record: dict[str, Any], link: bool) -> dict[str, Any]:
