@@ -157,6 +157,14 @@ async def test_tasks_result_blocks_until_the_task_ends_and_a_tool_error_is_a_com
         answer = await result(client, broken.task_id)
         assert answer.is_error and "syntax" in answer.content[0].text.lower()
         assert (await get(client, broken.task_id)).status == "completed"  # isError is a result, not a failure
+        # A task is kept for its ttl (at least 1 s), then it is gone.
+        brief = await augmented(client, "qe_test_generate", {"source": SOURCE, "oracle": "static"}, ttl=1)
+        assert brief.ttl == 1000
+        assert not (await result(client, brief.task_id)).is_error
+        await anyio.sleep(1.1)
+        with pytest.raises(MCPError) as expired:
+            await get(client, brief.task_id)
+        assert expired.value.error.code == -32602 and "expired" in expired.value.error.message
 
 
 # ---- the 2026-07-28 extension, through the client's extension mechanism -------------------------------------
