@@ -244,6 +244,9 @@ async def test_the_tasks_extension_is_resolved_by_the_official_clients_claim(ser
     error = json.loads(raw)["error"]
     assert status == 400 and error["code"] == -32021
     assert error["data"] == {"requiredCapabilities": {"extensions": {TASKS: {}}}}
+    body["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"] = ["not", "an", "object"]
+    status, _, raw = request(server, "POST", body=body, headers=headers)
+    assert status == 400 and json.loads(raw)["error"]["code"] == -32021
 
 
 # ---- background: true ---------------------------------------------------------------------------------------

@@ -30,6 +30,13 @@ LIST_CHANGED: Final = {
 MAX_NAMED: Final = 1000
 
 
+def declares_tasks(meta: dict[str, Any]) -> bool:
+    """Whether a 2026-07-28 request's client capabilities declare the tasks extension."""
+    capabilities = meta.get(rpc.META_CLIENT_CAPABILITIES)
+    extensions = capabilities.get("extensions") if isinstance(capabilities, dict) else None
+    return isinstance(extensions, dict) and TASKS_EXTENSION in extensions
+
+
 @dataclass(eq=False)
 class Listener:
     """One open subscription: its id, who opened it, what it asked for, and its outgoing queue."""
@@ -167,8 +174,7 @@ def _listener(msg_id: Any, params: dict[str, Any], meta: dict[str, Any], princip
         honoured["resourceSubscriptions"] = uris
     task_ids = _names(wanted, "taskIds")
     if task_ids:
-        extensions = (meta.get(rpc.META_CLIENT_CAPABILITIES) or {}).get("extensions") or {}
-        if TASKS_EXTENSION not in extensions:
+        if not declares_tasks(meta):
             raise RpcError(
                 rpc.MISSING_CLIENT_CAPABILITY,
                 "notifications.taskIds needs the tasks extension: declare "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime
 import logging
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.inbound import Inbound
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.sessions import Session
-from qe_appliance.mcp.subscriptions import TASKS_EXTENSION, Subscriptions
+from qe_appliance.mcp.subscriptions import TASKS_EXTENSION, Subscriptions, declares_tasks
 from qe_appliance.sandbox import Caller
 from qe_appliance.store.database import retrying
 from qe_appliance.tools.base import BACKGROUND, ToolSpec
@@ -152,8 +153,12 @@ class ToolTasks:
         except asyncio.CancelledError:
             call.cancel()
             raise
-        except Exception:
-            log.exception("task %s: recording its outcome failed", task_id)
+        except Exception as exc:
+            # A bug or a store that failed: say so in the task rather than leave it working for ever.
+            log.exception("task %s (%s) failed inside the server", task_id, tool.name)
+            message = f"{tool.name} failed inside the server ({type(exc).__name__}); the server log has the details"
+            with contextlib.suppress(Exception):
+                await retrying(self.store.finish_call, task_id, "interrupted", None, message)
         finally:
             self._running.pop(task_id, None)
 
@@ -179,8 +184,7 @@ class ToolTasks:
     ) -> dict[str, Any]:
         """tasks/* of either era (the dispatcher has checked the era has them)."""
         if modern:
-            extensions = (meta.get(rpc.META_CLIENT_CAPABILITIES) or {}).get("extensions") or {}
-            if TASKS_EXTENSION not in extensions:
+            if not declares_tasks(meta):
                 raise RpcError(
                     rpc.MISSING_CLIENT_CAPABILITY,
                     f"{method} belongs to the tasks extension: declare clientCapabilities.extensions"
@@ -336,9 +340,7 @@ def wants_task(tool: ToolSpec, modern: bool, task: Any, meta: dict[str, Any], se
     """Whether this call runs as a task: asked for with params.task (2025-11-25), or chosen by the server
     for a tool that may run as one when the client declares the tasks extension (2026-07-28)."""
     if modern:
-        capabilities = meta.get(rpc.META_CLIENT_CAPABILITIES)
-        extensions = capabilities.get("extensions") if isinstance(capabilities, dict) else None
-        return tool.task_support == "optional" and isinstance(extensions, dict) and TASKS_EXTENSION in extensions
+        return tool.task_support == "optional" and declares_tasks(meta)
     if task is None or session is None or session.protocol_version != TASKS_VERSION:
         return False  # an era without tasks ignores the field, as the specification says
     if not isinstance(task, dict) or not isinstance(task.get("ttl", 0), int | None):

@@ -32,8 +32,9 @@ BACKGROUND = "background"
 BACKGROUND_PROPERTY: dict[str, Any] = {
     "type": "boolean",
     "default": False,
-    "description": "Return at once with a taskId and the aqe://tasks/{taskId} resource instead of waiting; "
-    "poll qe_fleet_status {taskId} until it is completed or failed. For clients without MCP tasks.",
+    "description": "Return at once with a taskId and the task's resource (aqe://tasks/ then the taskId) instead "
+    "of waiting; poll qe_fleet_status with that taskId until it is completed or failed. For clients without MCP "
+    "tasks.",
 }
 # What a `background: true` call returns at once (the tool's outputSchema admits it beside its own result).
 BACKGROUND_RESULT_SCHEMA: dict[str, Any] = {
@@ -41,7 +42,7 @@ BACKGROUND_RESULT_SCHEMA: dict[str, Any] = {
     "properties": {
         "taskId": {"type": "string"},
         "status": {"type": "string", "enum": ["working", "input_required", "completed", "failed", "cancelled"]},
-        "resource": {"type": "string", "description": "The task as a resource: aqe://tasks/{taskId}."},
+        "resource": {"type": "string", "description": "The task as a resource: aqe://tasks/ then the taskId."},
         "poll": {"type": "string", "description": "How to follow the task."},
     },
     "required": ["taskId", "status", "resource", "poll"],
