@@ -296,6 +296,8 @@ async def test_cancelling_a_task_stops_its_pytest_run(server: ServerProcess) -> 
         task = await augmented(client, "qe_test_generate",
                                {"source": HANG, "module": subject, "verify": True, "oracle": "static"})
         await anyio.to_thread.run_sync(_wait_for, lambda: _runs_of(subject), 30, "no pytest run started")
+        working = await get(client, task.task_id)  # the call's progress is the working task's statusMessage
+        assert working.status == "working" and "pytest" in (working.status_message or ""), working
         cancelled = await cancel(client, task.task_id)
         assert cancelled.status == "cancelled" and cancelled.status_message == "cancelled by the client"
         await anyio.to_thread.run_sync(_assert_stopped, server, subject)
