@@ -6,9 +6,11 @@ that stops the agent work, isolation between tokens, and tasks read back by a re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.conftest import ServerProcess, start_server, stdio_command
 from tests.test_cancellation import HANG, _assert_stopped, _runs_of, _subject, _wait_for
+from tests.test_control import cli
 from tests.test_http_edges import modern, request
 
 OPEN = {"allowUnauthenticatedCodeExecution": True}
@@ -482,3 +485,28 @@ def test_another_instance_on_the_same_postgresql_store_answers_waits_and_cancels
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_drain_waits_for_tasks_within_its_deadline_then_records_the_rest_as_stopped(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, {"server": OPEN})
+    subject = _subject()
+    try:
+        body, headers = modern("tools/call", {"name": "qe_test_generate", "arguments": {
+            "source": HANG, "module": subject, "verify": True, "oracle": "static", "background": True}})
+        status, _, raw = request(srv, "POST", body=body, headers=headers)
+        assert status == 200, raw
+        task_id = json.loads(raw)["result"]["structuredContent"]["taskId"]
+        _wait_for(lambda: _runs_of(subject), 30, "no pytest run started")
+        started = time.monotonic()
+        drained = cli(srv, "pool", "drain", "--timeout", "2")
+        assert drained.returncode == 0, drained.stderr
+        assert srv.proc.wait(20) == 0
+        assert time.monotonic() - started < 15, "the drain outlived its deadline"
+        assert not _runs_of(subject)
+    finally:
+        srv.stop()
+    # The stopping server recorded it itself (no restart has run the orphan check yet).
+    with contextlib.closing(sqlite3.connect(srv.state / "tasks.db")) as db:
+        row = db.execute("SELECT t.status, s.error FROM task t JOIN subtask s ON s.task_id = t.id WHERE t.id = ?",
+                         (task_id,)).fetchone()
+    assert row[0] == "interrupted" and "stopped before it finished" in row[1]
