@@ -25,6 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
+from qe_appliance.mcp.tasks import LIST_PAGE
 from tests.conftest import ServerProcess, start_server, stdio_command
 from tests.test_cancellation import HANG, _assert_stopped, _runs_of, _subject, _wait_for
 from tests.test_control import cli
@@ -356,9 +357,14 @@ async def test_tasks_are_listed_read_and_cancelled_only_by_the_token_that_create
         async with _with_token(srv.url, TOKEN_A, mode="legacy") as alice, \
                 _with_token(srv.url, TOKEN_B, mode="legacy") as bob:
             source = {"source": SOURCE, "oracle": "static"}
-            mine = [(await augmented(alice, "qe_test_generate", source)).task_id for _ in range(3)]
+            mine = [(await augmented(alice, "qe_test_generate", source)).task_id for _ in range(LIST_PAGE + 3)]
             theirs = (await augmented(bob, "qe_test_generate", source)).task_id
+            # Oldest first, in pages (two here), each caller's own only.
             assert await listed(alice) == mine and await listed(bob) == [theirs]
+            with pytest.raises(MCPError) as bad:
+                await alice.session.send_request(t.ListTasksRequest(params=t.PaginatedRequestParams(cursor="x")),
+                                                 t.ListTasksResult)
+            assert bad.value.error.code == -32602 and "cursor" in bad.value.error.message
             for call in (get, result, cancel):
                 with pytest.raises(MCPError) as hidden:
                     await call(bob, mine[0])
