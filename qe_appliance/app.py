@@ -175,7 +175,12 @@ class App:
         self.dispatcher = Dispatcher(
             self.registry, self.runner, self.sessions, max_json_depth=server.max_json_depth, monitor=self.monitor,
             methods=self.surface.methods(),
+            max_subscriptions=server.max_subscriptions,
         )
+        # Resource changes reach subscriptions/listen streams as they reach handshake-era subscribers.
+        self.services.changes.listen(self.dispatcher.subscriptions.resource_changed)
+        if self.monitor is not None:
+            self.dispatcher.subscriptions.on_refuse = self.monitor.record_refusal
         self.orchestrator = Orchestrator(self.services.tasks, lambda: self._by_name, self.runner, self.fleet.capacity)
         self.services.fleet = self.fleet
         self.services.orchestrator = self.orchestrator
@@ -204,6 +209,7 @@ class App:
         self._tasks.append(asyncio.create_task(self._sweep_sessions()))
         interval_s = self.config.memory.purge_interval_ms / 1000
         self._tasks.append(asyncio.create_task(purge_periodically(self.services.memory, interval_s)))
+        self._tasks.append(asyncio.create_task(self.dispatcher.tasks.purge_periodically()))
         if self.monitor is not None:
             self._tasks.append(asyncio.create_task(self.monitor.run_alerts()))
         started = time.perf_counter()
@@ -236,6 +242,7 @@ class App:
             self.registry = build_registry(new, self.catalog)
             self._by_name = {tool.name: tool for tool in self.registry.tools()}
         self.dispatcher.reconfigure(self.registry, server.max_json_depth)
+        self.dispatcher.subscriptions.max_listeners = server.max_subscriptions
         await self.fleet.reconfigure(new)
         if self.monitor is not None:
             self.monitor.reconfigure(new)
@@ -260,8 +267,11 @@ class App:
         )
 
     async def stop(self, deadline_s: float) -> None:
-        """Agents stopped (their calls finish within the deadline), upkeep cancelled, stores closed."""
-        await self.fleet.stop(deadline_s)
+        """Background tasks and agents stopped (their calls finish within the deadline), upkeep cancelled, stores
+        closed."""
+        started = time.monotonic()
+        await self.dispatcher.tasks.stop(deadline_s)
+        await self.fleet.stop(max(deadline_s - (time.monotonic() - started), 1.0))
         self.close()
 
     def close(self) -> None:

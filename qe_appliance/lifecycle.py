@@ -237,6 +237,7 @@ class Server:
         log.info("draining: finishing requests in flight (deadline %.0f s)", deadline_s)
         end = time.monotonic() + deadline_s
         self.app.sessions.close_all()
+        self.app.dispatcher.subscriptions.close()
         if http is not None:
             await http.server.wait_idle(deadline_s)
             await http.server.shutdown(max(end - time.monotonic(), 0.0))

@@ -65,6 +65,8 @@ class Caller:
 
     transport: str  # "stdio", "http" or "in-process"
     authenticated: bool = False
+    # The bearer token's digest (None without auth): tasks a caller starts are shown to that caller only.
+    principal: str | None = None
 
 
 STDIO: Final = Caller("stdio", True)

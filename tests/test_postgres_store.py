@@ -221,9 +221,8 @@ def test_a_database_from_a_newer_build_is_refused_and_migration_runs_once(postgr
         stores, loop = open_pg_stores(url)
         close_pg_stores(stores, loop)
     name = url.split("/")[3].split("?")[0]
-    # Each migration recorded once, however many starts: as many rows as the newest version.
-    versions = postgres.execute("SELECT max(version) FROM aqe_schema_version", database=name)
-    assert versions >= 2 and postgres.execute("SELECT count(*) FROM aqe_schema_version", database=name) == versions
+    # Each schema step is recorded once, however many times the stores open.
+    assert postgres.execute("SELECT count(*) - count(DISTINCT version) FROM aqe_schema_version", database=name) == 0
     postgres.execute("INSERT INTO aqe_schema_version VALUES (99)", database=name)
     with pytest.raises(StoreError, match="schema version 99, newer than this build"):
         open_pg_stores(url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,33 @@ def test_artifacts_and_recent_reports_newest_first_and_bounded(stores: Any) -> N
     for i in range(MAX_ARTIFACTS):
         reports.put_artifact(Artifact(f"bulk-{i}", "result", "b", "application/json", 100.0 + i), b"")
     assert reports.get_artifact("gen-1") is None and len(reports.recent_artifacts("result", 10_000)) == MAX_ARTIFACTS
+
+
+def test_a_tool_call_task_belongs_to_its_principal_and_expires_with_its_ttl(stores: Any) -> None:
+    tasks = stores.tasks
+    call = tasks.create_call("qe_test_generate", {"source": "x = 1\n"}, "alice", 60_000)
+    task_id = call["taskId"]
+    assert (call["status"], call["principal"], call["ttlMs"], call["result"]) == ("running", "alice", 60_000, None)
+    # The same row is an ordinary one-subtask task to qe_fleet_status.
+    shown = tasks.get(task_id)
+    assert shown["kind"] == "qe_test_generate" and shown["subtasks"][0]["input"] == {"source": "x = 1\n"}
+    assert tasks.finish_call(task_id, "completed", b'{"tests": 3}', None)
+    assert not tasks.finish_call(task_id, "cancelled", None, "too late")  # terminal states stay
+    done = tasks.get_call(task_id)
+    assert (done["status"], done["result"], done["error"]) == ("completed", b'{"tests": 3}', None)
+    assert tasks.get(task_id)["subtasks"][0]["result"] == {"tests": 3}
+    # Listing: only the principal's own, oldest first, in pages after a (createdAt, taskId) cursor.
+    mine = [call["taskId"]] + [tasks.create_call("qe_coverage_analyze", {}, "alice", None)["taskId"] for _ in range(3)]
+    theirs = tasks.create_call("qe_coverage_analyze", {}, "bob", None)["taskId"]
+    anonymous = tasks.create_call("qe_coverage_analyze", {}, None, None)["taskId"]
+    first = tasks.list_calls("alice", None, 2)
+    rest = tasks.list_calls("alice", (first[-1]["createdAt"], first[-1]["taskId"]), 10)
+    assert [t["taskId"] for t in first + rest] == mine
+    assert [t["taskId"] for t in tasks.list_calls("bob", None, 10)] == [theirs]
+    assert [t["taskId"] for t in tasks.list_calls(None, None, 10)] == [anonymous]
+    # An expired task is gone for reading at once, and purged from the tables.
+    short = tasks.create_call("qe_test_generate", {}, "alice", 1)["taskId"]
+    time.sleep(0.01)
+    assert tasks.get_call(short) is None
+    assert tasks.purge_expired_calls() == 1 and tasks.get(short) is None
+    assert tasks.get_call(task_id) is not None

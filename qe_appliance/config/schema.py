@@ -63,6 +63,8 @@ class ServerConfig(_Section, frozen=True):
     # health checks take the instance out of rotation before its listener closes (0: close at once).
     drain_grace_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 5_000
     max_sessions: AtLeastOne = 1024
+    # Open subscriptions/listen streams (2026-07-28) held at once; more are refused with 503.
+    max_subscriptions: AtLeastOne = 256
     session_idle_timeout_ms: Millis = 1_800_000
     state_dir: str = ""
     control_socket: str = ""

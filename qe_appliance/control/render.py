@@ -338,6 +338,14 @@ def _type(schema: dict[str, Any], defs: dict[str, Any]) -> str:
 
 def _schema(tree: Tree, schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) -> None:
     schema = _resolve(schema, defs)
+    options = [] if schema.get("properties") else list(schema.get("anyOf") or schema.get("oneOf") or [])
+    if options:
+        # A result of several shapes (a long tool's own, or what `background: true` answers instead): the first
+        # at the top, each other under an "or" branch.
+        _schema(tree, options[0], defs, depth)
+        for option in options[1:]:
+            _schema(tree.add(Text("or", style=DIM)), option, defs, depth + 1)
+        return
     required = set(schema.get("required", ()))
     for name, prop in (schema.get("properties") or {}).items():
         line = Text()

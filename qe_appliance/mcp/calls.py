@@ -17,13 +17,14 @@ from qe_appliance.mcp.inbound import Inbound, Send
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.sessions import LOG_LEVELS, Session
 from qe_appliance.mcp.sizing import links_supported, sized
+from qe_appliance.mcp.tasks import ToolTasks, split_background, wants_task
 from qe_appliance.monitoring.monitor import Monitor
 from qe_appliance.registry import ToolRegistry, UnknownToolError
 from qe_appliance.sandbox import STDIO, Caller
 from qe_appliance.tools.base import no_log, no_progress
-from qe_appliance.tools.runner import ToolRunner
+from qe_appliance.tools.runner import CallResult, ToolRunner
 
-REQUEST_CANCELLED = -32800
+REQUEST_CANCELLED = rpc.REQUEST_CANCELLED
 
 _plain = msgspec.json.Decoder()
 
@@ -32,13 +33,16 @@ class CallParams(msgspec.Struct):
     name: Any = None
     arguments: msgspec.Raw = msgspec.Raw(b"")
     meta: Any = msgspec.field(default=None, name="_meta")
+    # 2025-11-25 task augmentation: {"ttl": ms} asks for the call to run as a task.
+    task: Any = None
 
 
 class ToolCalls:
     """The tools/call method of both eras."""
 
-    def __init__(self, registry: ToolRegistry, runner: ToolRunner, monitor: Monitor | None) -> None:
+    def __init__(self, registry: ToolRegistry, runner: ToolRunner, monitor: Monitor | None, tasks: ToolTasks) -> None:
         self.runner = runner
+        self.tasks = tasks
         self.monitor = monitor
         self.registry = registry
         self._header_params: dict[str, tuple[HeaderParam, ...]] = {}
@@ -83,6 +87,15 @@ class ToolCalls:
                 check_param_headers(
                     self._header_params[tool.name], arguments, exch.headers, exch.duplicated, absent_ok=fuzzy
                 )
+        try:
+            arguments, background = split_background(tool, arguments)
+        except ValueError as exc:
+            return CallResult("caller-error", message=str(exc)).wire()
+        if background or wants_task(tool, modern, params.task, meta, session):
+            # Answered at once; the call runs in the background through the runner all the same.
+            return await self.tasks.accept(
+                tool, arguments, background, modern, params.task, exch, session, self._caller(exch)
+            )
         token = meta.get("progressToken")
         send = exch.send
         progress = no_progress if token is None or send is None else _progress_fn(token, send)
@@ -115,7 +128,7 @@ class ToolCalls:
         HTTP guard refuses /mcp without a valid one)."""
         if exch.headers is None:
             return STDIO
-        return Caller("http", authenticated=self.runner.services.config.server.auth.enabled)
+        return Caller("http", authenticated=self.runner.services.config.server.auth.enabled, principal=exch.principal)
 
 
 def _progress_fn(token: Any, send: Send) -> Callable[[float, float | None, str | None], Awaitable[None]]:

@@ -26,6 +26,8 @@ from qe_appliance.mcp.headers import check_routing_headers
 from qe_appliance.mcp.inbound import ACCEPTED, Inbound, Method, MethodCall, Reply
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.sessions import LOG_LEVELS, Session, SessionTable
+from qe_appliance.mcp.subscriptions import Subscriptions
+from qe_appliance.mcp.tasks import EXTENSION_CAPABILITY, HANDSHAKE_CAPABILITY, TASKS_VERSION, ToolTasks
 from qe_appliance.monitoring.monitor import Monitor
 from qe_appliance.registry import ToolRegistry
 from qe_appliance.tools.runner import ToolRunner
@@ -71,6 +73,12 @@ KNOWN_METHODS = frozenset(
         "prompts/get",
         "completion/complete",
         "batch",
+        "subscriptions/listen",
+        "tasks/get",
+        "tasks/result",
+        "tasks/list",
+        "tasks/cancel",
+        "tasks/update",
     }
 )
 # JSON-RPC batches (a JSON array of messages) exist in this revision only.
@@ -80,6 +88,7 @@ DEFAULT_MAX_JSON_DEPTH = 64
 NAMED_METHODS = frozenset({"tools/call", "prompts/get"})
 # Errors that keep their 4xx in the handshake era: the message itself could not be read as a request.
 TRANSPORT_ERRORS = frozenset({rpc.PARSE_ERROR, rpc.INVALID_REQUEST})
+DEFAULT_MAX_SUBSCRIPTIONS = 256
 
 class AnyParams(msgspec.Struct):
     meta: Any = msgspec.field(default=None, name="_meta")
@@ -87,6 +96,7 @@ class AnyParams(msgspec.Struct):
     # What the Mcp-Name routing header mirrors: prompts/get's name, resources/read's uri.
     name: Any = None
     uri: Any = None
+    task_id: Any = msgspec.field(default=None, name="taskId")
 
 
 _call_params = msgspec.json.Decoder(CallParams)
@@ -115,6 +125,7 @@ class Dispatcher:
         max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
         monitor: Monitor | None = None,
         methods: Mapping[str, Method] | None = None,
+        max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
     ) -> None:
         self.registry = registry
         self.runner = runner
@@ -124,7 +135,9 @@ class Dispatcher:
         self.max_json_depth = max_json_depth
         # The appliance's Monitor when monitoring is enabled (requests, refusals, lookups; tools: the runner).
         self.monitor = monitor
-        self.calls = ToolCalls(registry, runner, monitor)
+        self.subscriptions = Subscriptions(max_subscriptions)
+        self.tasks = ToolTasks(runner, self.subscriptions)
+        self.calls = ToolCalls(registry, runner, monitor, self.tasks)
         # Methods both eras serve the same way (resources, prompts, completion): name -> handler.
         self.methods: dict[str, Method] = dict(methods or {})
         # Messages handled since start, for the "stopped" summary (counted with monitoring off too).
@@ -146,6 +159,7 @@ class Dispatcher:
         self.set_registry(registry)
         if self._tool_pages != before:
             self.sessions.broadcast(rpc.notification_bytes("notifications/tools/list_changed", {}))
+            self.subscriptions.list_changed("toolsListChanged")
 
     # ---- entry point -------------------------------------------------------------------------------
 
@@ -199,6 +213,8 @@ class Dispatcher:
                         self._notification(method, raw_params, exch.session)
                     return ACCEPTED
                 self._modern_ladder(method, params, meta, exch)
+                if method == "subscriptions/listen":
+                    return await self.subscriptions.listen(msg_id, _params_object(raw_params), meta or {}, exch)
                 result = await self._modern(method, msg_id, params, meta or {}, raw_params, exch)
                 return Reply(200, rpc.result_bytes(msg_id, self._stamp(result)))
             handshake = True
@@ -264,6 +280,8 @@ class Dispatcher:
         version = meta[rpc.META_PROTOCOL_VERSION]
         if exch.headers is not None:
             name = params.uri if method == "resources/read" else params.name if method in NAMED_METHODS else None
+            if method.startswith("tasks/") and "mcp-name" in exch.headers:
+                name = params.task_id  # the tasks extension routes on the task id
             check_routing_headers(exch.headers, exch.duplicated, version, method, name)
         if not isinstance(version, str):
             raise RpcError(rpc.INVALID_PARAMS, "the protocol-version envelope value must be a string")
@@ -282,6 +300,8 @@ class Dispatcher:
             level = meta.get(rpc.META_LOG_LEVEL)
             log_level = LOG_LEVELS.index(level) if level in LOG_LEVELS else None
             return await self.calls.call(True, params, meta, exch, log_level, exch.session, msg_id)
+        if method.startswith("tasks/"):
+            return await self.tasks.handle(method, _params_object(raw), exch.principal, True, meta)
         if method == "tools/list":
             result = self._list_tools(params.cursor)
             result["ttlMs"] = LIST_TTL_MS
@@ -293,7 +313,7 @@ class Dispatcher:
         if method == "server/discover":
             return {
                 "supportedVersions": list(rpc.MODERN_VERSIONS),
-                "capabilities": CAPABILITIES,
+                "capabilities": {**CAPABILITIES, "extensions": EXTENSION_CAPABILITY},
                 "instructions": INSTRUCTIONS,
                 "ttlMs": LIST_TTL_MS,
                 "cacheScope": "public",
@@ -302,7 +322,7 @@ class Dispatcher:
 
     @staticmethod
     def _stamp(result: dict[str, Any]) -> dict[str, Any]:
-        result["resultType"] = "complete"
+        result.setdefault("resultType", "complete")  # a task-augmented call answers "task"
         meta = result.setdefault("_meta", {})
         meta[rpc.META_SERVER_INFO] = SERVER_INFO
         return result
@@ -343,6 +363,9 @@ class Dispatcher:
         handler = self.methods.get(method)
         if handler is not None:
             result = await handler(MethodCall(_params_object(raw), False, session, exch))
+            return Reply(200, rpc.result_bytes(msg_id, result))
+        if method.startswith("tasks/") and session.protocol_version == TASKS_VERSION:
+            result = await self.tasks.handle(method, _params_object(raw), exch.principal, False, {})
             return Reply(200, rpc.result_bytes(msg_id, result))
         if method == "logging/setLevel":
             level = _params_object(raw).get("level")
@@ -421,9 +444,10 @@ class Dispatcher:
         else:
             session = self.sessions.create(version, params.get("clientInfo"), exch.principal)
             headers.append(("Mcp-Session-Id", session.id))
+        capabilities = {**CAPABILITIES, "tasks": HANDSHAKE_CAPABILITY} if version == TASKS_VERSION else CAPABILITIES
         result = {
             "protocolVersion": version,
-            "capabilities": CAPABILITIES,
+            "capabilities": capabilities,
             "serverInfo": SERVER_INFO,
             "instructions": INSTRUCTIONS,
         }

@@ -147,11 +147,12 @@ class Fill:
 
     resources: Resources
     links: bool
+    principal: str | None
 
     async def embed(self, uri: str) -> Message:
         """A user message carrying the resource at `uri`: embedded, or linked when over the result size limit."""
         try:
-            contents: Contents = await self.resources.contents(uri, modern=True)
+            contents: Contents = await self.resources.contents(uri, True, self.principal)
         except RpcError as exc:
             raise RpcError(rpc.INVALID_PARAMS, exc.message, exc.data) from None
         limit = self.resources.services.config.server.max_result_text_bytes
@@ -223,7 +224,7 @@ class Prompts:
             result["cacheScope"] = "public"
         return result
 
-    async def get(self, name: Any, arguments: Any, links: bool = True) -> dict[str, Any]:
+    async def get(self, name: Any, arguments: Any, links: bool, principal: str | None) -> dict[str, Any]:
         """The prompt filled in; without `links` (a revision before resource_link) a large embedded resource
         is named in a text message instead."""
         prompt = self.by_name.get(name) if isinstance(name, str) else None
@@ -249,6 +250,6 @@ class Prompts:
                 f"prompt {prompt.name!r} needs argument {', '.join(map(repr, missing))}: "
                 + "; ".join(f"{a.name}: {a.description}" for a in prompt.arguments if a.name in missing),
             )
-        fill = Fill(self.resources, links)
+        fill = Fill(self.resources, links, principal)
         messages = await prompt.render(fill, {key: value.strip() for key, value in given.items()})
         return {"description": prompt.description, "messages": messages}

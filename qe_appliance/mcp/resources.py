@@ -36,6 +36,7 @@ from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.services import Services
 from qe_appliance.store.database import retrying
+from qe_appliance.store.tasks import shared_tasks, visible_task
 from qe_appliance.tools.artifacts import RESULT, TEST_MODULE
 from qe_appliance.tools.base import ToolContext
 from qe_appliance.tools.coverage import COVERAGE_GAPS, decode_report, rank_all_gaps
@@ -71,6 +72,8 @@ GAPS_CACHE_S_MS: Final = int(GAPS_CACHE_S * 1000)
 JSON = "application/json"
 MARKDOWN = "text/markdown"
 PYTHON = "text/x-python"
+# A resource kind's reader: (uri, path segments after the kind, query, principal) -> its contents, or why not.
+Reader = Callable[[str, list[str], dict[str, str], str | None], Awaitable["Contents | str"]]
 
 TEMPLATES: Final[tuple[dict[str, Any], ...]] = (
     {
@@ -204,7 +207,7 @@ class Resources:
                 report_uri(report.id), f"coverage/{report.id}", f"Coverage of {report.root} ({report.format})",
                 f"{report.format} report from {report.origin}, stored {_when(report.created_at)}.", MARKDOWN,
             ))
-        for task in await retrying(services.tasks.recent, LIST_TASKS):
+        for task in shared_tasks(await retrying(services.tasks.recent, LIST_TASKS)):
             entries.append(_entry(
                 task_uri(task["taskId"]), f"tasks/{task['taskId']}",
                 f"Task {task['kind']} ({task['status']}, {task['completed']}/{task['total']})",
@@ -229,13 +232,14 @@ class Resources:
 
     # ---- reading ------------------------------------------------------------------------------------
 
-    async def read(self, uri: Any, modern: bool) -> dict[str, Any]:
+    async def read(self, uri: Any, modern: bool, principal: str | None) -> dict[str, Any]:
         if not isinstance(uri, str) or not uri:
             raise RpcError(rpc.INVALID_PARAMS, "resources/read needs params.uri (an aqe:// URI from resources/list)")
-        return (await self.contents(uri, modern)).wire(modern)
+        return (await self.contents(uri, modern, principal)).wire(modern)
 
-    async def contents(self, uri: str, modern: bool) -> Contents:
-        """The resource at `uri`; the era's resource-not-found error when there is none."""
+    async def contents(self, uri: str, modern: bool, principal: str | None) -> Contents:
+        """The resource at `uri` as `principal` (who the transport authenticated) may see it; the era's
+        resource-not-found error when there is none."""
         segments, params = parse_uri(uri)
         kind, rest = (segments[0], segments[1:]) if segments else ("", [])
         reader = self._readers().get((kind, len(rest)))
@@ -244,12 +248,12 @@ class Resources:
             reader, rest = self._memory, [rest[0], "/".join(rest[1:])]
         if reader is None:
             raise not_found(uri, modern, "not an aqe:// URI this server serves; see resources/templates/list")
-        found = await reader(uri, rest, params)
+        found = await reader(uri, rest, params, principal)
         if isinstance(found, str):
             raise not_found(uri, modern, found)
         return found
 
-    def _readers(self) -> dict[tuple[str, int], Callable[[str, list[str], dict[str, str]], Awaitable[Contents | str]]]:
+    def _readers(self) -> dict[tuple[str, int], Reader]:
         return {
             ("coverage", 1): self._report,
             ("coverage", 2): self._gaps_of,
@@ -261,7 +265,7 @@ class Resources:
             ("dashboard", 0): self._dashboard,
         }
 
-    async def _report(self, uri: str, rest: list[str], params: dict[str, str]) -> Contents | str:
+    async def _report(self, uri: str, rest: list[str], params: dict[str, str], who: str | None) -> Contents | str:
         found = await retrying(self.services.reports.get, rest[0])
         if found is None:
             return f"no stored report {rest[0]!r} (the newest {self.services.reports.max_reports} are kept)"
@@ -269,7 +273,7 @@ class Resources:
         text = await asyncio.to_thread(render_report, meta.id, meta.origin, meta.created_at, body)
         return Contents(uri, MARKDOWN, text, TTL_IMMUTABLE_MS)
 
-    async def _gaps_of(self, uri: str, rest: list[str], params: dict[str, str]) -> Contents | str:
+    async def _gaps_of(self, uri: str, rest: list[str], params: dict[str, str], who: str | None) -> Contents | str:
         if rest[1] != "gaps":
             return "the only resource under a report is /gaps"
         ranked = await self.gaps(rest[0], params.get("file"))
@@ -293,7 +297,7 @@ class Resources:
             self._gaps.popitem(last=False)
         return ranked
 
-    async def _memory(self, uri: str, rest: list[str], params: dict[str, str]) -> Contents | str:
+    async def _memory(self, uri: str, rest: list[str], params: dict[str, str], who: str | None) -> Contents | str:
         namespace, key = rest
         entry = await retrying(self.services.memory.get, namespace, key)
         if entry is None:
@@ -312,29 +316,29 @@ class Resources:
         }
         return Contents(uri, JSON, rpc.encoder.encode(body).decode())
 
-    async def _task(self, uri: str, rest: list[str], params: dict[str, str]) -> Contents | str:
-        task = await retrying(self.services.tasks.get, rest[0])
+    async def _task(self, uri: str, rest: list[str], params: dict[str, str], who: str | None) -> Contents | str:
+        task = await visible_task(self.services.tasks, rest[0], who)
         if task is None:
             return f"no task {rest[0]!r}; qe_task_orchestrate returns task ids"
         finished = task["status"] not in ("running", "pending")
         text = (await asyncio.to_thread(rpc.encoder.encode, task)).decode()
         return Contents(uri, JSON, text, TTL_IMMUTABLE_MS if finished else 0)
 
-    async def _artifact(self, uri: str, rest: list[str], params: dict[str, str]) -> Contents | str:
+    async def _artifact(self, uri: str, rest: list[str], params: dict[str, str], who: str | None) -> Contents | str:
         found = await retrying(self.services.reports.get_artifact, rest[0])
         if found is None:
             return f"nothing kept under {rest[0]!r} (the newest artifacts are kept)"
         meta, body = found
         return Contents(uri, meta.mime_type, body.decode(), TTL_IMMUTABLE_MS)
 
-    async def _policies(self, uri: str, rest: list[str], params: dict[str, str]) -> Contents | str:
+    async def _policies(self, uri: str, rest: list[str], params: dict[str, str], who: str | None) -> Contents | str:
         if rest != ["policies"]:
             return "the only quality resource is aqe://quality/policies"
         policies = self.services.config.quality.policies
         text = rpc.encoder.encode({name: policies[name] for name in sorted(policies)}).decode()
         return Contents(uri, JSON, text, TTL_CONFIG_MS, "public")
 
-    async def _dashboard(self, uri: str, rest: list[str], params: dict[str, str]) -> Contents | str:
+    async def _dashboard(self, uri: str, rest: list[str], params: dict[str, str], who: str | None) -> Contents | str:
         if self.dashboard is None:
             return "monitoring is off on this server (monitoring.enabled)"
         return Contents(uri, JSON, rpc.encoder.encode(self.dashboard()).decode(), 1_000)

@@ -64,6 +64,7 @@ async def serve_stdio(dispatcher: Dispatcher, drain_timeout_s: float = 30.0) -> 
         task = asyncio.create_task(answer(line))
         pending.add(task)
         task.add_done_callback(pending.discard)
+    dispatcher.subscriptions.close()  # the client is gone: its subscriptions end with it
     if pending:
         _, late = await asyncio.wait(pending, timeout=drain_timeout_s)
         for task in late:

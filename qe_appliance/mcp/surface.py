@@ -54,12 +54,12 @@ class Surface:
         return self.resources.templates(call.params.get("cursor"), call.modern)
 
     async def _read(self, call: MethodCall) -> dict[str, Any]:
-        return await self.resources.read(call.params.get("uri"), call.modern)
+        return await self.resources.read(call.params.get("uri"), call.modern, call.exch.principal)
 
     async def _subscribe(self, call: MethodCall) -> dict[str, Any]:
         session, uri = self._subscription(call)
         # Only what exists can be watched: the same not-found error a read gives.
-        await self.resources.contents(uri, modern=False)
+        await self.resources.contents(uri, False, call.exch.principal)
         self.updates.subscribe(session, uri)
         return {}
 
@@ -87,7 +87,7 @@ class Surface:
     async def _get_prompt(self, call: MethodCall) -> dict[str, Any]:
         session = call.session
         links = call.modern or session is None or links_supported(session.protocol_version)
-        return await self.prompts.get(call.params.get("name"), call.params.get("arguments"), links)
+        return await self.prompts.get(call.params.get("name"), call.params.get("arguments"), links, call.exch.principal)
 
     async def _complete(self, call: MethodCall) -> dict[str, Any]:
         return await self.completions.complete(call.params)

@@ -42,7 +42,7 @@ MAX_SERIES: Final = 200
 # slow or oversized headers, oversized body, JSON nested too deep, malformed HTTP, session table full.
 REFUSAL_REASONS: Final = (
     "auth", "rate_limit", "connections", "header_timeout", "header_size", "body_size", "json_depth",
-    "malformed", "sessions",
+    "malformed", "sessions", "subscriptions",
 )
 OTHER: Final = "other"
 # A runner outcome as the `kind` label of the error counters.

@@ -93,6 +93,22 @@ class TaskBackend(Protocol):
 
     def recent(self, limit: int = 10) -> list[dict[str, Any]] | Awaitable[list[dict[str, Any]]]: ...
 
+    def create_call(
+        self, kind: str, arguments: Any, principal: str | None, ttl_ms: int | None
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
+
+    def finish_call(
+        self, task_id: str, status: str, result: bytes | None, error: str | None
+    ) -> bool | Awaitable[bool]: ...
+
+    def get_call(self, task_id: str) -> dict[str, Any] | None | Awaitable[dict[str, Any] | None]: ...
+
+    def list_calls(
+        self, principal: str | None, after: tuple[float, str] | None, limit: int
+    ) -> list[dict[str, Any]] | Awaitable[list[dict[str, Any]]]: ...
+
+    def purge_expired_calls(self) -> int | Awaitable[int]: ...
+
 
 class ReportBackend(Protocol):
     @property

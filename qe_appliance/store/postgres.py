@@ -57,7 +57,7 @@ from qe_appliance.store.patterns import (
 )
 from qe_appliance.store.pgurl import read_password
 from qe_appliance.store.reports import MAX_ARTIFACTS, MAX_REPORTS, Artifact, StoredReport
-from qe_appliance.store.tasks import subtask_row, task_row
+from qe_appliance.store.tasks import CALL_COLUMNS, CALL_STRATEGY, CALL_SUBTASK, call_row, subtask_row, task_row
 
 log = logging.getLogger("aqe_mcp.store")
 
@@ -173,6 +173,16 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX artifacts_kind ON artifacts (kind, created_at)",
         "CREATE INDEX artifacts_created ON artifacts (created_at)",
+    ),
+    # tasks.CALL_MIGRATION: tool calls run as MCP tasks.
+    (
+        """CREATE TABLE task_call (
+            task_id TEXT PRIMARY KEY REFERENCES task (id),
+            principal TEXT,
+            ttl_ms BIGINT,
+            expires_at DOUBLE PRECISION
+        )""",
+        "CREATE INDEX task_call_expiry ON task_call (expires_at)",
     ),
 )
 # Migrations of several instances starting at once are serialised on this advisory lock.
@@ -916,6 +926,76 @@ class PgTaskStore:
 
     def close(self) -> None:
         """The pool belongs to PgStores, which closes it."""
+
+    # ---- tool calls run as MCP tasks (see tasks.TaskStore) -------------------------------------------
+
+    async def create_call(
+        self, kind: str, arguments: Any, principal: str | None, ttl_ms: int | None
+    ) -> dict[str, Any]:
+        task_id = "task-" + secrets.token_hex(16)
+        now = time.time()
+        expires = None if ttl_ms is None else now + ttl_ms / 1000
+        async with self.database.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO task (id, kind, strategy, priority, status, total, created_at, owner_host, owner_pid) "
+                "VALUES ($1, $2, $3, 'normal', 'running', 1, $4, $5, $6)",
+                task_id, kind, CALL_STRATEGY, now, self._host, self._pid,
+            )
+            await conn.execute(
+                "INSERT INTO subtask (task_id, idx, input, status, started_at) VALUES ($1, 0, $2, 'running', $3)",
+                task_id, _json.encode(arguments), now,
+            )
+            await conn.execute(
+                "INSERT INTO task_call (task_id, principal, ttl_ms, expires_at) VALUES ($1, $2, $3, $4)",
+                task_id, principal, ttl_ms, expires,
+            )
+        return call_row((task_id, kind, "running", now, None, principal, ttl_ms, None, None))
+
+    async def finish_call(self, task_id: str, status: str, result: bytes | None, error: str | None) -> bool:
+        now = time.time()
+        async with self.database.connection() as conn, conn.transaction():
+            closed = await conn.fetchval(
+                "UPDATE task SET status = $1, finished_at = $2, done = $3, failed = $4 WHERE id = $5 "
+                "AND status = 'running' RETURNING id",
+                status, now, int(status == "completed"), int(status == "failed"), task_id,
+            )
+            if closed is not None:
+                await conn.execute(
+                    "UPDATE subtask SET status = $1, result = $2, error = $3, finished_at = $4 WHERE task_id = $5 "
+                    "AND idx = 0",
+                    CALL_SUBTASK[status], result, error, now, task_id,
+                )
+        return closed is not None
+
+    async def get_call(self, task_id: str) -> dict[str, Any] | None:
+        async with self.database.connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {CALL_COLUMNS} WHERE t.id = $1 AND (c.expires_at IS NULL OR c.expires_at > $2)",
+                task_id, time.time(),
+            )
+        return None if row is None else call_row(row)
+
+    async def list_calls(
+        self, principal: str | None, after: tuple[float, str] | None, limit: int
+    ) -> list[dict[str, Any]]:
+        created, last = after if after is not None else (-1.0, "")
+        async with self.database.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {CALL_COLUMNS} WHERE c.principal IS NOT DISTINCT FROM $1 "
+                "AND (c.expires_at IS NULL OR c.expires_at > $2) AND (t.created_at, t.id) > ($3, $4) "
+                "ORDER BY t.created_at, t.id LIMIT $5",
+                principal, time.time(), created, last, limit,
+            )
+        return [call_row(row) for row in rows]
+
+    async def purge_expired_calls(self) -> int:
+        async with self.database.connection() as conn, conn.transaction():
+            ids = [row[0] for row in await conn.fetch(
+                "DELETE FROM task_call WHERE expires_at <= $1 RETURNING task_id", time.time()
+            )]
+            await conn.execute("DELETE FROM subtask WHERE task_id = ANY($1::text[])", ids)
+            await conn.execute("DELETE FROM task WHERE id = ANY($1::text[])", ids)
+        return len(ids)
 
 
 class PgReportStore:

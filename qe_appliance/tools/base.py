@@ -11,7 +11,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
@@ -24,6 +24,29 @@ if TYPE_CHECKING:
 
 # Names the server made (reportId, taskId) or keeps in its configuration: short, so errors can quote them.
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+# Whether a call may run as an MCP task (`execution.taskSupport` in tools/list): "optional" for tools whose calls
+# can outlast a client's patience, which then also accept `background: true`.
+TaskSupport = Literal["forbidden", "optional"]
+BACKGROUND = "background"
+BACKGROUND_PROPERTY: dict[str, Any] = {
+    "type": "boolean",
+    "default": False,
+    "description": "Return at once with a taskId and the task's resource (aqe://tasks/ then the taskId) instead "
+    "of waiting; poll qe_fleet_status with that taskId until it is completed or failed. For clients without MCP "
+    "tasks.",
+}
+# What a `background: true` call returns at once (the tool's outputSchema admits it beside its own result).
+BACKGROUND_RESULT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "taskId": {"type": "string"},
+        "status": {"type": "string", "enum": ["working", "input_required", "completed", "failed", "cancelled"]},
+        "resource": {"type": "string", "description": "The task as a resource: aqe://tasks/ then the taskId."},
+        "poll": {"type": "string", "description": "How to follow the task."},
+    },
+    "required": ["taskId", "status", "resource", "poll"],
+}
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 LogFn = Callable[[str, str], Awaitable[None]]
@@ -111,6 +134,7 @@ class ToolSpec:
     # The tools.<name>.modes entry a call belongs to, for tools whose slow kinds of call are not a boolean
     # argument of the mode's name (the default rule); a name the config does not define counts as none.
     latency_mode: Callable[[Any], str] | None = None
+    task_support: TaskSupport = "forbidden"
     input_schema: dict[str, Any] = field(init=False, repr=False, compare=False)
     output_schema: dict[str, Any] | None = field(init=False, repr=False, compare=False)
 
@@ -119,8 +143,16 @@ class ToolSpec:
             if self.name not in TOOL_DEFAULTS:
                 raise ValueError(f"tool {self.name} needs a category: it is not in config.TOOL_DEFAULTS")
             object.__setattr__(self, "category", TOOL_DEFAULTS[self.name].category)
-        object.__setattr__(self, "input_schema", object_schema(self.input_type))
+        schema = object_schema(self.input_type)
         out = object_schema(self.output_type) if self.output_type is not None else None
+        if self.task_support == "optional":
+            schema["properties"] = {**schema.get("properties", {}), BACKGROUND: BACKGROUND_PROPERTY}
+            if out is not None:
+                defs = out.pop("$defs", None)
+                out = {"type": "object", "anyOf": [out, BACKGROUND_RESULT_SCHEMA]}
+                if defs:
+                    out["$defs"] = defs
+        object.__setattr__(self, "input_schema", schema)
         object.__setattr__(self, "output_schema", out)
 
     def wire(self) -> dict[str, Any]:
@@ -137,6 +169,7 @@ class ToolSpec:
                 "idempotentHint": self.idempotent,
                 "openWorldHint": self.open_world,
             },
+            "execution": {"taskSupport": self.task_support},
             "_meta": {"io.aqe/category": self.category},
         }
         if self.output_schema is not None:

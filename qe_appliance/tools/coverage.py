@@ -359,6 +359,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         # Keeps the parsed report for later calls, so it writes state and each call may add a report.
         read_only=False,
         idempotent=False,
+        task_support="optional",
     ),
     ToolSpec(
         name=COVERAGE_GAPS,
@@ -375,5 +376,6 @@ TOOLS: tuple[ToolSpec, ...] = (
         output_type=CoverageGapsResult,
         read_only=True,
         idempotent=True,
+        task_support="optional",
     ),
 )

@@ -9,6 +9,7 @@ import msgspec
 from qe_appliance.config import AgentType
 from qe_appliance.fleet.pipelines import PIPELINES, pass_input
 from qe_appliance.store.database import retrying
+from qe_appliance.store.tasks import shared_tasks, visible_task
 from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec, no_progress
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ async def fleet_init(ctx: ToolContext, args: FleetInitInput) -> dict[str, Any]:
 async def fleet_status(ctx: ToolContext, args: FleetStatusInput) -> dict[str, Any]:
     store: TaskBackend = ctx.services.tasks
     if args.task_id is not None:
-        task = await retrying(store.get, args.task_id)
+        task = await visible_task(store, args.task_id, ctx.caller.principal)
         if task is None:
             raise ToolError(f"no task {args.task_id!r}; taskIds come from qe_task_orchestrate")
         return {"task": task}
@@ -149,7 +150,8 @@ async def fleet_status(ctx: ToolContext, args: FleetStatusInput) -> dict[str, An
     if not args.verbose:
         keep = ("id", "type", "status", "capacity", "inFlight", "ewmaMs", "completed", "failed")
         status["agents"] = [{k: a.get(k) for k in keep} for a in status["agents"]]
-    status["tasks"] = await retrying(store.recent, 20 if args.verbose else 5)
+    recent = await retrying(store.recent, 20 if args.verbose else 5)
+    status["tasks"] = shared_tasks(recent)
     return status
 
 
@@ -238,5 +240,6 @@ TOOLS: tuple[ToolSpec, ...] = (
         ),
         input_type=TaskOrchestrateInput,
         handler=task_orchestrate,
+        task_support="optional",
     ),
 )

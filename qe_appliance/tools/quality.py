@@ -288,6 +288,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         output_type=GateResult,
         read_only=True,
         idempotent=True,
+        task_support="optional",
     ),
     ToolSpec(
         name=QUALITY_METRICS,
@@ -302,5 +303,6 @@ TOOLS: tuple[ToolSpec, ...] = (
         output_type=QualityMetricsResult,
         read_only=True,
         idempotent=True,
+        task_support="optional",
     ),
 )

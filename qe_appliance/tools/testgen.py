@@ -876,5 +876,6 @@ TOOLS: tuple[ToolSpec, ...] = (
         # Records how the learned patterns it used did, so a repeat call is not free of effects.
         read_only=False,
         idempotent=False,
+        task_support="optional",
     ),
 )
