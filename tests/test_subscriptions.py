@@ -197,3 +197,30 @@ async def test_listen_over_stdio_is_acknowledged_and_ends_when_the_client_leaves
         assert not again.is_error
         async with client.listen(prompts_list_changed=True) as second:
             assert second.honored.prompts_list_changed
+
+
+@pytest.mark.anyio
+async def test_resource_updates_and_new_resources_reach_the_subscriptions_that_asked(tmp_path: Path) -> None:
+    srv = await anyio.to_thread.run_sync(lambda: start_server(tmp_path, SMALL))
+    uri = "aqe://memory/default/run%2F42"
+    try:
+        async with httpx.AsyncClient(timeout=30) as http, \
+                listening(srv, {"resourceSubscriptions": [uri]}, "watch") as (_, watched), \
+                listening(srv, {"resourcesListChanged": True}, "lists") as (_, lists):
+            assert (await next_message(watched))["method"] == "notifications/subscriptions/acknowledged"
+            assert (await next_message(lists))["method"] == "notifications/subscriptions/acknowledged"
+            for value in ("first", "second"):
+                body, headers = modern("tools/call", {"name": "qe_memory_store",
+                                                      "arguments": {"key": "run/42", "value": value}})
+                assert "error" not in (await http.post(srv.url, json=body, headers=headers)).json()
+                updated = await next_message(watched)
+                assert updated["method"] == "notifications/resources/updated"
+                assert updated["params"] == {"uri": uri, "_meta": {SUBSCRIPTION_ID: "watch"}}
+            # The first write made a new resource: the list-changed subscription hears it, once, and no update.
+            changed = await next_message(lists)
+            assert changed["method"] == "notifications/resources/list_changed"
+            assert changed["params"]["_meta"] == {SUBSCRIPTION_ID: "lists"}
+            with pytest.raises(TimeoutError):
+                await next_message(lists, 1.0)
+    finally:
+        srv.stop()
