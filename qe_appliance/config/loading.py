@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 import msgspec
 import msgspec.inspect as mi
 import yaml
-from rapidfuzz import fuzz, process
 
 from qe_appliance.config.paths import DEFAULT_STATE_DIR
 from qe_appliance.config.schema import (
@@ -619,6 +618,8 @@ _CHECKS: Final[dict[type, Callable[[_Checker, _Decoded], None]]] = {
 
 def _closest(word: str, choices: list[str]) -> str | None:
     # Case, '_' and '-' are folded so `max_connections` and `MaxConnections` still find `maxConnections`.
+    from rapidfuzz import fuzz, process  # only a misspelt key needs it: kept off start-up
+
     match = process.extractOne(word, choices, scorer=fuzz.ratio, processor=_fold, score_cutoff=70)
     return match[0] if match else None
 
