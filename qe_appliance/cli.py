@@ -13,12 +13,6 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from qe_appliance import __version__
-from qe_appliance.config import STRATEGIES
-from qe_appliance.control import client_config
-from qe_appliance.control.commands import add_parsers as add_runtime_commands
-from qe_appliance.control.commands import run as run_runtime_command
-from qe_appliance.logformat import configure as configure_logging
-from qe_appliance.store.backup import add_parsers as add_state_commands
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,6 +22,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qe_appliance.config import STRATEGIES
+    from qe_appliance.control import client_config
+    from qe_appliance.control.commands import add_parsers as add_runtime_commands
+    from qe_appliance.store.backup import add_parsers as add_state_commands
+
     parser = _Parser(prog="aqe-v3", description="Operate the aqe-mcp QE MCP server.")
     parser.add_argument("--version", action="version", version=f"aqe-mcp {__version__}")
     top = parser.add_subparsers(dest="group", required=True, parser_class=_Parser)
@@ -69,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:2] == ["mcp", "start"] and not {"-h", "--help"} & set(words):
+        _start_forkserver()
+    args = build_parser().parse_args(words)
     if args.group == "systemd":
         return _install_systemd(args)
     if args.group == "state":
@@ -79,18 +81,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         return _validate(args.path)
     if args.command == "client-config":
+        from qe_appliance.control import client_config
+
         return client_config.run(args)
     if args.command != "start":
+        from qe_appliance.control.commands import run as run_runtime_command
+
         return run_runtime_command(args)
+    return _start(args)
+
+
+def _start_forkserver() -> None:
+    """First thing `mcp start` does, before this process imports anything heavy (even to parse its flags):
+    the agents' forkserver imports the tool modules in its own interpreter, in parallel with this one on
+    another core, so the fleet is warm sooner. A start that then fails on its flags exits 2 all the same
+    (the forkserver ends with this process)."""
     # Everything the server and its agents create (databases, WAL, sockets) is for the service user alone;
     # set before the forkserver starts, so the agents it forks inherit it too.
     os.umask(0o077)
-    # The agents' forkserver imports the tool modules in its own interpreter: start it before this
-    # process imports anything heavy, so the two import in parallel on two cores.
     from qe_appliance.fleet import forkserver
 
     forkserver.start_in_background()
-    return _start(args)
 
 
 def _validate(path: str) -> int:
@@ -140,6 +151,8 @@ def _start(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from qe_appliance.logformat import configure as configure_logging
+
     level = (args.log_level or cfg.server.log_level).upper()
     configure_logging(level, cfg.server.log_format)
     for text in relative:
