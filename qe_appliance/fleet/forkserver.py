@@ -13,7 +13,12 @@ import threading
 
 # Modules whose @compute functions agents serve; modules named in fleet.preload are imported by each
 # agent as it starts (they are known only once the configuration is read).
-PRELOAD = ["qe_appliance.fleet.forkserver_title", "qe_appliance.tools", "qe_appliance.fleet.agent"]
+# radon and rapidfuzz are imported where first used, not by the tool modules (the server's start-up skips
+# them): the agents have them preloaded.
+PRELOAD = [
+    "qe_appliance.fleet.forkserver_title", "qe_appliance.tools", "qe_appliance.fleet.agent", "radon.metrics",
+    "radon.raw", "radon.visitors", "rapidfuzz",
+]
 
 
 def context() -> multiprocessing.context.ForkServerContext:
