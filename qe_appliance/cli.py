@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from qe_appliance.control.commands import run as run_runtime_command
 
         return run_runtime_command(args)
-    return _start(args)
+    return _start(args, words)
 
 
 def _start_forkserver() -> None:
@@ -128,16 +128,23 @@ def _install_systemd(args: argparse.Namespace) -> int:
     )
 
 
-def _start(args: argparse.Namespace) -> int:
+def _start(args: argparse.Namespace, words: list[str]) -> int:
     from qe_appliance.config import Config, ConfigError, apply_overrides, load_config
     from qe_appliance.store.database import StoreError
+
+    # One of several workers a supervisor started (server.workers > 1), or None.
+    me = None
+    if os.environ.get("AQE_MCP_WORKER"):
+        from qe_appliance import workers
+
+        me = workers.role()
 
     # Relative paths in the file: said once logging is set up (the level and format come from the file).
     relative: list[str] = []
 
     def read() -> Config:
         # Start-up, and every reload: the same file with the same start flags on top.
-        return apply_overrides(
+        cfg = apply_overrides(
             load_config(args.config, relative.append),
             host=args.host,
             port=args.port,
@@ -145,6 +152,7 @@ def _start(args: argparse.Namespace) -> int:
             strategy=args.strategy,
             optimized=args.optimized,
         )
+        return workers.for_worker(cfg, me) if me is not None else cfg
 
     try:
         cfg = read()
@@ -160,8 +168,20 @@ def _start(args: argparse.Namespace) -> int:
     from qe_appliance.lifecycle import run
     from qe_appliance.store.database import StoreUnavailableError
 
+    source = read if args.config else None
     try:
-        return run(cfg, stdio=args.stdio, source=read if args.config else None)
+        if me is not None:
+            workers.become_worker(me)
+            return run(cfg, source=source, reuse_port=True)
+        if not args.stdio and cfg.server.workers != 1:
+            from qe_appliance import workers
+            from qe_appliance.fleet import forkserver
+
+            count = workers.worker_count(cfg)
+            if count > 1:  # this process supervises; each worker starts its own agents
+                forkserver.stop_in_background()
+                return workers.run_supervisor(cfg, words, source)
+        return run(cfg, stdio=args.stdio, source=source)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -55,6 +55,8 @@ class ServerStatus(msgspec.Struct, rename="camel", frozen=True):
     connections: int
     auth: str
     agents: int
+    # JSON-RPC messages handled since start (a supervisor of several workers sums them).
+    requests: int
     reloads: dict[str, int]
     last_reload: dict[str, Any] | None
 
@@ -69,10 +71,13 @@ class Server:
         stdio: bool = False,
         source: Callable[[], Config] | None = None,
         catalog: Sequence[ToolSpec] = ALL_TOOLS,
+        reuse_port: bool = False,
     ) -> None:
         self.app = App(config, catalog, http=not stdio)
         # Re-reads the configuration (the file plus the start flags) for a reload; None: no file to re-read.
         self.source = source
+        # One of several workers on the port (server.workers): bind it with SO_REUSEPORT.
+        self.reuse_port = reuse_port
         self.address: tuple[str, int] | None = None
         self.control: ControlServer | None = None
         self.reloads = {"ok": 0, "failed": 0}
@@ -117,6 +122,7 @@ class Server:
             state=self.readiness() or "ready",
             address=list(self.address) if self.address else None,
             **msgspec.structs.asdict(self.app.stats()),
+            requests=self.app.dispatcher.handled,
             reloads=dict(self.reloads),
             last_reload=self.last_reload,
         )
@@ -132,7 +138,7 @@ class Server:
             if not is_loopback(cfg.host) and not http.guard.tokens:
                 log.warning("listening on %s without authentication (server.auth.allowUnauthenticated: true): "
                             "whatever is in front of this server must authenticate clients", cfg.host)
-            self.address = await http.server.listen(cfg.host, cfg.port)
+            self.address = await http.server.listen(cfg.host, cfg.port, self.reuse_port)
         set_title("stdio" if self.address is None else f"server :{self.address[1]}")
         self._spawn(self.notifier.keep_alive())
         self.notifier.status("starting: warming up the agent fleet")
@@ -274,12 +280,14 @@ def _url(host: str, port: int) -> str:
     return f"http://{host if ':' not in host else f'[{host}]'}:{port}/mcp"
 
 
-def run(config: Config, *, stdio: bool = False, source: Callable[[], Config] | None = None) -> int:
+def run(
+    config: Config, *, stdio: bool = False, source: Callable[[], Config] | None = None, reuse_port: bool = False
+) -> int:
     """Run the appliance until stopped; returns the process exit code."""
     import uvloop
 
     async def main() -> int:
-        return await Server(config, stdio=stdio, source=source).serve()
+        return await Server(config, stdio=stdio, source=source, reuse_port=reuse_port).serve()
 
     # Traces are set by the OTEL_* environment only, once per process: a reload leaves them as they are.
     tracing.configure()

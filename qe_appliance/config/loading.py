@@ -454,7 +454,9 @@ def _info(annotation: Any) -> mi.Type:
 def _leaf_problem(raw: Any, annotation: Any, path: KeyPath, current: Any) -> str:
     """Why msgspec refused `raw` for this leaf: the wrong kind of value, or one outside the annotated limits."""
     info = _info(annotation)
+    words: list[str] = []  # a number or a word, e.g. server.workers: 4 or `auto`
     if isinstance(info, mi.UnionType):  # an optional value: the problem is with its non-null member
+        words = [str(v) for m in info.types if isinstance(m, mi.LiteralType) for v in m.values]
         info = next(member for member in info.types if not isinstance(member, mi.NoneType))
     bare = _bare(annotation)
     if get_origin(bare) in (Union, UnionType):
@@ -462,7 +464,11 @@ def _leaf_problem(raw: Any, annotation: Any, path: KeyPath, current: Any) -> str
     try:
         msgspec.convert(raw, bare)
     except msgspec.ValidationError:
-        return _type_problem(raw, info, path, current)
+        problem = _type_problem(raw, info, path, current)
+        if words:
+            alternatives = " or ".join(f"`{word}`" for word in words)
+            problem = problem.replace("expected an integer", f"expected an integer or {alternatives}", 1)
+        return problem
     return _range_problem(raw, info)
 
 

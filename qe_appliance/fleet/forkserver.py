@@ -31,3 +31,12 @@ def start_in_background() -> None:
     """Start the forkserver now; the first agent spawn waits for it when it is not ready yet."""
     context()
     threading.Thread(target=multiprocessing.forkserver.ensure_running, daemon=True, name="forkserver").start()
+
+
+def stop_in_background() -> None:
+    """Stop the forkserver start_in_background started: this process turned out to need no agents (the
+    supervisor of several workers, each of which starts its own)."""
+    # multiprocessing has no public way to stop it; _stop is what its own tests use. It waits for the preload
+    # to finish, so off the main thread.
+    stop = getattr(multiprocessing.forkserver._forkserver, "_stop")  # noqa: B009 (private: mypy does not know it)
+    threading.Thread(target=stop, daemon=True, name="forkserver-stop").start()
