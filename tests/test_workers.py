@@ -1,0 +1,147 @@
+"""server.workers: several server processes on one port under a supervisor (the process systemd sees), each
+serving requests; a killed worker is restarted; reload and drain reach every worker; the admin socket sums."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ServerProcess, write_config
+from mcp import Client
+from test_http_edges import modern, request
+
+from qe_appliance.config import ConfigError, load_config
+
+SUPERVISING = re.compile(r"supervising (\d+) workers on (http://\S+/mcp)")
+
+
+def test_workers_is_validated_at_its_key(tmp_path: Path) -> None:
+    for value, words in (("0", "between 1 and 256"), ("many", "an integer or `auto`")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(f"server:\n  workers: {value}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_config(str(path))
+        assert "server.workers" in str(caught.value) and words in str(caught.value), str(caught.value)
+    path.write_text("server:\n  workers: auto\n")
+    assert load_config(str(path)).server.workers == "auto"
+
+
+def _admin(config: Path, *words: str) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-m", "qe_appliance.cli", "mcp", *words, "--json", "--config", str(config)],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return json.loads(done.stdout)
+
+
+def _wait(predicate: Any, what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _tools_list(srv: ServerProcess) -> None:
+    envelope, headers = modern("tools/list")
+    status, _, raw = request(srv, "POST", body=envelope, headers=headers)  # a new connection each time
+    assert status == 200 and b'"qe_memory_store"' in raw, raw
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path) -> Any:
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "qe-mcp.yaml", state, {"server": {"workers": 2}})
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qe_appliance.cli", "mcp", "start", "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        match = _wait(lambda: SUPERVISING.search(log_path.read_text(errors="replace")) or proc.poll() is not None,
+                      "the supervisor to report its workers ready", 60)
+        assert proc.poll() is None, log_path.read_text(errors="replace")
+        assert match.group(1) == "2"
+        yield proc, config, ServerProcess(proc, log_path, match.group(2), state)
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # the workers die with it (and drain)
+            proc.wait(10)
+        time.sleep(0.5)
+
+
+def test_two_workers_serve_restart_reload_and_drain(two_workers: Any) -> None:
+    proc, config, srv = two_workers
+    status = _admin(config, "status")
+    assert status["workers"] == 2 and status["state"] == "ready"
+    pids = {w["pid"] for w in status["perWorker"]}
+    assert len(pids) == 2 and proc.pid not in pids
+    assert status["agents"] == sum(w["agents"] for w in status["perWorker"]) >= 2  # each its own share
+
+    # The kernel spreads new connections over both workers (SO_REUSEPORT).
+    for _ in range(60):
+        _tools_list(srv)
+    status = _admin(config, "status")
+    served = [w["requests"] for w in status["perWorker"]]
+    assert all(n > 0 for n in served) and sum(served) == status["requests"] >= 60, status
+
+    # The official client, through whichever worker it lands on.
+    async def call() -> Any:
+        async with Client(srv.url) as client:
+            return await client.call_tool("qe_memory_store", {"key": "w/1", "value": {"ok": True}})
+
+    import asyncio
+
+    assert not asyncio.run(call()).is_error
+
+    # kill -9 of a worker: the supervisor starts another in its place; service goes on meanwhile.
+    victim = status["perWorker"][0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    # Connections the kernel had already queued on the dead worker's socket are reset with it (SO_REUSEPORT
+    # gives each worker its own accept queue); once it is gone, the other worker takes every new one.
+    _wait(lambda: _gone(victim["pid"]), "the killed worker to exit")
+    for _ in range(10):
+        _tools_list(srv)
+
+    def replaced() -> Any:
+        now = _admin(config, "status")["perWorker"][0]
+        return now if now["pid"] != victim["pid"] and now.get("state") == "ready" else None
+
+    again = _wait(replaced, "the killed worker to be replaced")
+    assert again["restarts"] == 1
+    pids = {w["pid"] for w in _admin(config, "status")["perWorker"]}
+    assert f"worker 1 (pid {victim['pid']}) exited" in srv.log
+
+    # Reload (the CLI, then SIGHUP) reaches both workers.
+    report = _admin(config, "reload")
+    assert report["ok"] and [w["ok"] for w in report["workers"]] == [True, True], report
+    before = srv.log.count("reload: ")
+    proc.send_signal(signal.SIGHUP)
+    _wait(lambda: srv.log.count("reload: ") >= before + 2, "both workers to log their reload")
+
+    # Drain: both workers drain and stop, then the supervisor exits 0.
+    answer = _admin(config, "pool", "drain")
+    assert answer["draining"] and answer["workers"] == 2
+    assert proc.wait(60) == 0
+    log = srv.log
+    assert log.count("stopped: ") == 3, log  # two workers, then the supervisor
+    assert all(_gone(pid) for pid in pids)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
