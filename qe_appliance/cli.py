@@ -172,7 +172,7 @@ def _start(args: argparse.Namespace, words: list[str]) -> int:
     try:
         if me is not None:
             workers.become_worker(me)
-            return run(cfg, source=source, reuse_port=True)
+            return run(cfg, source=source, worker=me)
         if not args.stdio and cfg.server.workers != 1:
             from qe_appliance import workers
             from qe_appliance.fleet import forkserver

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from qe_appliance.fleet.runtime import Fleet
     from qe_appliance.monitoring.monitor import Monitor
     from qe_appliance.registry import ToolRegistry
+    from qe_appliance.workers import Role
 
 log = logging.getLogger("aqe_mcp")
 
@@ -71,13 +72,18 @@ class Server:
         stdio: bool = False,
         source: Callable[[], Config] | None = None,
         catalog: Sequence[ToolSpec] = ALL_TOOLS,
-        reuse_port: bool = False,
+        worker: Role | None = None,
     ) -> None:
         self.app = App(config, catalog, http=not stdio)
         # Re-reads the configuration (the file plus the start flags) for a reload; None: no file to re-read.
         self.source = source
-        # One of several workers on the port (server.workers): bind it with SO_REUSEPORT.
-        self.reuse_port = reuse_port
+        # One of several workers on the port (server.workers): it binds with SO_REUSEPORT, and its /metrics
+        # is the supervisor's sum over all workers.
+        self.worker = worker
+        if worker is not None and self.app.http is not None and self.app.monitor is not None:
+            from qe_appliance.workers import service_metrics
+
+            self.app.http.routes.service_metrics = service_metrics(worker, self.app.monitor.prometheus)
         self.address: tuple[str, int] | None = None
         self.control: ControlServer | None = None
         self.reloads = {"ok": 0, "failed": 0}
@@ -138,7 +144,7 @@ class Server:
             if not is_loopback(cfg.host) and not http.guard.tokens:
                 log.warning("listening on %s without authentication (server.auth.allowUnauthenticated: true): "
                             "whatever is in front of this server must authenticate clients", cfg.host)
-            self.address = await http.server.listen(cfg.host, cfg.port, self.reuse_port)
+            self.address = await http.server.listen(cfg.host, cfg.port, reuse_port=self.worker is not None)
         set_title("stdio" if self.address is None else f"server :{self.address[1]}")
         self._spawn(self.notifier.keep_alive())
         self.notifier.status("starting: warming up the agent fleet")
@@ -281,13 +287,13 @@ def _url(host: str, port: int) -> str:
 
 
 def run(
-    config: Config, *, stdio: bool = False, source: Callable[[], Config] | None = None, reuse_port: bool = False
+    config: Config, *, stdio: bool = False, source: Callable[[], Config] | None = None, worker: Role | None = None
 ) -> int:
     """Run the appliance until stopped; returns the process exit code."""
     import uvloop
 
     async def main() -> int:
-        return await Server(config, stdio=stdio, source=source, reuse_port=reuse_port).serve()
+        return await Server(config, stdio=stdio, source=source, worker=worker).serve()
 
     # Traces are set by the OTEL_* environment only, once per process: a reload leaves them as they are.
     tracing.configure()

@@ -23,7 +23,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,9 @@ from qe_appliance.systemd.notify import Notifier
 
 log = logging.getLogger("aqe_mcp.workers")
 
-# "<index>/<count>/<supervisor pid>" in a worker's environment.
+# "<index>/<count>/<supervisor pid>" in a worker's environment, and the supervisor's admin socket.
 WORKER_ENV = "AQE_MCP_WORKER"
+SUPERVISOR_SOCKET_ENV = "AQE_MCP_SUPERVISOR_SOCKET"
 READY_TIMEOUT_S = 60.0
 # How long a worker has to answer the supervisor's health check (its event loop is stuck past this).
 HEALTH_TIMEOUT_S = 5.0
@@ -59,6 +60,7 @@ class Role:
     index: int
     count: int
     supervisor: int
+    supervisor_socket: Path
 
 
 def role() -> Role | None:
@@ -66,7 +68,7 @@ def role() -> Role | None:
     if not value:
         return None
     index, count, supervisor = (int(part) for part in value.split("/"))
-    return Role(index, count, supervisor)
+    return Role(index, count, supervisor, Path(os.environ[SUPERVISOR_SOCKET_ENV]))
 
 
 def worker_count(config: Config) -> int:
@@ -107,6 +109,19 @@ def become_worker(me: Role) -> None:
     libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     if os.getppid() != me.supervisor:  # it died before the signal was armed
         sys.exit(1)
+
+
+def service_metrics(me: Role, own: Callable[[], bytes]) -> Callable[[], Awaitable[bytes]]:
+    """A worker's /metrics: every worker's, summed by the supervisor (this worker's own if it cannot answer)."""
+
+    async def fetch() -> bytes:
+        try:
+            text = await ask(me.supervisor_socket, "metrics", {"export": "prometheus"}, timeout=HEALTH_TIMEOUT_S)
+        except (NotRunning, Refused):
+            return own()
+        return str(text).encode()
+
+    return fetch
 
 
 class Worker:
@@ -202,6 +217,7 @@ class Supervisor:
         assert self.address is not None
         env = {k: v for k, v in os.environ.items() if k not in _SUPERVISOR_ONLY}
         env[WORKER_ENV] = f"{worker.index}/{self.count}/{os.getpid()}"
+        env[SUPERVISOR_SOCKET_ENV] = str(self.control.path)
         worker.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "qe_appliance.cli", *self.argv, "--port", str(self.address[1]),
             stdin=asyncio.subprocess.DEVNULL, env=env,
@@ -422,12 +438,76 @@ class Supervisor:
                 return [{**agent, "worker": w.index} for w, a in zip(self.workers, answers, strict=True)
                         if isinstance(a, list) for agent in a]
             if cmd == "metrics" and args.get("export") == "prometheus":
-                return good[0]  # each worker's own: summing them is not done yet
+                return merge_prometheus([a for a in good if isinstance(a, str)])
             if isinstance(good[0], dict):
                 return {**good[0], "perWorker": self._per_worker(answers, lambda w, a: a)}
             return good[0]
 
         return run
+
+
+# Gauges that are the same in every worker (say it once), the earliest of them, or a share of a whole (sum them).
+_SAME = frozenset({"aqe_mcp_build_info", "aqe_mcp_tool_target_latency_seconds", "aqe_mcp_registry_tools",
+                   "process_max_fds"})
+_EARLIEST = frozenset({"aqe_mcp_start_time_seconds", "process_start_time_seconds"})
+_SHARES = frozenset({"aqe_mcp_pool_connections", "aqe_mcp_pool_max_connections", "aqe_mcp_agents",
+                     "aqe_mcp_sessions", "aqe_mcp_http_connections", "process_resident_memory_bytes",
+                     "process_virtual_memory_bytes", "process_open_fds"})
+
+
+def merge_prometheus(texts: list[str]) -> str:
+    """One exposition for all workers (text format 0.0.4): counters and histograms summed, so rates and
+    quantiles come out for the whole service; gauges summed where each worker holds a share, said once where
+    all hold the same, and otherwise (ratios, alerts, and anything per agent, whose ids repeat across
+    workers) kept per worker under a `worker` label."""
+    order: list[str] = []
+    heads: dict[str, list[str]] = {}
+    kinds: dict[str, str] = {}
+    samples: dict[str, dict[str, float]] = {}
+    for index, text in enumerate(texts, start=1):
+        family = ""
+        for line in text.splitlines():
+            if line.startswith("#"):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    if family not in heads:
+                        order.append(family)
+                        heads[family], samples[family] = [], {}
+                    if len(heads[family]) < 2 and line not in heads[family]:
+                        heads[family].append(line)
+                    if parts[1] == "TYPE":
+                        kinds[family] = parts[3] if len(parts) > 3 else "untyped"
+                continue
+            if not line or not family:
+                continue
+            key, _, raw = line.rpartition(" ")
+            value = float(raw)
+            kind = kinds.get(family, "untyped")
+            per_worker = kind == "gauge" and family not in _SAME | _EARLIEST | _SHARES or 'agent="' in key
+            if per_worker:
+                name, brace, rest = key.partition("{")
+                key = f'{name}{{worker="{index}"' + (f",{rest}" if brace else "}")
+            seen = samples[family]
+            if key not in seen or per_worker:
+                seen[key] = value
+            elif family in _EARLIEST:
+                seen[key] = min(seen[key], value)
+            elif family not in _SAME:
+                seen[key] += value
+    lines: list[str] = []
+    for family in order:
+        lines.extend(heads[family])
+        lines.extend(f"{key} {_number(value)}" for key, value in samples[family].items())
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
 
 
 def _failed(answer: Any) -> bool:

@@ -97,6 +97,15 @@ def test_two_workers_serve_restart_reload_and_drain(two_workers: Any) -> None:
     served = [w["requests"] for w in status["perWorker"]]
     assert all(n > 0 for n in served) and sum(served) == status["requests"] >= 60, status
 
+    # /metrics, whichever worker answers, is the sum over both; what is per agent carries its worker.
+    for _ in range(4):
+        _, _, text = request(srv, "GET", "/metrics")
+        calls = re.search(rb'aqe_mcp_requests_total\{method="tools/list"[^}]*\} ([0-9.e+]+)', text)
+        assert calls is not None and float(calls.group(1)) >= 60, text[:2000]
+        assert b'aqe_mcp_agent_capacity{worker="1",agent="agent-1"}' in text
+        assert b'aqe_mcp_agent_capacity{worker="2",agent="agent-1"}' in text
+        assert text.count(b"# TYPE aqe_mcp_requests_total counter") == 1
+
     # The official client, through whichever worker it lands on.
     async def call() -> Any:
         async with Client(srv.url) as client:
@@ -145,3 +154,38 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_metrics_of_the_workers_merge_into_one_exposition() -> None:
+    from qe_appliance.workers import merge_prometheus
+
+    def worker(requests: float, bucket: float, started: float, ratio: float) -> str:
+        return "\n".join([
+            "# HELP aqe_mcp_requests_total Requests.", "# TYPE aqe_mcp_requests_total counter",
+            f'aqe_mcp_requests_total{{method="tools/list"}} {requests}',
+            "# HELP aqe_mcp_request_duration_seconds Latency.", "# TYPE aqe_mcp_request_duration_seconds histogram",
+            f'aqe_mcp_request_duration_seconds_bucket{{le="0.001"}} {bucket}',
+            f'aqe_mcp_request_duration_seconds_bucket{{le="+Inf"}} {requests}',
+            "# HELP aqe_mcp_start_time_seconds Start.", "# TYPE aqe_mcp_start_time_seconds gauge",
+            f"aqe_mcp_start_time_seconds {started}",
+            "# HELP aqe_mcp_build_info Build.", "# TYPE aqe_mcp_build_info gauge",
+            'aqe_mcp_build_info{version="3.0.0"} 1.0',
+            "# HELP aqe_mcp_http_connections Open.", "# TYPE aqe_mcp_http_connections gauge",
+            "aqe_mcp_http_connections 2.0",
+            "# HELP aqe_mcp_registry_cache_hit_ratio Ratio.", "# TYPE aqe_mcp_registry_cache_hit_ratio gauge",
+            f"aqe_mcp_registry_cache_hit_ratio {ratio}",
+            "# HELP aqe_mcp_agent_completed_total Done.", "# TYPE aqe_mcp_agent_completed_total counter",
+            'aqe_mcp_agent_completed_total{agent="agent-1"} 3.0',
+        ]) + "\n"  # fmt: skip
+
+    merged = merge_prometheus([worker(10, 4, 200.5, 0.5), worker(5, 1, 100.25, 0.75)]).splitlines()
+    assert merged.count("# TYPE aqe_mcp_requests_total counter") == 1
+    assert 'aqe_mcp_requests_total{method="tools/list"} 15.0' in merged
+    assert 'aqe_mcp_request_duration_seconds_bucket{le="0.001"} 5.0' in merged
+    assert 'aqe_mcp_request_duration_seconds_bucket{le="+Inf"} 15.0' in merged
+    assert "aqe_mcp_start_time_seconds 100.25" in merged  # the earliest
+    assert 'aqe_mcp_build_info{version="3.0.0"} 1.0' in merged  # said once
+    assert "aqe_mcp_http_connections 4.0" in merged  # shares add up
+    assert 'aqe_mcp_registry_cache_hit_ratio{worker="1"} 0.5' in merged  # a ratio stays per worker
+    assert 'aqe_mcp_registry_cache_hit_ratio{worker="2"} 0.75' in merged
+    assert 'aqe_mcp_agent_completed_total{worker="2",agent="agent-1"} 3.0' in merged  # agent ids repeat
