@@ -3,6 +3,7 @@ serving requests; a killed worker is restarted; reload and drain reach every wor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 from conftest import ServerProcess, write_config
 from mcp import Client
 from test_http_edges import modern, request
+from test_systemd import NotifySocket
 
 from qe_appliance.config import ConfigError, load_config
 
@@ -59,8 +62,8 @@ def _tools_list(srv: ServerProcess) -> None:
     assert status == 200 and b'"qe_memory_store"' in raw, raw
 
 
-@pytest.fixture
-def two_workers(tmp_path: Path) -> Any:
+@contextlib.contextmanager
+def _two_workers(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, ServerProcess]]:
     state = tmp_path / "state"
     config = write_config(tmp_path / "qe-mcp.yaml", state, {"server": {"workers": 2}})
     log_path = tmp_path / "server.log"
@@ -80,6 +83,12 @@ def two_workers(tmp_path: Path) -> Any:
             proc.kill()  # the workers die with it (and drain)
             proc.wait(10)
         time.sleep(0.5)
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, ServerProcess]]:
+    with _two_workers(tmp_path) as started:
+        yield started
 
 
 def test_two_workers_serve_restart_reload_and_drain(two_workers: Any) -> None:
@@ -189,3 +198,39 @@ def test_metrics_of_the_workers_merge_into_one_exposition() -> None:
     assert 'aqe_mcp_registry_cache_hit_ratio{worker="1"} 0.5' in merged  # a ratio stays per worker
     assert 'aqe_mcp_registry_cache_hit_ratio{worker="2"} 0.75' in merged
     assert 'aqe_mcp_agent_completed_total{worker="2",agent="agent-1"} 3.0' in merged  # agent ids repeat
+
+
+def test_systemd_hears_the_supervisor_alone_and_its_watchdog_stops_with_a_stuck_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = NotifySocket(str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    try:
+        with _two_workers(tmp_path) as (proc, config, srv):
+            ready = manager.next_with("READY")
+            assert ready["STATUS"] == f"serving {srv.url} with 2 workers", ready
+            assert all(w["state"] == "ready" for w in _admin(config, "status")["perWorker"])
+            manager.next_with("WATCHDOG", timeout=5)
+            # A worker whose event loop stops answering: no more pings, so systemd would restart the service.
+            stuck = _admin(config, "status")["perWorker"][1]["pid"]
+            os.kill(stuck, signal.SIGSTOP)
+            try:
+                deadline = time.monotonic() + 15
+                last = time.monotonic()
+                while time.monotonic() - last < 2.5:
+                    assert time.monotonic() < deadline, "the watchdog kept being pinged with a stuck worker"
+                    with contextlib.suppress(AssertionError):
+                        manager.next_with("WATCHDOG", timeout=0.5)
+                        last = time.monotonic()
+            finally:
+                os.kill(stuck, signal.SIGCONT)
+            manager.next_with("WATCHDOG", timeout=10)  # it answers again
+            proc.send_signal(signal.SIGTERM)
+            manager.next_with("STOPPING", timeout=10)
+            assert proc.wait(60) == 0
+        # Only the supervisor spoke: the workers' own READY=1 never reached systemd.
+        assert sum("READY" in m for m in manager.messages) == 1, manager.messages
+    finally:
+        manager.close()
