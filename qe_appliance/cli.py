@@ -69,8 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    if words[:2] == ["mcp", "start"] and not {"-h", "--help"} & set(words):
-        _start_forkserver()
     args = build_parser().parse_args(words)
     if args.group == "systemd":
         return _install_systemd(args)
@@ -88,20 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from qe_appliance.control.commands import run as run_runtime_command
 
         return run_runtime_command(args)
-    return _start(args, words)
-
-
-def _start_forkserver() -> None:
-    """First thing `mcp start` does, before this process imports anything heavy (even to parse its flags):
-    the agents' forkserver imports the tool modules in its own interpreter, in parallel with this one on
-    another core, so the fleet is warm sooner. A start that then fails on its flags exits 2 all the same
-    (the forkserver ends with this process)."""
     # Everything the server and its agents create (databases, WAL, sockets) is for the service user alone;
-    # set before the forkserver starts, so the agents it forks inherit it too.
+    # set before the agents' forkserver is forked, so they inherit it too.
     os.umask(0o077)
-    from qe_appliance.fleet import forkserver
-
-    forkserver.start_in_background()
+    return _start(args, words)
 
 
 def _validate(path: str) -> int:
@@ -175,11 +163,8 @@ def _start(args: argparse.Namespace, words: list[str]) -> int:
             return run(cfg, source=source, worker=me)
         if not args.stdio and cfg.server.workers != 1:
             from qe_appliance import workers
-            from qe_appliance.fleet import forkserver
 
-            count = workers.worker_count(cfg)
-            if count > 1:  # this process supervises; each worker starts its own agents
-                forkserver.stop_in_background()
+            if workers.worker_count(cfg) > 1:  # this process supervises; each worker starts its own agents
                 return workers.run_supervisor(cfg, words, source)
         return run(cfg, stdio=args.stdio, source=source)
     except ConfigError as exc:

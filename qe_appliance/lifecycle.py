@@ -292,6 +292,12 @@ def run(
     """Run the appliance until stopped; returns the process exit code."""
     import uvloop
 
+    from qe_appliance.fleet import forkserver
+
+    # Now, with the tools imported and before any thread or event loop: the agents' forkserver is a fork of
+    # this process.
+    forkserver.fork_from_here()
+
     async def main() -> int:
         return await Server(config, stdio=stdio, source=source, worker=worker).serve()
 
