@@ -28,7 +28,11 @@ PRELOAD = ("qe_appliance.tools", "qe_appliance.fleet.agent", "radon.metrics", "r
 
 
 def context() -> multiprocessing.context.ForkServerContext:
-    return multiprocessing.get_context("forkserver")
+    ctx = multiprocessing.get_context("forkserver")
+    # Where no forkserver was forked from here (a Fleet embedded in tests or benchmarks), multiprocessing
+    # starts its own, which then imports the same modules before forking agents.
+    ctx.set_forkserver_preload(list(PRELOAD))
+    return ctx
 
 
 def fork_from_here() -> None:
