@@ -20,6 +20,7 @@ from pathlib import Path
 
 import http_bench as hb
 import node_peer
+from peers_bench import tree_cpu_s
 
 Command = Callable[[Path, int], tuple[list[str], dict[str, str] | None]]
 
@@ -40,12 +41,15 @@ def commands(peers: list[str]) -> dict[str, Command]:
     return found
 
 
-def measure(name: str, command: Command, state_dir: Path, workdir: Path) -> float:
+def measure(name: str, command: Command, state_dir: Path, workdir: Path) -> tuple[float, float]:
+    """(seconds from spawn to ready, CPU seconds its process tree used by then): the CPU is steadier than
+    the time on a shared machine, and on a busy one it is what the time follows."""
     port = hb.free_port()
     argv, env = command(state_dir, port)
     server = hb.start_server(name, argv, port, workdir, env)
     try:
-        return hb.wait_ready(server)
+        ready = hb.wait_ready(server)
+        return ready, tree_cpu_s(server.process.pid)
     finally:
         hb.stop_server(server)
 
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"startup_bench: {exc}", file=sys.stderr)
         return 1
     times: dict[str, list[float]] = {name: [] for name in servers}
+    cpu: dict[str, list[float]] = {name: [] for name in servers}
     with tempfile.TemporaryDirectory(prefix="aqe-startup-") as tmp:
         workdir = Path(tmp)
         state_dir = workdir / "state"
@@ -75,15 +80,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for _ in range(args.runs):
                 for name, command in servers.items():
-                    times[name].append(measure(name, command, state_dir, workdir))
+                    ready, used = measure(name, command, state_dir, workdir)
+                    times[name].append(ready)
+                    cpu[name].append(used)
         except hb.BenchError as exc:
             print(f"startup_bench: {exc}", file=sys.stderr)
             return 1
     print(f"start to /readyz 200, {args.runs} runs each, alternating (ms)")
-    print(f"{'server':<6} {'median':>7} {'min':>7} {'max':>7}")
+    print(f"{'server':<6} {'median':>7} {'min':>7} {'max':>7} {'CPU ms to ready (median)':>25}")
     for name, values in times.items():
         ms = [v * 1000 for v in values]
-        print(f"{name:<6} {statistics.median(ms):7.0f} {min(ms):7.0f} {max(ms):7.0f}")
+        print(f"{name:<6} {statistics.median(ms):7.0f} {min(ms):7.0f} {max(ms):7.0f} "
+              f"{statistics.median(cpu[name]) * 1000:25.0f}")
     for name in servers:
         if name != "ours":
             ratio = statistics.median(times[name]) / statistics.median(times["ours"])
