@@ -149,7 +149,25 @@ class Server:
         self._spawn(self.notifier.keep_alive())
         self.notifier.status("starting: warming up the agent fleet")
         self._install_signals()
-        await app.start()
+        stdin: asyncio.Task[None] | None = None
+        if http is None:
+            # stdio answers from the moment its stores are open, while its agents come up (a fleet call waits
+            # for one): the client's first message does not wait for the fleet.
+            serving = asyncio.Event()
+            starting = asyncio.create_task(app.start(serving))
+            opened = asyncio.create_task(serving.wait())
+            await asyncio.wait({starting, opened}, return_when=asyncio.FIRST_COMPLETED)
+            opened.cancel()
+            if not starting.done():
+                stdin = asyncio.create_task(serve_stdio(app.dispatcher))
+            try:
+                await starting
+            except BaseException:
+                if stdin is not None:
+                    stdin.cancel()
+                raise
+        else:
+            await app.start()
         # Stdio servers come one per client session, several on one stateDir: no admin socket unless asked.
         if http is not None or cfg.stdio_control_socket:
             # The default socket sits in our own state or runtime directory; a configured one may be anywhere.
@@ -166,7 +184,8 @@ class Server:
         stopped = asyncio.create_task(self._stopped.wait())
         if http is None:
             # stdio: the client closing stdin ends the server as a stop signal would.
-            stdin = asyncio.create_task(serve_stdio(app.dispatcher))
+            if stdin is None:
+                stdin = asyncio.create_task(serve_stdio(app.dispatcher))
             await asyncio.wait({stdin, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if stdin.done():
                 await self.drain_and_stop(DRAIN_DEADLINE_S)

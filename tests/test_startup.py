@@ -14,7 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import write_config
+from conftest import stdio_command, write_config
+from test_http_edges import modern
 
 # Modules a running server must not have imported by the time it is ready: test frameworks and their helpers
 # (the server never runs them in its own process), what only agents use (radon), what only a mistyped name
@@ -102,3 +103,34 @@ def test_spawn_to_ready_with_the_fleet_warm_is_fast(tmp_path: Path) -> None:
     times = [_start_to_ready(tmp_path / str(n)) for n in range(3)]
     bound = 1.5 if os.environ.get("CI") else 3.0
     assert min(times) < bound, f"spawn to /readyz 200 took {[round(t, 2) for t in times]} s (bound {bound} s)"
+
+
+def test_stdio_answers_at_once_and_a_fleet_call_sent_at_spawn_waits_for_its_agent(tmp_path: Path) -> None:
+    executable, args, env = stdio_command(tmp_path)
+    lcov = "TN:\nSF:pkg/mod.py\nDA:1,1\nDA:2,0\nend_of_record\n"
+    calls = [
+        modern("tools/call", {"name": "qe_memory_store", "arguments": {"key": "k", "value": 1}}, 1)[0],
+        modern("tools/call", {"name": "qe_coverage_analyze", "arguments": {"content": lcov}}, 2)[0],
+    ]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"".join(json.dumps(call).encode() + b"\n" for call in calls))  # before the agents are up
+    proc.stdin.flush()
+    answers = {}
+    for _ in calls:
+        reply = json.loads(proc.stdout.readline())
+        answers[reply["id"]] = reply
+    first_s = time.monotonic() - started
+    proc.stdin.close()
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
+    assert proc.wait(30) == 0, stderr.decode(errors="replace")
+    assert answers[1]["result"]["isError"] is False, answers[1]
+    coverage = answers[2]["result"]
+    assert coverage["isError"] is False, coverage
+    assert coverage["structuredContent"]["totals"]["lines"]["covered"] == 1, coverage
+    assert b"fleet warm" in stderr
+    assert first_s < 30
