@@ -324,6 +324,7 @@ class Supervisor:
                 if worker_count(new) != self.count:
                     log.warning("server.workers changed (%d -> %d): restart the service to apply it",
                                 self.count, worker_count(new))
+                self.config = new  # its drain grace and restart back-off
             answers = await asyncio.gather(*(self._ask(w, "reload", {}) for w in self.workers))
             reports = [a for a in answers if isinstance(a, dict)]
             report = dict(reports[0]) if reports else {"ok": False, "errors": ["no worker answered"]}
