@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,8 +321,10 @@ def run_wrk(
     keys: int,
     token: str | None = None,
     protocol: str = PROTOCOL,
+    prefix: Sequence[str] = (),
 ) -> WrkRun:
-    command = wrk_command(url, connections, threads, duration, keys, token, protocol)
+    """`prefix`: what runs wrk, e.g. ("taskset", "-c", "0") to pin it to one core."""
+    command = [*prefix, *wrk_command(url, connections, threads, duration, keys, token, protocol)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=False)
     except subprocess.TimeoutExpired as exc:

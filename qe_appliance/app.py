@@ -203,8 +203,11 @@ class App:
             return self.services.stores.problem()  # e.g. the state directory vanished: writes would fail
         return self.state
 
-    async def start(self) -> None:
-        """Stores connected (PostgreSQL), background upkeep running, agents up and the pool warm."""
+    async def start(self, serving: asyncio.Event | None = None) -> None:
+        """Stores connected (PostgreSQL), background upkeep running, agents up and the pool warm.
+
+        `serving` is set as soon as calls can be taken: the stores open and the agents coming up (a fleet
+        call made before they answer waits for one)."""
         await self.services.stores.open()
         self._tasks.append(asyncio.create_task(self._sweep_sessions()))
         interval_s = self.config.memory.purge_interval_ms / 1000
@@ -213,7 +216,11 @@ class App:
         if self.monitor is not None:
             self._tasks.append(asyncio.create_task(self.monitor.run_alerts()))
         started = time.perf_counter()
-        await self.fleet.start()
+        fleet_up = asyncio.ensure_future(self.fleet.start())
+        if serving is not None:
+            await asyncio.sleep(0)  # the fleet's first step: it is warming from here on
+            serving.set()
+        await fleet_up
         log.info(
             "fleet warm in %.0f ms: %d agents, %d pooled connections",
             (time.perf_counter() - started) * 1000, len(self.fleet.agents), self.fleet.pool.total,

@@ -13,12 +13,6 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from qe_appliance import __version__
-from qe_appliance.config import STRATEGIES
-from qe_appliance.control import client_config
-from qe_appliance.control.commands import add_parsers as add_runtime_commands
-from qe_appliance.control.commands import run as run_runtime_command
-from qe_appliance.logformat import configure as configure_logging
-from qe_appliance.store.backup import add_parsers as add_state_commands
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,6 +22,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qe_appliance.config import STRATEGIES
+    from qe_appliance.control import client_config
+    from qe_appliance.control.commands import add_parsers as add_runtime_commands
+    from qe_appliance.store.backup import add_parsers as add_state_commands
+
     parser = _Parser(prog="aqe-v3", description="Operate the aqe-mcp QE MCP server.")
     parser.add_argument("--version", action="version", version=f"aqe-mcp {__version__}")
     top = parser.add_subparsers(dest="group", required=True, parser_class=_Parser)
@@ -69,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(words)
     if args.group == "systemd":
         return _install_systemd(args)
     if args.group == "state":
@@ -79,18 +79,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         return _validate(args.path)
     if args.command == "client-config":
+        from qe_appliance.control import client_config
+
         return client_config.run(args)
     if args.command != "start":
+        from qe_appliance.control.commands import run as run_runtime_command
+
         return run_runtime_command(args)
     # Everything the server and its agents create (databases, WAL, sockets) is for the service user alone;
-    # set before the forkserver starts, so the agents it forks inherit it too.
+    # set before the agents' forkserver is forked, so they inherit it too.
     os.umask(0o077)
-    # The agents' forkserver imports the tool modules in its own interpreter: start it before this
-    # process imports anything heavy, so the two import in parallel on two cores.
-    from qe_appliance.fleet import forkserver
-
-    forkserver.start_in_background()
-    return _start(args)
+    return _start(args, words)
 
 
 def _validate(path: str) -> int:
@@ -117,16 +116,23 @@ def _install_systemd(args: argparse.Namespace) -> int:
     )
 
 
-def _start(args: argparse.Namespace) -> int:
+def _start(args: argparse.Namespace, words: list[str]) -> int:
     from qe_appliance.config import Config, ConfigError, apply_overrides, load_config
     from qe_appliance.store.database import StoreError
+
+    # One of several workers a supervisor started (server.workers > 1), or None.
+    me = None
+    if os.environ.get("AQE_MCP_WORKER"):
+        from qe_appliance import workers
+
+        me = workers.role()
 
     # Relative paths in the file: said once logging is set up (the level and format come from the file).
     relative: list[str] = []
 
     def read() -> Config:
         # Start-up, and every reload: the same file with the same start flags on top.
-        return apply_overrides(
+        cfg = apply_overrides(
             load_config(args.config, relative.append),
             host=args.host,
             port=args.port,
@@ -134,12 +140,15 @@ def _start(args: argparse.Namespace) -> int:
             strategy=args.strategy,
             optimized=args.optimized,
         )
+        return workers.for_worker(cfg, me) if me is not None else cfg
 
     try:
         cfg = read()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from qe_appliance.logformat import configure as configure_logging
+
     level = (args.log_level or cfg.server.log_level).upper()
     configure_logging(level, cfg.server.log_format)
     for text in relative:
@@ -147,8 +156,17 @@ def _start(args: argparse.Namespace) -> int:
     from qe_appliance.lifecycle import run
     from qe_appliance.store.database import StoreUnavailableError
 
+    source = read if args.config else None
     try:
-        return run(cfg, stdio=args.stdio, source=read if args.config else None)
+        if me is not None:
+            workers.become_worker(me)
+            return run(cfg, source=source, worker=me)
+        if not args.stdio and cfg.server.workers != 1:
+            from qe_appliance import workers
+
+            if workers.worker_count(cfg) > 1:  # this process supervises; each worker starts its own agents
+                return workers.run_supervisor(cfg, words, source)
+        return run(cfg, stdio=args.stdio, source=source)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from qe_appliance.fleet.runtime import Fleet
     from qe_appliance.monitoring.monitor import Monitor
     from qe_appliance.registry import ToolRegistry
+    from qe_appliance.workers import Role
 
 log = logging.getLogger("aqe_mcp")
 
@@ -55,6 +56,8 @@ class ServerStatus(msgspec.Struct, rename="camel", frozen=True):
     connections: int
     auth: str
     agents: int
+    # JSON-RPC messages handled since start (a supervisor of several workers sums them).
+    requests: int
     reloads: dict[str, int]
     last_reload: dict[str, Any] | None
 
@@ -69,10 +72,18 @@ class Server:
         stdio: bool = False,
         source: Callable[[], Config] | None = None,
         catalog: Sequence[ToolSpec] = ALL_TOOLS,
+        worker: Role | None = None,
     ) -> None:
         self.app = App(config, catalog, http=not stdio)
         # Re-reads the configuration (the file plus the start flags) for a reload; None: no file to re-read.
         self.source = source
+        # One of several workers on the port (server.workers): it binds with SO_REUSEPORT, and its /metrics
+        # is the supervisor's sum over all workers.
+        self.worker = worker
+        if worker is not None and self.app.http is not None and self.app.monitor is not None:
+            from qe_appliance.workers import service_metrics
+
+            self.app.http.routes.service_metrics = service_metrics(worker, self.app.monitor.prometheus)
         self.address: tuple[str, int] | None = None
         self.control: ControlServer | None = None
         self.reloads = {"ok": 0, "failed": 0}
@@ -117,6 +128,7 @@ class Server:
             state=self.readiness() or "ready",
             address=list(self.address) if self.address else None,
             **msgspec.structs.asdict(self.app.stats()),
+            requests=self.app.dispatcher.handled,
             reloads=dict(self.reloads),
             last_reload=self.last_reload,
         )
@@ -132,12 +144,30 @@ class Server:
             if not is_loopback(cfg.host) and not http.guard.tokens:
                 log.warning("listening on %s without authentication (server.auth.allowUnauthenticated: true): "
                             "whatever is in front of this server must authenticate clients", cfg.host)
-            self.address = await http.server.listen(cfg.host, cfg.port)
+            self.address = await http.server.listen(cfg.host, cfg.port, reuse_port=self.worker is not None)
         set_title("stdio" if self.address is None else f"server :{self.address[1]}")
         self._spawn(self.notifier.keep_alive())
         self.notifier.status("starting: warming up the agent fleet")
         self._install_signals()
-        await app.start()
+        stdin: asyncio.Task[None] | None = None
+        if http is None:
+            # stdio answers from the moment its stores are open, while its agents come up (a fleet call waits
+            # for one): the client's first message does not wait for the fleet.
+            serving = asyncio.Event()
+            starting = asyncio.create_task(app.start(serving))
+            opened = asyncio.create_task(serving.wait())
+            await asyncio.wait({starting, opened}, return_when=asyncio.FIRST_COMPLETED)
+            opened.cancel()
+            if not starting.done():
+                stdin = asyncio.create_task(serve_stdio(app.dispatcher))
+            try:
+                await starting
+            except BaseException:
+                if stdin is not None:
+                    stdin.cancel()
+                raise
+        else:
+            await app.start()
         # Stdio servers come one per client session, several on one stateDir: no admin socket unless asked.
         if http is not None or cfg.stdio_control_socket:
             # The default socket sits in our own state or runtime directory; a configured one may be anywhere.
@@ -154,7 +184,8 @@ class Server:
         stopped = asyncio.create_task(self._stopped.wait())
         if http is None:
             # stdio: the client closing stdin ends the server as a stop signal would.
-            stdin = asyncio.create_task(serve_stdio(app.dispatcher))
+            if stdin is None:
+                stdin = asyncio.create_task(serve_stdio(app.dispatcher))
             await asyncio.wait({stdin, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if stdin.done():
                 await self.drain_and_stop(DRAIN_DEADLINE_S)
@@ -274,12 +305,20 @@ def _url(host: str, port: int) -> str:
     return f"http://{host if ':' not in host else f'[{host}]'}:{port}/mcp"
 
 
-def run(config: Config, *, stdio: bool = False, source: Callable[[], Config] | None = None) -> int:
+def run(
+    config: Config, *, stdio: bool = False, source: Callable[[], Config] | None = None, worker: Role | None = None
+) -> int:
     """Run the appliance until stopped; returns the process exit code."""
     import uvloop
 
+    from qe_appliance.fleet import forkserver
+
+    # Now, with the tools imported and before any thread or event loop: the agents' forkserver is a fork of
+    # this process.
+    forkserver.fork_from_here()
+
     async def main() -> int:
-        return await Server(config, stdio=stdio, source=source).serve()
+        return await Server(config, stdio=stdio, source=source, worker=worker).serve()
 
     # Traces are set by the OTEL_* environment only, once per process: a reload leaves them as they are.
     tracing.configure()

@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import msgspec
-from rapidfuzz import fuzz, process
 
 from qe_appliance._core.registry import ToolIndex
 from qe_appliance.tools.base import ToolSpec
@@ -76,6 +75,9 @@ class _NameMatcher:
     def _rank(self, name: str) -> list[tuple[ToolSpec, float]]:
         if len(name) > self._longest_useful:
             return []
+        # Imported on the first unknown name, not at start-up (~10 ms); the next ones find it loaded.
+        from rapidfuzz import fuzz, process
+
         ranked = process.extract(
             _normalise(name),
             self._choices,

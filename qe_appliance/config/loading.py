@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 import msgspec
 import msgspec.inspect as mi
 import yaml
-from rapidfuzz import fuzz, process
 
 from qe_appliance.config.paths import DEFAULT_STATE_DIR
 from qe_appliance.config.schema import (
@@ -455,7 +454,9 @@ def _info(annotation: Any) -> mi.Type:
 def _leaf_problem(raw: Any, annotation: Any, path: KeyPath, current: Any) -> str:
     """Why msgspec refused `raw` for this leaf: the wrong kind of value, or one outside the annotated limits."""
     info = _info(annotation)
+    words: list[str] = []  # a number or a word, e.g. server.workers: 4 or `auto`
     if isinstance(info, mi.UnionType):  # an optional value: the problem is with its non-null member
+        words = [str(v) for m in info.types if isinstance(m, mi.LiteralType) for v in m.values]
         info = next(member for member in info.types if not isinstance(member, mi.NoneType))
     bare = _bare(annotation)
     if get_origin(bare) in (Union, UnionType):
@@ -463,7 +464,11 @@ def _leaf_problem(raw: Any, annotation: Any, path: KeyPath, current: Any) -> str
     try:
         msgspec.convert(raw, bare)
     except msgspec.ValidationError:
-        return _type_problem(raw, info, path, current)
+        problem = _type_problem(raw, info, path, current)
+        if words:
+            alternatives = " or ".join(f"`{word}`" for word in words)
+            problem = problem.replace("expected an integer", f"expected an integer or {alternatives}", 1)
+        return problem
     return _range_problem(raw, info)
 
 
@@ -619,6 +624,8 @@ _CHECKS: Final[dict[type, Callable[[_Checker, _Decoded], None]]] = {
 
 def _closest(word: str, choices: list[str]) -> str | None:
     # Case, '_' and '-' are folded so `max_connections` and `MaxConnections` still find `maxConnections`.
+    from rapidfuzz import fuzz, process  # only a misspelt key needs it: kept off start-up
+
     match = process.extractOne(word, choices, scorer=fuzz.ratio, processor=_fold, score_cutoff=70)
     return match[0] if match else None
 

@@ -77,6 +77,8 @@ class ServerConfig(_Section, frozen=True):
     max_input_file_bytes: AtLeastOne = 67_108_864
     # A tool result's text past this many bytes (~10k tokens) is sent as a summary plus resource links.
     max_result_text_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32_768
+    # HTTP server processes accepting on the one port (SO_REUSEPORT) under a supervisor; "auto": one per core.
+    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] | Literal["auto"] = 1
 
 
 class PoolConfig(_Section, frozen=True):

@@ -45,3 +45,26 @@ def call(path: Path, cmd: str, args: dict[str, Any] | None = None, timeout: floa
     if not reply.get("ok"):
         raise Refused(reply.get("error", "the server refused the command"))
     return reply.get("result")
+
+
+async def ask(path: Path, cmd: str, args: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
+    """`call` from an event loop (a supervisor asking its workers); raises NotRunning or Refused the same way."""
+    import asyncio
+
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path), limit=1 << 26), timeout)
+    except (TimeoutError, OSError):
+        raise NotRunning(f"no aqe-mcp server is listening on {path}") from None
+    try:
+        writer.write(msgspec.json.encode({"cmd": cmd, "args": args or {}}) + b"\n")
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    except (TimeoutError, OSError):
+        raise NotRunning(f"the server at {path} did not answer {cmd} within {timeout:.0f} s") from None
+    finally:
+        writer.close()
+    if not line.endswith(b"\n"):
+        raise NotRunning(f"the server at {path} closed the connection without answering")
+    reply = msgspec.json.decode(line)
+    if not reply.get("ok"):
+        raise Refused(reply.get("error", "the server refused the command"))
+    return reply.get("result")

@@ -57,31 +57,22 @@ class CommandError(Exception):
     """A command the server refuses; the message says what to fix."""
 
 
-class ControlServer:
-    def __init__(self, admin: Admin, path: Path, own_directory: bool = False) -> None:
-        self.admin = admin
+Command = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class CommandSocket:
+    """The admin socket itself: a private unix socket this process claims, one JSON command per line, each
+    answered by the handler of its name in `commands` (a server's own, or a supervisor's fan-out to its workers)."""
+
+    def __init__(self, path: Path, commands: dict[str, Command], own_directory: bool = False) -> None:
         self.path = path
+        self._commands = commands
         # The socket's directory is the appliance's own (state or runtime directory): tighten it rather than
         # refuse to start when an older version or another tool left it open.
         self.own_directory = own_directory
         self._server: asyncio.AbstractServer | None = None
         # Held while this process owns the socket's name: others on the same state directory keep off it.
         self._claim: int | None = None
-        self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
-            "status": self._status,
-            "pool.status": self._pool_status,
-            "pool.configure": self._pool_configure,
-            "pool.drain": self._pool_drain,
-            "tools.list": self._tools_list,
-            "tools.lookup": self._tools_lookup,
-            "tools.stats": self._tools_stats,
-            "balance.status": self._balance_status,
-            "balance.configure": self._balance_configure,
-            "balance.agents": self._balance_agents,
-            "metrics": self._metrics,
-            "alerts.list": self._alerts,
-            "reload": self._reload,
-        }
 
     async def start(self) -> None:
         # The directory is private too: nobody else can even reach the socket's name.
@@ -137,6 +128,28 @@ class ControlServer:
             return {"ok": False, "error": str(exc)}
         except msgspec.DecodeError as exc:
             return {"ok": False, "error": f"not JSON: {exc}"}
+
+
+class ControlServer(CommandSocket):
+    """A server's admin socket: what `aqe-v3 mcp ...` reads and changes in it, through the Admin interface."""
+
+    def __init__(self, admin: Admin, path: Path, own_directory: bool = False) -> None:
+        self.admin = admin
+        super().__init__(path, {
+            "status": self._status,
+            "pool.status": self._pool_status,
+            "pool.configure": self._pool_configure,
+            "pool.drain": self._pool_drain,
+            "tools.list": self._tools_list,
+            "tools.lookup": self._tools_lookup,
+            "tools.stats": self._tools_stats,
+            "balance.status": self._balance_status,
+            "balance.configure": self._balance_configure,
+            "balance.agents": self._balance_agents,
+            "metrics": self._metrics,
+            "alerts.list": self._alerts,
+            "reload": self._reload,
+        }, own_directory)
 
     # ---- commands ------------------------------------------------------------------------------------
 

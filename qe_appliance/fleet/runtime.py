@@ -122,6 +122,9 @@ class Fleet:
         self._capacity = WaitQueue()
         self._tasks: list[asyncio.Task[None]] = []
         self.stopping = False
+        # True while start() brings the configured agents up: a call no agent serves yet waits for them
+        # instead of being refused (a stdio server answers its first messages meanwhile).
+        self.warming = False
         self.saturated = 0
         self.fleet_id = "fleet-" + secrets.token_hex(4)
         # Recorded as the caller asked; coordination itself always runs through this server (a hub).
@@ -143,12 +146,17 @@ class Fleet:
 
     async def start(self) -> None:
         """Start the configured agents and pre-warm the pool; returns when they answer."""
-        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Left by a server that was killed; its agents exit on their own once they notice.
-        remove_stale_agent_sockets(self.runtime_dir)
-        wanted = [t for t, n in self.config.fleet.agents.items() for _ in range(n)]
-        await asyncio.gather(*(self.spawn(t) for t in wanted))
-        await self.pool.prewarm([a.id for a in self.agents.values() if a.takes_work])
+        self.warming = True
+        try:
+            self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Left by a server that was killed; its agents exit on their own once they notice.
+            remove_stale_agent_sockets(self.runtime_dir)
+            wanted = [t for t, n in self.config.fleet.agents.items() for _ in range(n)]
+            await asyncio.gather(*(self.spawn(t) for t in wanted))
+            await self.pool.prewarm([a.id for a in self.agents.values() if a.takes_work])
+        finally:
+            self.warming = False
+            self._capacity.wake_all()  # calls waiting for a kind of agent that was not configured: refuse them
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._maintain()))
         self._tasks.append(loop.create_task(self._probe_agents()))
@@ -386,7 +394,7 @@ class Fleet:
             if agent_id is not None:
                 return agent_id
             serving = [a for a in self.agents.values() if category in AGENT_TYPES[a.type] and a.status != "draining"]
-            if not serving:
+            if not serving and not self.warming:
                 kind = next((t for t, cats in AGENT_TYPES.items() if cats == {category}), "generalist")
                 raise FleetFault(f"no agent serves {category}; start one with qe_agent_spawn {{type: {kind}}}")
             remaining = deadline - time.monotonic()

@@ -31,3 +31,10 @@ class WaitQueue:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+    def wake_all(self) -> None:
+        """Wake every waiting caller (what they wait for changed for all of them)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)

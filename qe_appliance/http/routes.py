@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -136,6 +136,8 @@ class Routes:
         self.readiness = readiness
         # The appliance's Monitor (set when monitoring is enabled): serves /metrics and /dashboard.json.
         self.monitor: Any = None
+        # One of several workers (server.workers): /metrics is the supervisor's sum over all of them.
+        self.service_metrics: Callable[[], Awaitable[bytes]] | None = None
 
     async def __call__(self, ex: Exchange) -> Response | None:
         response = await self._route(ex)
@@ -174,7 +176,7 @@ class Routes:
                 405, b'{"error":"use POST, GET or DELETE on /mcp"}', headers=[("allow", "POST, GET, DELETE")]
             )
         if req.path in ("/metrics", "/dashboard.json", "/dashboard"):
-            return self._monitoring(req.path, req.method, req.query)
+            return await self._monitoring(req.path, req.method, req.query)
         if req.path in PROBES:
             if req.method not in ("GET", "HEAD"):
                 return Response(405, b'{"error":"use GET"}', headers=[("allow", "GET, HEAD")])
@@ -186,13 +188,14 @@ class Routes:
             return Response(200, b'{"status":"ok"}')
         return Response(404, msgspec.json.encode({"error": f"no route for {req.path}; MCP is served at /mcp"}))
 
-    def _monitoring(self, path: str, method: str, query: str) -> Response:
+    async def _monitoring(self, path: str, method: str, query: str) -> Response:
         if method not in ("GET", "HEAD"):
             return Response(405, b'{"error":"use GET"}', headers=[("allow", "GET, HEAD")])
         if self.monitor is None:
             return Response(404, b'{"error":"monitoring is disabled (monitoring.enabled: false)"}')
         if path == "/metrics":
-            return Response(200, self.monitor.prometheus(), content_type=PROMETHEUS_TEXT)
+            text = self.monitor.prometheus() if self.service_metrics is None else await self.service_metrics()
+            return Response(200, text, content_type=PROMETHEUS_TEXT)
         if path == "/dashboard":
             return Response(200, web.PAGE, content_type=web.HTML, headers=list(web.HEADERS))
         try:

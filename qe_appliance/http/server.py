@@ -555,9 +555,12 @@ class HttpServer:
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def listen(self, host: str, port: int) -> tuple[str, int]:
+    async def listen(self, host: str, port: int, reuse_port: bool = False) -> tuple[str, int]:
+        """`reuse_port`: one of several worker processes accepting on this port (SO_REUSEPORT)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, host=host, port=port, backlog=2048)
+        self._server = await loop.create_server(
+            self._protocol, host=host, port=port, backlog=2048, reuse_port=reuse_port or None
+        )
         self._sweeper = loop.create_task(self._sweep_timeouts())
         sock = self._server.sockets[0].getsockname()
         return sock[0], sock[1]

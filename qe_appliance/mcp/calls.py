@@ -21,7 +21,7 @@ from qe_appliance.mcp.tasks import ToolTasks, split_background, wants_task
 from qe_appliance.monitoring.monitor import Monitor
 from qe_appliance.registry import ToolRegistry, UnknownToolError
 from qe_appliance.sandbox import STDIO, Caller
-from qe_appliance.tools.base import no_log, no_progress
+from qe_appliance.tools.base import ToolSpec, no_log, no_progress
 from qe_appliance.tools.runner import CallResult, ToolRunner
 
 REQUEST_CANCELLED = rpc.REQUEST_CANCELLED
@@ -50,7 +50,14 @@ class ToolCalls:
 
     def set_registry(self, registry: ToolRegistry) -> None:
         self.registry = registry
-        self._header_params = {tool.name: header_params(tool) for tool in registry.tools()}
+        # Filled per tool by its first call (from its input schema, itself made on first use).
+        self._header_params = {}
+
+    def _params_of(self, tool: ToolSpec) -> tuple[HeaderParam, ...]:
+        params = self._header_params.get(tool.name)
+        if params is None:
+            params = self._header_params[tool.name] = header_params(tool)
+        return params
 
     async def call(
         self,
@@ -77,7 +84,7 @@ class ToolCalls:
         if raw_args == b"null":
             raw_args = b""
         arguments: bytes | Any = raw_args
-        if modern and exch.headers is not None and self._header_params.get(tool.name):
+        if modern and exch.headers is not None and (params_of := self._params_of(tool)):
             # A client mirrors only the headers of tools it listed: a typo it sent has none to mirror.
             try:
                 arguments = _plain.decode(raw_args or b"{}")
@@ -85,7 +92,7 @@ class ToolCalls:
                 pass  # the runner reports unreadable arguments in the caller's terms
             else:
                 check_param_headers(
-                    self._header_params[tool.name], arguments, exch.headers, exch.duplicated, absent_ok=fuzzy
+                    params_of, arguments, exch.headers, exch.duplicated, absent_ok=fuzzy
                 )
         try:
             arguments, background = split_background(tool, arguments)

@@ -142,13 +142,20 @@ class Dispatcher:
         self.methods: dict[str, Method] = dict(methods or {})
         # Messages handled since start, for the "stopped" summary (counted with monitoring off too).
         self.handled = 0
-        self._tool_pages: list[dict[str, Any]] = []
+        self._pages: list[dict[str, Any]] | None = None
         self.set_registry(registry)
 
     def set_registry(self, registry: ToolRegistry) -> None:
         self.registry = registry
-        self._tool_pages = [tool.wire() for tool in registry.tools()]
+        self._pages = None
         self.calls.set_registry(registry)
+
+    @property
+    def _tool_pages(self) -> list[dict[str, Any]]:
+        # Built by the first tools/list rather than at start-up (the schemas are the costly part).
+        if self._pages is None:
+            self._pages = [tool.wire() for tool in self.registry.tools()]
+        return self._pages
 
     def reconfigure(self, registry: ToolRegistry, max_json_depth: int) -> None:
         """A reload's registry and depth limit; sessions with an open stream hear tools/list_changed."""

@@ -12,14 +12,14 @@ import tokenize
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import msgspec
-from radon.metrics import h_visit_ast, mi_compute
-from radon.raw import analyze
-from radon.visitors import Class, ComplexityVisitor, Function
 
 from qe_appliance.workspace import InputError, Workspace, WorkspaceError
+
+if TYPE_CHECKING:
+    from radon.visitors import Class, Function
 
 ScopeKind = Literal["function", "method", "class"]
 CACHE_ENTRIES: Final = 20_000
@@ -70,6 +70,11 @@ def analyze_text(text: str, name: str = "<source>") -> PySource:
 
 
 def _analyze(text: str, name: str) -> PySource:
+    # Imported by the first measurement (the agents' forkserver preloads radon): the server's start-up skips it.
+    from radon.metrics import h_visit_ast, mi_compute
+    from radon.raw import analyze
+    from radon.visitors import ComplexityVisitor
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SyntaxWarning)  # e.g. invalid escapes: still measurable

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 import msgspec
-from rapidfuzz import fuzz, process
 
 from qe_appliance.config import LearningConfig
 from qe_appliance.store.database import Database, open_database, transaction
@@ -321,6 +320,8 @@ class PatternStore:
         ).fetchall()
         if not rows:
             return None
+        from rapidfuzz import fuzz, process  # on the first comparison, not at start-up (~10 ms)
+
         best = process.extractOne(
             fields["norm"], [norm for _, norm in rows], scorer=fuzz.ratio, score_cutoff=threshold * 100
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import re
 import shutil
@@ -48,6 +47,8 @@ def shipped_file(name: str) -> Path:
     checkout = Path(__file__).resolve().parents[2] / SHIPPED_IN[name] / name
     if checkout.is_file():
         return checkout
+    import importlib.metadata  # here: it costs start-up ~10 ms and only an install needs it
+
     try:
         files = importlib.metadata.files("aqe-mcp") or []
     except importlib.metadata.PackageNotFoundError:

@@ -11,7 +11,6 @@ from functools import lru_cache
 from typing import Final, Literal
 
 import msgspec
-from rapidfuzz import process
 
 from qe_appliance.workspace import InputError
 
@@ -505,6 +504,8 @@ def targets(facts: ModuleFacts, requested: list[str] | None) -> list[Target]:
     for name in requested:
         if name not in by_name:
             names = [t.name for t in available if t.kind != "module"]
+            from rapidfuzz import process  # only a misspelt target needs it
+
             close = [match for match, score, _ in process.extract(name, names, limit=3) if score >= 60]
             hint = f"; did you mean {', '.join(close)}?" if close else f"; it defines {', '.join(names[:20])}"
             if not names:

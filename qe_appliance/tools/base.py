@@ -8,9 +8,10 @@ result with `isError: true` whose text is the error's message.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
@@ -135,25 +136,31 @@ class ToolSpec:
     # argument of the mode's name (the default rule); a name the config does not define counts as none.
     latency_mode: Callable[[Any], str] | None = None
     task_support: TaskSupport = "forbidden"
-    input_schema: dict[str, Any] = field(init=False, repr=False, compare=False)
-    output_schema: dict[str, Any] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.category:
             if self.name not in TOOL_DEFAULTS:
                 raise ValueError(f"tool {self.name} needs a category: it is not in config.TOOL_DEFAULTS")
             object.__setattr__(self, "category", TOOL_DEFAULTS[self.name].category)
+
+    # The schemas are made on first use, not at import: that is a third of the tool modules' import time,
+    # paid by every start while the agents never need them.
+    @functools.cached_property
+    def input_schema(self) -> dict[str, Any]:
         schema = object_schema(self.input_type)
-        out = object_schema(self.output_type) if self.output_type is not None else None
         if self.task_support == "optional":
             schema["properties"] = {**schema.get("properties", {}), BACKGROUND: BACKGROUND_PROPERTY}
-            if out is not None:
-                defs = out.pop("$defs", None)
-                out = {"type": "object", "anyOf": [out, BACKGROUND_RESULT_SCHEMA]}
-                if defs:
-                    out["$defs"] = defs
-        object.__setattr__(self, "input_schema", schema)
-        object.__setattr__(self, "output_schema", out)
+        return schema
+
+    @functools.cached_property
+    def output_schema(self) -> dict[str, Any] | None:
+        out = object_schema(self.output_type) if self.output_type is not None else None
+        if out is not None and self.task_support == "optional":
+            defs = out.pop("$defs", None)
+            out = {"type": "object", "anyOf": [out, BACKGROUND_RESULT_SCHEMA]}
+            if defs:
+                out["$defs"] = defs
+        return out
 
     def wire(self) -> dict[str, Any]:
         """The tool as `tools/list` describes it."""

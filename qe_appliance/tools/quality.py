@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated
 
 import msgspec
-from rapidfuzz import process
 
 from qe_appliance.coverage.gaps import find_gaps
 from qe_appliance.coverage.model import Report, report_totals
@@ -207,6 +206,8 @@ def resolve_policy(ctx: ToolContext, args: QualityGateInput) -> tuple[str, GateP
     policies: dict[str, GatePolicy] = ctx.services.config.quality.policies
     if name not in policies:
         known = sorted(policies)
+        from rapidfuzz import process  # only a misspelt policy name needs it: kept off start-up
+
         guess = process.extractOne(name, known, score_cutoff=70)
         hint = f"did you mean {guess[0]!r}? " if guess else ""
         raise ToolError(f"no policy named {name!r} in the configuration; {hint}known: {', '.join(known)}")
