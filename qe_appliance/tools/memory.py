@@ -16,10 +16,11 @@ from typing import Annotated, Any
 
 import msgspec
 
+from qe_appliance._core.lru import LRUCache
 from qe_appliance.config import DEFAULT_NAMESPACE, MemoryConfig
 from qe_appliance.store.database import StoreError, retrying
 from qe_appliance.store.interface import MemoryBackend
-from qe_appliance.store.memory import MemoryEntry, MemoryHit, SearchQueryError
+from qe_appliance.store.memory import HOT_ENTRIES, MemoryEntry, MemoryHit, SearchQueryError
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
 from qe_appliance.uris import memory_uri
 
@@ -292,7 +293,12 @@ def _raw(data: bytes | None) -> msgspec.Raw | None:
     return None if data is None else msgspec.Raw(data)
 
 
-async def memory_retrieve(ctx: ToolContext, args: MemoryRetrieveInput) -> MemoryRetrieveResult:
+# The answer last built for an entry, by (namespace, key): the SQLite store hands back the very same entry
+# object while what it read is still current, and then the answer is too.
+_answers: LRUCache[tuple[str, str], tuple[MemoryEntry, msgspec.Raw]] = LRUCache(HOT_ENTRIES)
+
+
+async def memory_retrieve(ctx: ToolContext, args: MemoryRetrieveInput) -> MemoryRetrieveResult | msgspec.Raw:
     limits = _limits(ctx)
     _check_key(args.key, limits)
     _check_namespace(args.namespace, limits)
@@ -301,7 +307,14 @@ async def memory_retrieve(ctx: ToolContext, args: MemoryRetrieveInput) -> Memory
         entry = await retrying(store.get, args.namespace, args.key)
     if entry is None:
         return MemoryRetrieveResult(found=False, key=args.key, namespace=args.namespace)
-    return MemoryRetrieveResult(found=True, created_at=_timestamp(entry.created_at), **_shown(entry))
+    where = (args.namespace, args.key)
+    known = _answers.get(where)
+    if known is not None and known[0] is entry:
+        return known[1]
+    result = MemoryRetrieveResult(found=True, created_at=_timestamp(entry.created_at), **_shown(entry))
+    answer = msgspec.Raw(msgspec.json.encode(result))
+    _answers.put(where, (entry, answer))
+    return answer
 
 
 def _match(hit: MemoryHit) -> MemoryMatch:
