@@ -376,3 +376,22 @@ def test_a_read_never_serves_what_another_process_replaced(tmp_path: Path) -> No
     finally:
         writer.close()
         http.stop()
+
+
+@pytest.mark.parametrize("mapped", [True, False], ids=["wal-index", "data_version"])
+def test_the_commit_mark_moves_with_every_commit_of_another_connection(tmp_path: Path, mapped: bool) -> None:
+    # Both ways MemoryStore.get notices another writer: the mapped wal-index header, and (where the -shm file
+    # cannot be mapped) data_version.
+    path = tmp_path / "memory.db"
+    reader, writer = MemoryStore(path), MemoryStore(path)
+    try:
+        if not mapped:
+            reader.database._wal_index_mapped = True  # as if the -shm file could not be mapped
+        for n in range(50):
+            writer.put("ns", "k", str(n).encode(), None)
+            assert reader.get("ns", "k").value_json == str(n).encode()  # type: ignore[union-attr]
+            assert reader.get("ns", "k").value_json == str(n).encode()  # type: ignore[union-attr]
+        assert (reader.database._wal_index is not None) is mapped
+    finally:
+        reader.close()
+        writer.close()

@@ -226,11 +226,11 @@ class MemoryStore:
         self.database: Database = open_database(path, _MIGRATIONS, "memory database")
         self._db = self.database.conn
         # What `get` read, by (namespace, key): the entry, or None for a key that had no live entry. Valid while
-        # SQLite's data_version is `_read_version`: it changes whenever another connection (of this process or
+        # the database's commit mark is `_read_mark`: it changes whenever a connection (of this process or
         # another one on the state directory) commits, so a read never serves what another writer replaced.
-        # This connection's own writes do not change it, so they empty the cache themselves.
+        # This connection's writes empty it themselves too, uncommitted ones included (a batch).
         self._hot: LRUCache[tuple[str, str], MemoryEntry | None] = LRUCache(HOT_ENTRIES)
-        self._read_version = -1
+        self._read_mark: object = None
 
     def put(
         self,
@@ -282,11 +282,11 @@ class MemoryStore:
     def get(self, namespace: str, key: str) -> MemoryEntry | None:
         """The live entry, or None when the key is missing or has expired."""
         now = time.time()
-        ((version,),) = self._db.execute("PRAGMA data_version").fetchall()
+        mark = self.database.commit_mark()
         hot = self._hot
-        if version != self._read_version:
+        if mark != self._read_mark:
             hot.clear()
-            self._read_version = version
+            self._read_mark = mark
         else:
             cached = hot.get((namespace, key), _NOT_CACHED)
             if cached is not _NOT_CACHED:
