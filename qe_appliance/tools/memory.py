@@ -6,12 +6,12 @@ Key length, value size and namespace characters are limited by the `memory` bloc
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Annotated, Any
 
 import msgspec
@@ -217,8 +217,13 @@ def _check_key(key: str, limits: MemoryConfig) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1024)
+def _namespace_allowed(pattern: str, namespace: str) -> bool:
+    return re.fullmatch(pattern, namespace) is not None
+
+
 def _check_namespace(namespace: str, limits: MemoryConfig) -> None:
-    if re.fullmatch(limits.namespace_pattern, namespace) is None:
+    if not _namespace_allowed(limits.namespace_pattern, namespace):
         raise ToolError(
             f"namespace {namespace[:80]!r} is not allowed: it must match memory.namespacePattern = "
             f"{limits.namespace_pattern!r}. Pick a namespace that matches it, e.g. 'team-api' under the "
@@ -239,18 +244,25 @@ def _check_range(name: str, value: int, low: int, high: int) -> None:
         raise ToolError(f"{name} is {value}; it must be {low}..{high}.")
 
 
-@contextmanager
-def store_failures(path: Path | str) -> Iterator[None]:
+class store_failures:  # noqa: N801 - used as `with store_failures(path):`, like contextlib's helpers
     """Turn a database failure into a result the caller can read instead of an internal error."""
-    try:
-        yield
-    except StoreError as exc:  # another process holds the lock too long, or the state directory vanished
-        raise ToolError(str(exc)) from exc
-    except sqlite3.Error as exc:
-        raise ToolError(
-            f"the database {path} failed: {exc}. Retry; if it persists, check free disk space and the "
-            "server log."
-        ) from exc
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, StoreError):  # another process holds the lock too long, or the state directory vanished
+            raise ToolError(str(exc)) from exc
+        if isinstance(exc, sqlite3.Error):
+            raise ToolError(
+                f"the database {self.path} failed: {exc}. Retry; if it persists, check free disk space and the "
+                "server log."
+            ) from exc
 
 
 async def memory_store(ctx: ToolContext, args: MemoryStoreInput) -> MemoryStoreResult:
