@@ -269,10 +269,10 @@ async def retrying(fn: Callable[P, T | Awaitable[T]], /, *args: P.args, **kwargs
     while True:
         try:
             result = fn(*args, **kwargs)
-            # What a PostgreSQL store returns; asked of the type (inspect.isawaitable's ABC check costs more).
-            if hasattr(type(result), "__await__"):
+            # What a PostgreSQL store returns (inspect.isawaitable's ABC check costs several times this).
+            if hasattr(result, "__await__"):
                 return await cast(Awaitable[T], result)
-            return cast(T, result)
+            return result
         except sqlite3.OperationalError as exc:
             if not is_busy(exc):
                 raise
