@@ -8,13 +8,21 @@ moves far less with other load on the machine than a wrk run does, so it tells o
 noise. CPU per call is process time over the calls; the minimum over repeats is reported (the least disturbed).
 
     .venv/bin/python bench/hotpath_bench.py [--calls 20000] [--repeats 7]
+    .venv/bin/python bench/hotpath_bench.py --against /tmp/base --runs 6   # this tree against another checkout
+
+With --against, runs of this tree and of the other checkout's copy of this file alternate (A, B, B, A, ...),
+each `--calls` (default there 5000) x `--repeats` (3), and the median of each tree's per-run minimums is
+compared: one short run each way is what a shared machine leaves steady.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -104,11 +112,41 @@ async def measure(calls: int, repeats: int) -> list[float]:
     return results
 
 
+def alternate(other: Path, runs: int, calls: int, repeats: int) -> int:
+    """This tree against `other` (a checkout with its kernels built), runs alternating; medians of minimums."""
+    trees = {"this": REPO, "other": other.resolve()}
+    for tree in trees.values():
+        if not (tree / "bench" / "hotpath_bench.py").exists():
+            shutil.copy(Path(__file__), tree / "bench" / "hotpath_bench.py")
+    minimums: dict[str, list[float]] = {name: [] for name in trees}
+    for n in range(runs):
+        for name in list(trees) if n % 2 == 0 else list(reversed(trees)):
+            command = [sys.executable, str(trees[name] / "bench" / "hotpath_bench.py"),
+                       "--calls", str(calls), "--repeats", str(repeats)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            found = re.search(r"min ([0-9.]+)", out)
+            if found is None:
+                raise SystemExit(f"{name}: no result in {out!r}")
+            minimums[name].append(float(found.group(1)))
+    medians = {name: statistics.median(values) for name, values in minimums.items()}
+    for name, values in minimums.items():
+        print(f"{name} ({trees[name]}): median of minimums {medians[name]:.1f} us CPU/call; runs "
+              + ", ".join(f"{v:.1f}" for v in values))
+    print(f"this / other: {medians['this'] / medians['other']:.3f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=20000)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--calls", type=int, help="calls per repeat (default 20000; with --against 5000)")
+    parser.add_argument("--repeats", type=int, help="repeats per run (default 7; with --against 3)")
+    parser.add_argument("--against", type=Path, help="another checkout to alternate runs with")
+    parser.add_argument("--runs", type=int, default=6, help="runs of each tree with --against (default 6)")
     args = parser.parse_args()
+    if args.against is not None:
+        return alternate(args.against, args.runs, args.calls or 5000, args.repeats or 3)
+    args.calls = args.calls or 20000
+    args.repeats = args.repeats or 7
     results = uvloop.run(measure(args.calls, args.repeats))
     print(f"in-process tools/call: min {min(results):.2f} us CPU/call, median {statistics.median(results):.2f} "
           f"({args.repeats} x {args.calls} calls)")
