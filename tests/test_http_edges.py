@@ -328,9 +328,8 @@ def test_pipelined_requests_answer_in_order(server: ServerProcess) -> None:
 
 
 def test_thousands_of_pipelined_requests_in_one_write_all_answer_in_order(server: ServerProcess) -> None:
-    # Handlers that answer without suspending run one after another inside the read that parsed them: a
-    # long pipeline in one segment must neither nest a call per request nor lose or reorder any. (Probes,
-    # which no rate limit counts, alternating with a path that is answered 404.)
+    # A long pipeline in one segment (far past the point where reading pauses) loses and reorders nothing.
+    # (Probes, which no rate limit counts, alternating with a path that is answered 404.)
     count = 3000
     paths = ["/healthz", "/nowhere"]
     payload = b"".join(

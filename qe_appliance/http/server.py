@@ -7,14 +7,12 @@ handler answers, either one whole response or a chunked stream (server-sent even
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
-import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, cast
+from typing import cast
 
 import httptools
 import msgspec
@@ -343,64 +341,37 @@ class HttpProtocol(HeadReader, asyncio.Protocol):
     # ---- serving ------------------------------------------------------------------------------------
 
     def _next(self) -> None:
-        """Serve the queued requests in order. Each handler starts at once, in this call, in a context of its
-        own: most answer without ever suspending, so they cost no Task; one that suspends goes on in a Task
-        (the eager start of Python 3.12's tasks), which a disconnect cancels."""
-        while True:
-            if not self.queue or self.transport is None:
-                self.current = None
-                if self._refusal is not None:
-                    # Every request parsed before the refused one is answered: now the refusal, then close.
-                    self.write_response(self._refusal, keep_alive=False)
-                    self._linger()
-                elif self._closing:
-                    self._close()
-                elif self._request_deadline is not None:
-                    # A pipelined request is half read: it keeps the deadline it started with, not a keep-alive one.
-                    self.deadline = self._request_deadline
-                    if self._expects_continue:
-                        self._send_continue()
-                else:
-                    self._arm(self.limits.keep_alive_timeout_s)
-                return
-            request = self.queue.popleft()
-            if self._reading_paused and len(self.queue) < MAX_PIPELINED // 2 and not self._closing:
-                self._reading_paused = False
-                self.transport.resume_reading()
-            coro = self._serve(request)
-            context = contextvars.copy_context()
-            try:
-                step = context.run(coro.send, None)
-            except StopIteration as done:
-                if done.value:
-                    continue
-                self.current = None
-                return
-            except Exception:
-                log.exception("unhandled error serving %s %s", request.method, request.path)
-                self.current = None
-                self._close()
-                return
-            self.current = self.loop.create_task(self._finish(coro, step), context=context)
-            return
-
-    async def _finish(self, coro: Coroutine[Any, Any, bool], step: Any) -> None:
-        """The rest of a handler that suspended when `_next` started it; then the next request."""
-        if await _resume(coro, step):
-            self._next()
-        else:
+        if not self.queue or self.transport is None:
             self.current = None
+            if self._refusal is not None:
+                # Every request parsed before the refused one is answered: now the refusal, then close.
+                self.write_response(self._refusal, keep_alive=False)
+                self._linger()
+            elif self._closing:
+                self._close()
+            elif self._request_deadline is not None:
+                # A pipelined request is half read: it keeps the deadline it started with, not a keep-alive one.
+                self.deadline = self._request_deadline
+                if self._expects_continue:
+                    self._send_continue()
+            else:
+                self._arm(self.limits.keep_alive_timeout_s)
+            return
+        request = self.queue.popleft()
+        if self._reading_paused and len(self.queue) < MAX_PIPELINED // 2 and not self._closing:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self.current = self.loop.create_task(self._serve(request))
 
-    async def _serve(self, request: Request) -> bool:
-        """Answer `request`; True when the connection goes on to its next one."""
+    async def _serve(self, request: Request) -> None:
         if self.over_limit:
             self._turn_away()
-            return False
+            return
         exchange = Exchange(request, self)
         try:
             response = await self.handler(exchange)
         except asyncio.CancelledError:
-            return False
+            return
         except Exception:
             log.exception("unhandled error serving %s %s", request.method, request.path)
             if exchange.stream is None:
@@ -408,15 +379,15 @@ class HttpProtocol(HeadReader, asyncio.Protocol):
             else:
                 response = None
         if self.transport is None:
-            return False
+            return
         if exchange.stream is not None:
             exchange.stream.end()
         elif response is not None:
             self.write_response(response, request.keep_alive, head=request.method == "HEAD")
         if not request.keep_alive:
             self._close()
-            return False
-        return True
+            return
+        self._next()
 
     def write_response(self, response: Response, keep_alive: bool, head: bool = False) -> None:
         """Write `response`; `head`: the request was HEAD, so the headers describe a body that is not sent."""
@@ -512,28 +483,6 @@ class HttpProtocol(HeadReader, asyncio.Protocol):
         self._closing = True
         if self.current is None:
             self._close()
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, bool], step: Any) -> Generator[Any, Any, bool]:
-    """Drive `coro`, already started, on from the `step` it suspended at: what it awaits, the Task running
-    this waits for, and what the Task sends or throws in (a result, a cancellation) goes on to `coro`."""
-    while True:
-        try:
-            sent = yield step
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            try:
-                step = coro.throw(exc)
-            except StopIteration as done:
-                return bool(done.value)
-        else:
-            try:
-                step = coro.send(sent)
-            except StopIteration as done:
-                return bool(done.value)
 
 
 class _Refuse(Exception):
