@@ -7,7 +7,7 @@ with the package), found from the repository root by their qualified names.
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["lru", "registry", "balancer", "histogram", "jsondepth"]
+MODULES = ["lru", "registry", "balancer", "histogram", "jsondepth", "httphead"]
 
 setup(
     ext_modules=cythonize(

@@ -371,18 +371,20 @@ def print_report(targets: list[Target], args: argparse.Namespace, results: Resul
     )
     print(
         f"| server | first answer ms | p50 µs | p99 µs | calls/s ({IN_FLIGHT} in flight) | CPU µs/call "
-        "| ours: p50 | calls/s | first answer |"
+        "| ours: p50 | p99 | calls/s | CPU | first answer |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = results.stdio.get("ours", [])
     for name, stdio_samples in results.stdio.items():
         first = median([s.first_answer_s for s in stdio_samples])
         p50, rate = median([s.p50_us for s in stdio_samples]), median([s.calls_per_s for s in stdio_samples])
-        ratios = ["", "", ""]
+        ratios = ["", "", "", "", ""]
         if name != "ours" and base:
             ratios = [
                 ratio(median([s.p50_us for s in base]), p50, False),
+                ratio(median([s.p99_us for s in base]), median([s.p99_us for s in stdio_samples]), False),
                 ratio(median([s.calls_per_s for s in base]), rate, True),
+                ratio(median([s.cpu_us for s in base]), median([s.cpu_us for s in stdio_samples]), False),
                 ratio(median([s.first_answer_s for s in base]), first, False),
             ]
         print(

@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODULES = [f"qe_appliance._core.{name}" for name in ("lru", "registry", "balancer", "histogram", "jsondepth")]
+KERNELS = ("lru", "registry", "balancer", "histogram", "jsondepth", "httphead")
+MODULES = [f"qe_appliance._core.{name}" for name in KERNELS]
 # What introspection of a compiled module cannot see or the stubs leave out on purpose: Cython's pickling
 # helpers and doctest table, and constructors whose arguments go to __cinit__ or to msgspec's Struct __new__
 # (the runtime signature shows no parameters for them).

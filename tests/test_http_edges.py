@@ -327,6 +327,20 @@ def test_pipelined_requests_answer_in_order(server: ServerProcess) -> None:
     assert ids == [0, 1, 2, 3, 4]
 
 
+def test_thousands_of_pipelined_requests_in_one_write_all_answer_in_order(server: ServerProcess) -> None:
+    # A long pipeline in one segment (far past the point where reading pauses) loses and reorders nothing.
+    # (Probes, which no rate limit counts, alternating with a path that is answered 404.)
+    count = 3000
+    paths = ["/healthz", "/nowhere"]
+    payload = b"".join(
+        f"GET {paths[i % 2]}?n={i} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode()
+        for i in range(count)
+    )
+    data = _raw_exchange(server, payload, want=count, timeout=30)
+    statuses = [part.split(b" ", 1)[0] for part in data.split(b"HTTP/1.1 ")[1:]]
+    assert statuses == [b"200", b"404"] * (count // 2)
+
+
 def test_chunked_request_body(server: ServerProcess) -> None:
     body, hdrs = modern("tools/list")
     data = json.dumps(body).encode()

@@ -345,3 +345,53 @@ def test_the_state_lock_keeps_a_server_out_while_a_restore_runs(tmp_path: Path) 
     finally:
         os.close(held)
     Stores(tmp_path / "state").close()
+
+
+def test_a_read_never_serves_what_another_process_replaced(tmp_path: Path) -> None:
+    # The server keeps the entries it read in memory; every write by another process (here this test's own
+    # connection to the state directory) must show in the very next read, as must the server's own writes and
+    # an entry's expiry.
+    http = start_server(tmp_path, {"server": {"rateLimit": {"requestsPerSecond": 0}}})
+    writer = MemoryStore(tmp_path / "state" / "memory.db")
+    try:
+        for n in range(1, 201):
+            writer.put("default", "hot", json.dumps({"n": n}).encode(), None)
+            got = call(http, "qe_memory_retrieve", {"key": "hot"})
+            assert (got["value"], got["version"]) == ({"n": n}, n)
+            assert call(http, "qe_memory_retrieve", {"key": "hot"})["value"] == {"n": n}  # served from memory
+        writer.put("default", "cold", b"1", None)
+        assert call(http, "qe_memory_retrieve", {"key": "cold"})["found"] is True
+        with writer.batch():  # a transaction that removes it: committed, the next read must not find it
+            writer._db.execute("DELETE FROM memory_entries WHERE key = 'cold'")
+        assert call(http, "qe_memory_retrieve", {"key": "cold"})["found"] is False
+
+        assert call(http, "qe_memory_store", {"key": "hot", "value": "mine"})["version"] == 201
+        assert call(http, "qe_memory_retrieve", {"key": "hot"})["value"] == "mine"
+        assert writer.get("default", "hot").value_json == b'"mine"'  # type: ignore[union-attr]
+
+        writer.put("default", "brief", b"1", 0.5)
+        assert call(http, "qe_memory_retrieve", {"key": "brief"})["found"] is True
+        time.sleep(0.6)
+        assert call(http, "qe_memory_retrieve", {"key": "brief"})["found"] is False
+    finally:
+        writer.close()
+        http.stop()
+
+
+@pytest.mark.parametrize("mapped", [True, False], ids=["wal-index", "data_version"])
+def test_the_commit_mark_moves_with_every_commit_of_another_connection(tmp_path: Path, mapped: bool) -> None:
+    # Both ways MemoryStore.get notices another writer: the mapped wal-index header, and (where the -shm file
+    # cannot be mapped) data_version.
+    path = tmp_path / "memory.db"
+    reader, writer = MemoryStore(path), MemoryStore(path)
+    try:
+        if not mapped:
+            reader.database._wal_index_mapped = True  # as if the -shm file could not be mapped
+        for n in range(50):
+            writer.put("ns", "k", str(n).encode(), None)
+            assert reader.get("ns", "k").value_json == str(n).encode()  # type: ignore[union-attr]
+            assert reader.get("ns", "k").value_json == str(n).encode()  # type: ignore[union-attr]
+        assert (reader.database._wal_index is not None) is mapped
+    finally:
+        reader.close()
+        writer.close()

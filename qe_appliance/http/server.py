@@ -17,6 +17,8 @@ from typing import cast
 import httptools
 import msgspec
 
+from qe_appliance._core.httphead import MAX_HEADER_FIELDS, HeadReader
+
 log = logging.getLogger("aqe_mcp.http")
 
 # Connections past server.maxConnections that still get a 503 before they are closed; beyond that
@@ -24,10 +26,6 @@ log = logging.getLogger("aqe_mcp.http")
 OVERFLOW_ANSWERED = 64
 OVERFLOW_WAIT_S = 1.0
 MAX_PIPELINED = 32  # parsed-but-unanswered requests before reading pauses
-# Header fields one request may carry (Apache's LimitRequestFields default): clients send about ten.
-MAX_HEADER_FIELDS = 100
-# What a header line costs on the wire beyond its name and value: ": " and CRLF.
-HEADER_LINE_OVERHEAD = 4
 WRITE_HIGH_WATER = 256 * 1024
 SWEEP_INTERVAL_S = 0.1
 # After a refusal the client may still be sending; closing with its bytes unread makes the kernel answer with a
@@ -128,8 +126,11 @@ RequestHandler = Callable[[Exchange], Awaitable[Response | None]]
 ErrorRenderer = Callable[[str, str], bytes]
 
 
-class HttpProtocol(asyncio.Protocol):
-    """One client connection. Requests are answered strictly in the order they arrived."""
+class HttpProtocol(HeadReader, asyncio.Protocol):
+    """One client connection. Requests are answered strictly in the order they arrived.
+
+    The callbacks httptools makes per URL piece, header line and body piece, and the decoding of the header
+    lines, are HeadReader's (in C); the limits they check are this protocol's."""
 
     def __init__(
         self,
@@ -165,12 +166,10 @@ class HttpProtocol(asyncio.Protocol):
         self._refusal: Response | None = None
         # While closing after a refusal: how many more bytes are read and dropped before closing outright.
         self._lingering: int | None = None
-        # Per-request parse state.
-        self._url = b""
-        self._raw_headers: list[tuple[bytes, bytes]] = []
-        self._header_bytes = 0
-        self._body: list[bytes] = []
-        self._body_len = 0
+        # Per-request parse state: HeadReader's _url, _raw_headers, _header_bytes, _body and _body_len, and the
+        # limits they are held to, taken from `limits` as each request begins.
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_body_bytes = limits.max_body_bytes
         # Requests begun on this connection, and whether the latest one's head is still arriving: a read that
         # falls wholly inside one head is counted whole, whitespace the parser reports nowhere included.
         self._begun = 0
@@ -179,7 +178,6 @@ class HttpProtocol(asyncio.Protocol):
         self._request_deadline: float | None = None
         # The request being read offered a protocol upgrade (re-read without it), or awaits 100 Continue.
         self._upgrade_offered = False
-        self._expects_continue = False
 
     # ---- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -218,7 +216,7 @@ class HttpProtocol(asyncio.Protocol):
         if mid_head and self._in_head and self._begun == begun:
             # The whole read fell inside one head, so every byte of it counts, whitespace the parser drops too.
             self._header_bytes = counted + len(data)
-            if self._header_bytes > self.limits.max_header_bytes:
+            if self._header_bytes > self.max_header_bytes:
                 self._fail(self._header_limit())
                 return
         if self._expects_continue and self.current is None:
@@ -255,73 +253,36 @@ class HttpProtocol(asyncio.Protocol):
     # ---- httptools callbacks -----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._url = b""
-        self._raw_headers = []
-        self._header_bytes = 0
-        self._body = []
-        self._body_len = 0
+        self._reset_head()
+        # The limits as configured now (a reload changes them between requests).
+        self.max_header_bytes = self.limits.max_header_bytes
+        self.max_body_bytes = self.limits.max_body_bytes
         self._begun += 1
         self._in_head = True
         self._arm(self._request_timeout_s())
         self._request_deadline = self.deadline
 
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._header_bytes += len(url)
-        if self._header_bytes > self.limits.max_header_bytes:
-            raise self._header_limit()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # Only collect here (called once per header line); decoding happens once per request.
-        self._raw_headers.append((name, value))
-        self._header_bytes += len(name) + len(value) + HEADER_LINE_OVERHEAD
-        if self._header_bytes > self.limits.max_header_bytes:
-            raise self._header_limit()
-        if len(self._raw_headers) > MAX_HEADER_FIELDS:
-            raise _Refuse(431, f"more than {MAX_HEADER_FIELDS} header fields in one request; send fewer",
-                          "header_size")
+    # on_url, on_header and on_body: HeadReader's.
 
     def _header_limit(self) -> _Refuse:
-        return _Refuse(431, f"request headers over the {self.limits.max_header_bytes}-byte limit "
+        return _Refuse(431, f"request headers over the {self.max_header_bytes}-byte limit "
                        "(server.maxHeaderBytes)", "header_size")
 
-    def _body_limit(self) -> _Refuse:
-        return _Refuse(413, f"request body over the {self.limits.max_body_bytes}-byte limit "
-                       "(server.maxBodyBytes)", "body_size")
+    def _too_many_fields(self) -> _Refuse:
+        return _Refuse(431, f"more than {MAX_HEADER_FIELDS} header fields in one request; send fewer", "header_size")
 
-    def _decode_headers(self) -> tuple[dict[str, str], frozenset[str]]:
-        headers: dict[str, str] = {}
-        repeated: dict[str, list[str]] = {}
-        for name, value in self._raw_headers:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            if key in headers:
-                # Joined once at the end: appending to the joined string would copy it per repeat.
-                repeated.setdefault(key, [headers[key]]).append(text)
-            else:
-                headers[key] = text
-        for key, values in repeated.items():
-            headers[key] = ", ".join(values)
-        return headers, frozenset(repeated)
+    def _body_limit(self) -> _Refuse:
+        return _Refuse(413, f"request body over the {self.max_body_bytes}-byte limit "
+                       "(server.maxBodyBytes)", "body_size")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        length = 0
-        body_follows = False
-        expect: bytes | None = None
-        for name, value in self._raw_headers:
-            key = name.lower()
-            if key == b"content-length" and value.strip().isdigit():
-                length = int(value)
-            elif key == b"transfer-encoding":
-                body_follows = True
-            elif key == b"expect":
-                expect = value.strip().lower()
+        length, body_follows, expect = self.framing()
         if self.parser.should_upgrade():
             if self.parser.get_method() == b"CONNECT":
                 raise _Refuse(400, "CONNECT is not supported: this is an MCP server, not a proxy", "malformed")
             self._upgrade_offered = True
-        if length > self.limits.max_body_bytes:
+        if length > self.max_body_bytes:
             raise self._body_limit()  # refused before the body is read, so no 100 Continue either
         if expect is not None:
             if expect != b"100-continue":
@@ -332,13 +293,6 @@ class HttpProtocol(asyncio.Protocol):
             self._expects_continue = ((length > 0 or body_follows) and not self.over_limit
                                       and self.parser.get_http_version() == "1.1")
 
-    def on_body(self, body: bytes) -> None:
-        self._expects_continue = False  # the body is on its way already
-        self._body_len += len(body)
-        if self._body_len > self.limits.max_body_bytes:
-            raise self._body_limit()
-        self._body.append(body)
-
     def on_message_complete(self) -> None:
         self._expects_continue = False
         if self._upgrade_offered:
@@ -346,12 +300,18 @@ class HttpProtocol(asyncio.Protocol):
             return  # read again without the offer (data_received); that reading is the request
         self.deadline = float("inf")
         self._request_deadline = None
-        url = httptools.parse_url(self._url)
-        headers, duplicated = self._decode_headers()
+        target = self._url
+        if target[:1] == b"/" and b"?" not in target and b"#" not in target:
+            path, query = target.decode("latin-1"), ""  # a bare path, as clients send it: nothing to take apart
+        else:
+            url = httptools.parse_url(target)
+            path = url.path.decode("latin-1") if url.path else "/"
+            query = url.query.decode("latin-1") if url.query else ""
+        headers, duplicated = self.decode_headers()
         request = Request(
             method=self.parser.get_method().decode("latin-1"),
-            path=url.path.decode("latin-1") if url.path else "/",
-            query=url.query.decode("latin-1") if url.query else "",
+            path=path,
+            query=query,
             headers=headers,
             duplicated=duplicated,
             body=b"".join(self._body),

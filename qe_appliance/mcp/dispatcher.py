@@ -106,6 +106,36 @@ _plain = msgspec.json.Decoder()
 
 
 
+class _CallRequest(msgspec.Struct):
+    """A tools/call request, envelope and params decoded together in one pass (the common message)."""
+
+    jsonrpc: Any = None
+    id: Any = msgspec.UNSET
+    method: Any = msgspec.UNSET
+    params: CallParams | None = None
+    result: Any = msgspec.UNSET
+    error: Any = msgspec.UNSET
+
+
+_call_request = msgspec.json.Decoder(_CallRequest)
+
+
+def _tools_call(body: bytes) -> _CallRequest | None:
+    """`body` decoded in one pass when it is a well-formed tools/call request; None for any other message,
+    which `rpc.decode_message` then decodes (and reports on) as it does every message."""
+    if b'"tools/call"' not in body:
+        return None
+    try:
+        msg = _call_request.decode(body)
+    except rpc.UNREADABLE:
+        return None
+    if (msg.method != "tools/call" or msg.jsonrpc != "2.0" or msg.params is None
+            or isinstance(msg.id, bool) or not isinstance(msg.id, str | int)
+            or msg.result is not msgspec.UNSET or msg.error is not msgspec.UNSET):
+        return None
+    return msg
+
+
 def _params_object(raw: bytes) -> dict[str, Any]:
     """Params as a dict: {} when absent or null (`Dispatcher._decode` has already refused a non-object)."""
     value = _plain.decode(raw) if raw else None
@@ -199,18 +229,25 @@ class Dispatcher:
                 )
             if body.lstrip()[:1] == b"[":
                 return await self._batch(body, exch)
-            msg = rpc.decode_message(body)
-            if msg.method is msgspec.UNSET:
-                return ACCEPTED  # a response to a server request; we send none, so nothing to match
-            is_request = msg.id is not msgspec.UNSET
-            msg_id = msg.id if is_request else None
-            method: str = msg.method
-            exch.method = method if method in KNOWN_METHODS else "other"
-            raw_params = bytes(msg.params)
-            if method == "tools/call":
-                params: Any = self._decode(_call_params, raw_params)
+            params: Any
+            method: str
+            call = _tools_call(body)
+            if call is not None:
+                is_request, msg_id, method, params, raw_params = True, call.id, "tools/call", call.params, b""
+                exch.method = method
             else:
-                params = self._decode(_any_params, raw_params)
+                msg = rpc.decode_message(body)
+                if msg.method is msgspec.UNSET:
+                    return ACCEPTED  # a response to a server request; we send none, so nothing to match
+                is_request = msg.id is not msgspec.UNSET
+                msg_id = msg.id if is_request else None
+                method = msg.method
+                exch.method = method if method in KNOWN_METHODS else "other"
+                raw_params = bytes(msg.params)
+                if method == "tools/call":
+                    params = self._decode(_call_params, raw_params)
+                else:
+                    params = self._decode(_any_params, raw_params)
             meta = params.meta if isinstance(params.meta, dict) else None
             if self._is_modern(meta, method, exch):
                 if not is_request:

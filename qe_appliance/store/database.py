@@ -13,15 +13,16 @@ meanwhile the loop serves other requests instead of spinning inside sqlite.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
+import mmap
+import os
 import pathlib
 import random
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Final, ParamSpec, TypeVar
+from typing import Final, ParamSpec, TypeVar, cast
 
 log = logging.getLogger("aqe_mcp.store")
 
@@ -36,6 +37,11 @@ _BACKOFF_MAX_S: Final = 0.05
 # Files the appliance creates are private: another local user must not read memory.db-wal.
 FILE_MODE: Final = 0o600
 DIR_MODE: Final = 0o700
+
+# The wal-index header: the first bytes of a WAL database's -shm file, two copies of 48 bytes that every commit
+# rewrites (its frame count and change counter grow, or its salts change when the log restarts); see
+# https://sqlite.org/walformat.html.
+WAL_INDEX_HEADER_BYTES: Final = 96
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -89,6 +95,23 @@ class Database:
         self._identity = (stat.st_dev, stat.st_ino)
         # Set when a write found the file gone, so readiness says so at once (it otherwise re-checks each second).
         self.lost: str | None = None
+        self._wal_index: mmap.mmap | None = None
+        self._wal_index_mapped = False
+
+    def commit_mark(self) -> object:
+        """A value that differs from the one an earlier call returned once any connection, in this process or
+        another, has committed to the database in between (and may differ without a commit).
+
+        It is the wal-index header, read from a shared mapping of the -shm file, so asking costs no syscall
+        and no lock; where that file cannot be mapped, SQLite's data_version plus this connection's
+        total_changes (data_version counts only other connections' commits)."""
+        if not self._wal_index_mapped:
+            self._wal_index_mapped = True
+            self._wal_index = _map_wal_index(self.path)
+        if self._wal_index is not None:
+            return self._wal_index[:WAL_INDEX_HEADER_BYTES]
+        ((version,),) = self.conn.execute("PRAGMA data_version").fetchall()
+        return (version, self.conn.total_changes)
 
     def problem(self) -> str | None:
         """None while the file this connection writes is the one at `path`; else what happened to it."""
@@ -112,7 +135,27 @@ class Database:
             )
 
     def close(self) -> None:
+        if self._wal_index is not None:
+            self._wal_index.close()
+            self._wal_index = None
         self.conn.close()
+
+
+def _map_wal_index(path: pathlib.Path) -> mmap.mmap | None:
+    """A read-only shared mapping of the wal-index header of the database at `path`, or None when its -shm
+    file is not there to map (SQLite then keeps the index in private memory, with exclusive locking)."""
+    try:
+        fd = os.open(f"{path}-shm", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size < WAL_INDEX_HEADER_BYTES:
+            return None
+        return mmap.mmap(fd, WAL_INDEX_HEADER_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def open_database(path: pathlib.Path, migrations: Sequence[Sequence[str]], what: str) -> Database:
@@ -226,8 +269,9 @@ async def retrying(fn: Callable[P, T | Awaitable[T]], /, *args: P.args, **kwargs
     while True:
         try:
             result = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
-                return await result
+            # What a PostgreSQL store returns (inspect.isawaitable's ABC check costs several times this).
+            if hasattr(result, "__await__"):
+                return await cast(Awaitable[T], result)
             return result
         except sqlite3.OperationalError as exc:
             if not is_busy(exc):

@@ -11,10 +11,11 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
+from qe_appliance._core.lru import LRUCache
 from qe_appliance.store.database import Database, StoreError, open_database, retrying, transaction
 
 if TYPE_CHECKING:
@@ -129,6 +130,9 @@ _SNIPPETS = (
 )
 
 _TAGS = msgspec.json.Decoder(list[str])
+# Entries `get` keeps in memory (the most recently read), and the marker of a key not cached.
+HOT_ENTRIES = 4096
+_NOT_CACHED = object()
 
 
 class SearchQueryError(ValueError):
@@ -221,6 +225,12 @@ class MemoryStore:
         self.path = path
         self.database: Database = open_database(path, _MIGRATIONS, "memory database")
         self._db = self.database.conn
+        # What `get` read, by (namespace, key): the entry, or None for a key that had no live entry. Valid while
+        # the database's commit mark is `_read_mark`: it changes whenever a connection (of this process or
+        # another one on the state directory) commits, so a read never serves what another writer replaced.
+        # This connection's writes empty it themselves too, uncommitted ones included (a batch).
+        self._hot: LRUCache[tuple[str, str], MemoryEntry | None] = LRUCache(HOT_ENTRIES)
+        self._read_mark: object = None
 
     def put(
         self,
@@ -245,6 +255,7 @@ class MemoryStore:
             "expires_at": expires_at,
         }
         # fetchall steps the statement to completion, which is what commits the autocommit transaction.
+        self._hot.clear()
         with self.database.durable():
             ((version, created_at),) = self._db.execute(_UPSERT, params).fetchall()
         return PutResult(
@@ -261,13 +272,31 @@ class MemoryStore:
 
         Nothing in it is durable until the block ends; an exception rolls all of it back.
         """
-        with self.database.durable(), transaction(self._db):
-            yield
+        self._hot.clear()
+        try:
+            with self.database.durable(), transaction(self._db):
+                yield
+        finally:
+            self._hot.clear()
 
     def get(self, namespace: str, key: str) -> MemoryEntry | None:
         """The live entry, or None when the key is missing or has expired."""
-        row = self._db.execute(_GET, {"namespace": namespace, "key": key, "now": time.time()}).fetchone()
-        return None if row is None else _entry(row)
+        now = time.time()
+        mark = self.database.commit_mark()
+        hot = self._hot
+        if mark != self._read_mark:
+            hot.clear()
+            self._read_mark = mark
+        else:
+            cached = hot.get((namespace, key), _NOT_CACHED)
+            if cached is not _NOT_CACHED:
+                known = cast(MemoryEntry | None, cached)
+                if known is None or known.expires_at is None or known.expires_at > now:
+                    return known
+        row = self._db.execute(_GET, {"namespace": namespace, "key": key, "now": now}).fetchone()
+        entry = None if row is None else _entry(row)
+        hot.put((namespace, key), entry)
+        return entry
 
     def search(
         self,
@@ -365,6 +394,7 @@ class MemoryStore:
 
     def purge_expired(self, batch: int = PURGE_BATCH) -> int:
         """Delete up to `batch` expired entries; returns how many were removed."""
+        self._hot.clear()
         return self._db.execute(_PURGE, {"now": time.time(), "batch": batch}).rowcount
 
     def integrity_check(self) -> bool:

@@ -73,8 +73,12 @@ class Stores:
         wait for it (each checks its own file, see `Database.durable`).
         """
         now = time.monotonic()
-        if now < self._checked_until and not any(database.lost for database in self._databases):
-            return self._reported
+        if now < self._checked_until:
+            for database in self._databases:
+                if database.lost:
+                    break
+            else:
+                return self._reported
         self._checked_until = now + CHECK_INTERVAL_S
         cause = self._directory_problem()
         for database in self._databases:

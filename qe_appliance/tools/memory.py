@@ -6,20 +6,21 @@ Key length, value size and namespace characters are limited by the `memory` bloc
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Annotated, Any
 
 import msgspec
 
+from qe_appliance._core.lru import LRUCache
 from qe_appliance.config import DEFAULT_NAMESPACE, MemoryConfig
 from qe_appliance.store.database import StoreError, retrying
 from qe_appliance.store.interface import MemoryBackend
-from qe_appliance.store.memory import MemoryEntry, MemoryHit, SearchQueryError
+from qe_appliance.store.memory import HOT_ENTRIES, MemoryEntry, MemoryHit, SearchQueryError
 from qe_appliance.tools.base import ToolContext, ToolError, ToolSpec
 from qe_appliance.uris import memory_uri
 
@@ -216,8 +217,13 @@ def _check_key(key: str, limits: MemoryConfig) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1024)
+def _namespace_allowed(pattern: str, namespace: str) -> bool:
+    return re.fullmatch(pattern, namespace) is not None
+
+
 def _check_namespace(namespace: str, limits: MemoryConfig) -> None:
-    if re.fullmatch(limits.namespace_pattern, namespace) is None:
+    if not _namespace_allowed(limits.namespace_pattern, namespace):
         raise ToolError(
             f"namespace {namespace[:80]!r} is not allowed: it must match memory.namespacePattern = "
             f"{limits.namespace_pattern!r}. Pick a namespace that matches it, e.g. 'team-api' under the "
@@ -238,18 +244,25 @@ def _check_range(name: str, value: int, low: int, high: int) -> None:
         raise ToolError(f"{name} is {value}; it must be {low}..{high}.")
 
 
-@contextmanager
-def store_failures(path: Path | str) -> Iterator[None]:
+class store_failures:  # noqa: N801 - used as `with store_failures(path):`, like contextlib's helpers
     """Turn a database failure into a result the caller can read instead of an internal error."""
-    try:
-        yield
-    except StoreError as exc:  # another process holds the lock too long, or the state directory vanished
-        raise ToolError(str(exc)) from exc
-    except sqlite3.Error as exc:
-        raise ToolError(
-            f"the database {path} failed: {exc}. Retry; if it persists, check free disk space and the "
-            "server log."
-        ) from exc
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if isinstance(exc, StoreError):  # another process holds the lock too long, or the state directory vanished
+            raise ToolError(str(exc)) from exc
+        if isinstance(exc, sqlite3.Error):
+            raise ToolError(
+                f"the database {self.path} failed: {exc}. Retry; if it persists, check free disk space and the "
+                "server log."
+            ) from exc
 
 
 async def memory_store(ctx: ToolContext, args: MemoryStoreInput) -> MemoryStoreResult:
@@ -292,7 +305,12 @@ def _raw(data: bytes | None) -> msgspec.Raw | None:
     return None if data is None else msgspec.Raw(data)
 
 
-async def memory_retrieve(ctx: ToolContext, args: MemoryRetrieveInput) -> MemoryRetrieveResult:
+# The answer last built for an entry, by (namespace, key): the SQLite store hands back the very same entry
+# object while what it read is still current, and then the answer is too.
+_answers: LRUCache[tuple[str, str], tuple[MemoryEntry, msgspec.Raw]] = LRUCache(HOT_ENTRIES)
+
+
+async def memory_retrieve(ctx: ToolContext, args: MemoryRetrieveInput) -> MemoryRetrieveResult | msgspec.Raw:
     limits = _limits(ctx)
     _check_key(args.key, limits)
     _check_namespace(args.namespace, limits)
@@ -301,7 +319,14 @@ async def memory_retrieve(ctx: ToolContext, args: MemoryRetrieveInput) -> Memory
         entry = await retrying(store.get, args.namespace, args.key)
     if entry is None:
         return MemoryRetrieveResult(found=False, key=args.key, namespace=args.namespace)
-    return MemoryRetrieveResult(found=True, created_at=_timestamp(entry.created_at), **_shown(entry))
+    where = (args.namespace, args.key)
+    known = _answers.get(where)
+    if known is not None and known[0] is entry:
+        return known[1]
+    result = MemoryRetrieveResult(found=True, created_at=_timestamp(entry.created_at), **_shown(entry))
+    answer = msgspec.Raw(msgspec.json.encode(result))
+    _answers.put(where, (entry, answer))
+    return answer
 
 
 def _match(hit: MemoryHit) -> MemoryMatch:
