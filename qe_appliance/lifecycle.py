@@ -167,7 +167,7 @@ class Server:
                     stdin.cancel()
                 raise
         else:
-            await app.start()
+            await app.start(address=self.address)
         # Stdio servers come one per client session, several on one stateDir: no admin socket unless asked.
         if http is not None or cfg.stdio_control_socket:
             # The default socket sits in our own state or runtime directory; a configured one may be anywhere.
