@@ -32,6 +32,7 @@ from qe_appliance.tools import ALL_TOOLS
 from qe_appliance.tools.base import ToolSpec
 
 if TYPE_CHECKING:
+    from qe_appliance.fleet.orchestrator import Orchestrator
     from qe_appliance.fleet.runtime import Fleet
     from qe_appliance.monitoring.monitor import Monitor
     from qe_appliance.registry import ToolRegistry
@@ -113,6 +114,10 @@ class Server:
     @property
     def fleet(self) -> Fleet | None:
         return self.app.fleet
+
+    @property
+    def orchestrator(self) -> Orchestrator | None:
+        return self.app.orchestrator
 
     @property
     def monitor(self) -> Monitor | None:

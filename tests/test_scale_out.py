@@ -19,11 +19,11 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
-from pg import PostgresServer
+from pg import Blocking, PostgresServer, close_pg_stores, open_pg_stores
 
 from tests.components import missing
 from tests.conftest import ServerProcess, start_server
-from tests.test_control import cli
+from tests.test_control import cli, cli_json
 from tests.test_http_edges import modern, request
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,25 +118,50 @@ class Cluster:
             config.setdefault(block, {}).update(values)
         self.instances: list[ServerProcess] = []
         self.proxy: Proxy | None = None
+        for i in range(3):
+            (tmp / f"i{i}").mkdir()
+        # Started side by side: each start is mostly waiting for its fleet.
+        started: dict[int, ServerProcess | BaseException] = {}
+
+        def start(i: int) -> None:
+            try:
+                started[i] = start_server(tmp / f"i{i}", config)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                started[i] = exc
+
+        threads = [threading.Thread(target=start, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         try:
             for i in range(3):
-                (tmp / f"i{i}").mkdir()
-                self.instances.append(start_server(tmp / f"i{i}", config))
+                outcome = started[i]
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                self.instances.append(outcome)
             self.proxy = Proxy(tmp, self.instances)
         except BaseException:
             self.stop()
+            for outcome in started.values():
+                if isinstance(outcome, ServerProcess) and outcome not in self.instances:
+                    outcome.stop()
             raise
 
     def stop(self) -> None:
         if self.proxy is not None:
             self.proxy.stop()
+        for srv in self.instances:  # all drain at once
+            if srv.proc.poll() is None:
+                srv.proc.send_signal(signal.SIGTERM)
         for srv in self.instances:
             srv.stop()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, postgres: PostgresServer) -> Iterator[Cluster]:
-    group = Cluster(tmp_path, postgres)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer) -> Iterator[Cluster]:
+    """Shared by the tests below in file order; the kill -9 test, which takes an instance away, comes last."""
+    group = Cluster(tmp_path_factory.mktemp("cluster"), postgres)
     yield group
     group.stop()
 
@@ -275,6 +300,11 @@ def test_a_task_waited_for_through_the_proxy_reports_progress_and_the_fleet_view
         assert sorted(v["address"].rsplit(":", 1)[1] for v in view) == sorted(s.port for s in cluster.instances)
         assert [v["address"].endswith(":" + srv.port) for v in view] == [v["self"] for v in view]
         assert all(len(v["agents"]) == 1 and v["agents"][0]["type"] == "generalist" for v in view)
+    # `balance agents` lists every instance's agents, labelled: this instance's first.
+    first = cluster.instances[0]
+    rows = cli_json(first, "balance", "agents")
+    assert len(rows) == 3 and rows[0]["instance"].endswith(":" + first.port)
+    assert sorted(r["instance"].rsplit(":", 1)[1] for r in rows) == sorted(s.port for s in cluster.instances)
 
 
 def test_kill_9_under_load_loses_no_acknowledged_write_and_fails_only_until_haproxy_marks_it_down(
@@ -409,3 +439,41 @@ def test_haproxy_accepts_the_shipped_configuration() -> None:
         missing("HAProxy", "haproxy")
     checked = subprocess.run([str(HAPROXY), "-c", "-f", str(SHIPPED)], capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_queue_stores_a_taken_over_subtask_once_and_holds_limits_and_priorities_across_instances(
+    postgres: PostgresServer,
+) -> None:
+    stores, loop = open_pg_stores(postgres.socket_url(postgres.database()))
+    queue, tasks = Blocking(stores.queue, loop), Blocking(stores.tasks, loop)
+    caller = ("http", True)
+    try:
+        low = queue.enqueue("qe_memory_store", "parallel", "low", 3, "memory", 2, caller,
+                            [{"key": f"l{i}", "value": i} for i in range(4)], ("host", 1))
+        urgent = queue.enqueue("qe_memory_store", "sequential", "critical", 0, "memory", 1, caller,
+                               [{"key": "u", "value": 0}], ("host", 1))
+        room = {"memory": 2}
+        # The critical task first; then the low one, whose limit (2) binds across instances.
+        first = queue.claim("one", lambda category: room[category], 0.5)
+        assert [(c.task_id, c.index) for c in first] == [(urgent, 0), (low, 0)]
+        second = queue.claim("two", lambda category: 4, 0.5)
+        assert [(c.task_id, c.index) for c in second] == [(low, 1)]
+        assert queue.claim("three", lambda category: 4, 0.5) == []
+        # "one" stops renewing; once its leases run out, "three" takes its subtasks over as attempt 2.
+        queue.renew("two", 30.0)
+        taken = wait_for(lambda: queue.claim("three", lambda category: 4, 0.5), 10, "the leases to run out")
+        assert sorted((c.task_id, c.index, c.attempt) for c in taken) == sorted([(urgent, 0, 2), (low, 0, 2)])
+        # The late first attempt is refused; the second is stored, once.
+        late = next(c for c in first if c.task_id == urgent)
+        assert queue.finish(late, "one", b'"late"', None) is False
+        now = next(c for c in taken if c.task_id == urgent)
+        assert queue.finish(now, "three", b'"kept"', None) is True
+        assert queue.finish(now, "three", b'"again"', None) is False
+        task = tasks.get(urgent)
+        assert (task["status"], task["completed"], task["failed"]) == ("completed", 1, 0)
+        assert task["subtasks"][0]["result"] == "kept" and task["subtasks"][0]["instance"] == "three"
+        # A stopping instance hands back what it holds: it is claimable at once, without waiting for a lease.
+        assert queue.release("two") == 1
+        assert [(c.task_id, c.index) for c in queue.claim("four", lambda category: 1, 0.5)] == [(low, 1)]
+    finally:
+        close_pg_stores(stores, loop)

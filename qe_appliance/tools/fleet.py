@@ -169,6 +169,20 @@ async def fleet_view(orchestrator: Orchestrator | None) -> list[dict[str, Any]] 
     return instances
 
 
+async def agents_everywhere(fleet: Fleet, orchestrator: Orchestrator | None) -> list[dict[str, Any]]:
+    """`balance agents`: this fleet's agents; on a shared store, then every other live instance's, each row
+    labelled with its instance."""
+    agents = fleet.status().agents
+    view = await fleet_view(orchestrator)
+    if view is None or orchestrator is None:
+        return agents
+    rows = [{"instance": orchestrator.instance, **agent} for agent in agents]
+    for entry in view:
+        if not entry["self"]:
+            rows += [{"instance": entry["instance"], **agent} for agent in entry["agents"]]
+    return rows
+
+
 async def agent_spawn(ctx: ToolContext, args: AgentSpawnInput) -> dict[str, Any]:
     agent = await _fleet(ctx).spawn(args.type, args.capacity)
     return agent.describe()
