@@ -152,6 +152,9 @@ class PgTaskQueue:
                     Claim(task_id, idx, attempt, kind, category, bytes(inp), transport, authenticated)
                     for idx, attempt, inp in sorted(rows)
                 ]
+            if claims:
+                # Instances that found these tasks locked by this claim try again once it commits.
+                await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)
         return claims
 
     async def renew(self, owner: str, lease_s: float) -> None:
