@@ -153,10 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         postgres.stop("immediate")
     base = rows[0][1]["rate"]
-    print(f"\n{'setup':42} {'subtasks/s':>10} {'x 1 inst':>8} {'CPU ms/subtask':>15} {'instances used':>15}")
+    # Cores busy = subtasks/s x CPU s per subtask: how much of the machine the instances got.
+    print(f"\n{'setup':42} {'subtasks/s':>10} {'x 1 inst':>8} {'CPU ms/subtask':>15} {'cores busy':>10} "
+          f"{'instances used':>15}")
     for name, row in rows:
         print(f"{name:42} {row['rate']:10.2f} {row['rate'] / base:8.2f} {row['cpu_ms']:15.0f} "
-              f"{row['instances_used']:15d}   runs: {', '.join(f'{r:.2f}' for r in row['rates'])}")
+              f"{row['rate'] * row['cpu_ms'] / 1000:10.2f} {row['instances_used']:15d}   "
+              f"runs: {', '.join(f'{r:.2f}' for r in row['rates'])}")
     return 0
 
 
