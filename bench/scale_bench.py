@@ -96,25 +96,29 @@ def orchestrate(host: str, port: int, paths: list[str]) -> dict[str, Any]:
     return dict(result["structuredContent"]["task"])
 
 
-def measure(cluster: Cluster, projects: Projects, args: argparse.Namespace, through_proxy: bool) -> dict[str, Any]:
+def measure(
+    cluster: Cluster, projects: Projects, args: argparse.Namespace, through_proxy: bool, postgres: PostgresServer
+) -> dict[str, Any]:
     pids = [srv.proc.pid for srv in cluster.instances]
+    database = [int((postgres.data / "postmaster.pid").read_text().split()[0])]
     if through_proxy:
         assert cluster.proxy is not None
         host, port = cluster.proxy.host, cluster.proxy.port
     else:
         host, port = cluster.instances[0].host, int(cluster.instances[0].port)
     orchestrate(host, port, projects.make(len(cluster.instances) * args.agents))  # warm-up: agents import radon
-    rates, cpus, spread = [], [], []
+    rates, cpus, db_cpus, spread = [], [], [], []
     for _ in range(args.runs):
         paths = projects.make(args.subtasks)
-        cpu_before, started = cpu_seconds(pids), time.perf_counter()
+        cpu_before, db_before, started = cpu_seconds(pids), cpu_seconds(database), time.perf_counter()
         task = orchestrate(host, port, paths)
         elapsed = time.perf_counter() - started
         rates.append(args.subtasks / elapsed)
         cpus.append((cpu_seconds(pids) - cpu_before) / args.subtasks * 1000)
+        db_cpus.append((cpu_seconds(database) - db_before) / args.subtasks * 1000)
         spread.append(len({sub["instance"] for sub in task["subtasks"]}))
-    return {"rate": statistics.median(rates), "cpu_ms": statistics.median(cpus), "instances_used": max(spread),
-            "rates": rates}
+    return {"rate": statistics.median(rates), "cpu_ms": statistics.median(cpus), "db_ms": statistics.median(db_cpus),
+            "instances_used": max(spread), "rates": rates}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,21 +148,22 @@ def main(argv: list[str] | None = None) -> int:
             cluster = Cluster(tmp, postgres, extra, count=count)
             try:
                 rows.append((f"{count} instance{'s' if count > 1 else ''}, submitted to one",
-                             measure(cluster, projects, args, through_proxy=False)))
+                             measure(cluster, projects, args, through_proxy=False, postgres=postgres)))
                 if count == 3:
                     rows.append(("3 instances, submitted through HAProxy",
-                                 measure(cluster, projects, args, through_proxy=True)))
+                                 measure(cluster, projects, args, through_proxy=True, postgres=postgres)))
             finally:
                 cluster.stop()
     finally:
         postgres.stop("immediate")
     base = rows[0][1]["rate"]
     # Cores busy = subtasks/s x CPU s per subtask: how much of the machine the instances got.
+    # PostgreSQL's CPU per subtask (queue, leases, results, heartbeats) bounds what more machines can add.
     print(f"\n{'setup':42} {'subtasks/s':>10} {'x 1 inst':>8} {'CPU ms/subtask':>15} {'cores busy':>10} "
-          f"{'instances used':>15}")
+          f"{'PG CPU ms/subtask':>17} {'instances used':>15}")
     for name, row in rows:
         print(f"{name:42} {row['rate']:10.2f} {row['rate'] / base:8.2f} {row['cpu_ms']:15.0f} "
-              f"{row['rate'] * row['cpu_ms'] / 1000:10.2f} {row['instances_used']:15d}   "
+              f"{row['rate'] * row['cpu_ms'] / 1000:10.2f} {row['db_ms']:17.1f} {row['instances_used']:15d}   "
               f"runs: {', '.join(f'{r:.2f}' for r in row['rates'])}")
     return 0
 

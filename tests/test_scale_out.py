@@ -24,7 +24,7 @@ from scaleout import HAPROXY, REPO, SHIPPED, Cluster, Proxy, wait_for
 from tests.components import missing
 from tests.conftest import ServerProcess, start_server
 from tests.test_control import cli, cli_json
-from tests.test_http_edges import modern, request
+from tests.test_http_edges import initialize, legacy, modern, request
 
 CHECK_INTERVAL_S = 1.0  # `inter` in the shipped file
 # Files measured by each CPU-bound subtask (about 0.1 s of CPU each).
@@ -186,6 +186,14 @@ def test_kill_9_under_load_loses_no_acknowledged_write_and_fails_only_until_hapr
     proxy = cluster.proxy
     assert proxy is not None
     victim = cluster.instances[1]
+    # Handshake-era sessions made through the proxy: one that lives on the victim, one elsewhere.
+    sessions: dict[bool, str] = {}
+    for _ in range(30):
+        sid = initialize(proxy)
+        sessions.setdefault(legacy(victim, sid, "ping")[0] == 200, sid)
+        if len(sessions) == 2:
+            break
+    assert len(sessions) == 2, "leastconn never put a session on the victim"
     load = Load(proxy)
     try:
         load.started(40)
@@ -208,6 +216,11 @@ def test_kill_9_under_load_loses_no_acknowledged_write_and_fails_only_until_hapr
     # Every acknowledged write is in the store.
     missing_keys = set(load.acked) - stored_keys(postgres, cluster.instances[0])
     assert missing_keys == set()
+    # The victim's session is gone: the proxy sends its next request elsewhere, which answers 404, and the
+    # client initializes again (as the specification intends). Sessions on the other instances go on.
+    assert legacy(proxy, sessions[True], "ping")[0] == 404
+    assert legacy(proxy, sessions[False], "ping")[0] == 200
+    assert legacy(proxy, initialize(proxy), "ping")[0] == 200
 
 
 def test_pool_drain_of_one_instance_under_load_fails_no_request(tmp_path: Path, postgres: PostgresServer) -> None:
