@@ -31,7 +31,7 @@ import msgspec
 from qe_appliance.config import FleetConfig
 from qe_appliance.fleet.pipelines import Step, steps_of
 from qe_appliance.sandbox import UNAUTHENTICATED_HTTP, Caller
-from qe_appliance.store.database import StoreError, retrying
+from qe_appliance.store.database import StoreError, StoreUnavailableError, retrying
 from qe_appliance.store.interface import TaskBackend
 from qe_appliance.store.pgqueue import Claim, PgTaskQueue
 from qe_appliance.tools.base import ProgressFn, ToolError, ToolSpec, no_progress
@@ -255,6 +255,8 @@ class Orchestrator:
             self._wake.clear()
             try:
                 claims = await self.queue.claim(self.instance, self._room, self._lease_s)
+            except StoreUnavailableError:
+                continue  # the outage is logged once, where it is noticed; polling resumes with the server
             except StoreError as exc:
                 log.warning("cannot take subtasks from the queue: %s", exc)
                 continue
@@ -275,6 +277,8 @@ class Orchestrator:
             try:
                 await self.queue.renew(self.instance, self._lease_s)
                 await self.queue.heartbeat(self.instance, self.address, self._report())
+            except StoreUnavailableError:
+                pass  # logged once where noticed; leases held past leaseMs of outage run again elsewhere
             except StoreError as exc:
                 log.warning("cannot renew this instance's leases (%s); its subtasks may run again elsewhere", exc)
             self._wake.set()
