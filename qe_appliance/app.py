@@ -231,7 +231,10 @@ class App:
         if self.services.stores.queue is not None:
             await self.services.stores.queue.listen()
         self.orchestrator.start(
-            self.config.fleet, f"{address[0]}:{address[1]}" if address is not None else None, self.fleet_report
+            self.config.fleet,
+            f"{address[0]}:{address[1]}" if address is not None else None,
+            self.fleet_report,
+            draining=lambda: self.state not in (None, "starting"),
         )
 
     def fleet_report(self) -> dict[str, Any]:

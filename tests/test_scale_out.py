@@ -360,6 +360,11 @@ def test_the_queue_stores_a_taken_over_subtask_once_and_holds_limits_and_priorit
         task = tasks.get(urgent)
         assert (task["status"], task["completed"], task["failed"]) == ("completed", 1, 0)
         assert task["subtasks"][0]["result"] == "kept" and task["subtasks"][0]["instance"] == "three"
+        # A draining instance claims only from the tasks its own callers wait for.
+        mine = queue.enqueue("qe_memory_store", "parallel", "low", 3, "memory", 1, caller, [{"key": "m", "value": 1}],
+                             ("host", 1))
+        assert queue.claim("five", lambda category: 4, 30.0, [urgent]) == []
+        assert [(c.task_id, c.index) for c in queue.claim("five", lambda category: 4, 30.0, [mine])] == [(mine, 0)]
         # A stopping instance hands back what it holds: it is claimable at once, without waiting for a lease.
         assert queue.release("two") == 1
         assert [(c.task_id, c.index) for c in queue.claim("four", lambda category: 1, 0.5)] == [(low, 1)]

@@ -88,6 +88,7 @@ class Orchestrator:
         self.address: str | None = None
         self._lease_s = self._heartbeat_s = self.stale_s = 1.0
         self._report: Callable[[], dict[str, Any]] = dict
+        self._draining: Callable[[], bool] = lambda: False
         self._wake = asyncio.Event()
         self._watched: dict[str, asyncio.Event] = {}
         self._loops: list[asyncio.Task[None]] = []
@@ -102,8 +103,10 @@ class Orchestrator:
         max_agents: int | None,
         progress: ProgressFn = no_progress,
         caller: Caller = UNAUTHENTICATED_HTTP,
+        wait: bool = True,
     ) -> tuple[str, asyncio.Future[None]]:
-        """Record the task and start it; returns its id and a future that completes with it."""
+        """Record the task and start it; returns its id and a future that completes with it (with the shared
+        queue, only when the caller will `wait` for it: the task is then followed in the database)."""
         tools = self._tools()
         steps = steps_of(kind)
         for name, _ in steps:
@@ -126,6 +129,8 @@ class Orchestrator:
                 (caller.transport, caller.authenticated), inputs, (socket.gethostname(), os.getpid()),
             )
             self._wake.set()
+            if not wait:
+                return task_id, asyncio.get_running_loop().create_future()
             return task_id, self._follow(task_id, len(inputs), progress)
         task_id = await retrying(self.store.create, kind, strategy, priority, inputs)
         self._runner.services.changes.changed(task_uri(task_id), new=True)
@@ -207,12 +212,20 @@ class Orchestrator:
 
     # ---- the shared queue (PostgreSQL) ------------------------------------------------------------------
 
-    def start(self, config: FleetConfig, address: str | None, report: Callable[[], dict[str, Any]]) -> None:
-        """Take part in the shared queue: claim, renew leases and report this fleet every heartbeat."""
+    def start(
+        self,
+        config: FleetConfig,
+        address: str | None,
+        report: Callable[[], dict[str, Any]],
+        draining: Callable[[], bool],
+    ) -> None:
+        """Take part in the shared queue: claim (unless `draining()`), renew leases and report this fleet every
+        heartbeat."""
         if self.queue is None:
             return
         self.reconfigure(config)
         self.address = address
+        self._draining = draining
         if address is not None:
             self.instance += ":" + address.rsplit(":", 1)[-1]
         self._report = report
@@ -253,8 +266,12 @@ class Orchestrator:
             except TimeoutError:
                 pass  # a poll: leases that ran out are found this way
             self._wake.clear()
+            # Draining: no new work, except what this instance's own callers wait for (their calls are in flight).
+            only = list(self._watched) if self._draining() else None
+            if only == []:
+                continue
             try:
-                claims = await self.queue.claim(self.instance, self._room, self._lease_s)
+                claims = await self.queue.claim(self.instance, self._room, self._lease_s, only)
             except StoreUnavailableError:
                 continue  # the outage is logged once, where it is noticed; polling resumes with the server
             except StoreError as exc:

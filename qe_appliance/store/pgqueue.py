@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
@@ -115,15 +115,19 @@ class PgTaskQueue:
             await conn.execute("SELECT pg_notify($1, $2)", QUEUE_CHANNEL, task_id)
         return task_id
 
-    async def claim(self, owner: str, room: Callable[[str], int], lease_s: float) -> list[Claim]:
+    async def claim(
+        self, owner: str, room: Callable[[str], int], lease_s: float, only: Sequence[str] | None = None
+    ) -> list[Claim]:
         """Take what this instance has room for (`room(category)`: subtasks it can start now), highest
-        priority first, never more of one task than its limit allows across all instances."""
+        priority first, never more of one task than its limit allows across all instances; from the tasks
+        `only` names when given."""
         claims: list[Claim] = []
         async with self.database.connection() as conn, conn.transaction():
             tasks = await conn.fetch(
                 "SELECT id, kind, category, max_running, caller_transport, caller_authenticated FROM task "
-                "WHERE status = 'running' AND max_running IS NOT NULL ORDER BY rank, created_at "
-                "FOR UPDATE SKIP LOCKED"
+                "WHERE status = 'running' AND max_running IS NOT NULL AND ($1::text[] IS NULL OR id = ANY($1)) "
+                "ORDER BY rank, created_at FOR UPDATE SKIP LOCKED",
+                None if only is None else list(only),
             )
             for task_id, kind, category, limit, transport, authenticated in tasks:
                 free = room(category) - sum(1 for c in claims if c.category == category)

@@ -212,6 +212,7 @@ async def task_orchestrate(ctx: ToolContext, args: TaskOrchestrateInput) -> dict
         max_agents=args.max_agents,
         progress=ctx.progress if args.wait else no_progress,
         caller=ctx.caller,
+        wait=args.wait,
     )
     if args.wait:
         await done
