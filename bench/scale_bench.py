@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         for count in (1, 2, 3):
             tmp = work / f"n{count}"
             tmp.mkdir()
-            extra = {"server": {"workspaceRoots": [str(project)]},
+            # The whole task in the answer (maxResultTextBytes), not a summary with a link.
+            extra = {"server": {"workspaceRoots": [str(project)], "maxResultTextBytes": 1 << 26},
                      "fleet": {"agents": {"generalist": args.agents}, "leaseMs": 30000, "heartbeatMs": 1000}}
             cluster = Cluster(tmp, postgres, extra, count=count)
             try:

@@ -258,7 +258,8 @@ def test_an_orchestrated_task_survives_kill_9_of_the_instance_it_was_started_on(
         (project / f"s{i}").mkdir(parents=True)
         for n in range(FILES):
             (project / f"s{i}" / f"m{n}.py").write_text(source)
-    group = Cluster(tmp_path, postgres, {"server": {"workspaceRoots": [str(project)]}})
+    # The task's whole status (12 metrics results) in each answer, not a summary with a link.
+    group = Cluster(tmp_path, postgres, {"server": {"workspaceRoots": [str(project)], "maxResultTextBytes": 1 << 24}})
     try:
         a, b, c = group.instances
         accepted = call(a, "qe_task_orchestrate", {
