@@ -16,7 +16,7 @@ import msgspec
 
 from qe_appliance.config import Config, ServerConfig
 from qe_appliance.fleet.orchestrator import Orchestrator
-from qe_appliance.fleet.runtime import Fleet
+from qe_appliance.fleet.runtime import Fleet, agent_summary
 from qe_appliance.http.guard import Guard, load_tokens
 from qe_appliance.http.routes import AccessPolicy, Routes, error_body
 from qe_appliance.http.server import HttpServer, Limits
@@ -110,7 +110,7 @@ class HttpFront:
         readiness: Callable[[], str | None],
         monitor: Monitor | None,
     ) -> None:
-        self.guard = Guard(config.auth, load_tokens(config.auth), config.rate_limit)
+        self.guard = Guard(config.auth, load_tokens(config.auth), config.rate_limit, config.trusted_proxies)
         self.routes = Routes(
             dispatcher, sessions, AccessPolicy(config.host, config.allowed_origins), self.guard, readiness
         )
@@ -123,7 +123,7 @@ class HttpFront:
     def reconfigure(self, config: ServerConfig, tokens: tuple[bytes, ...]) -> None:
         self._set_limits(config)
         self.routes.policy.update(config.host, config.allowed_origins)
-        self.guard.configure(config.auth, tokens, config.rate_limit)
+        self.guard.configure(config.auth, tokens, config.rate_limit, config.trusted_proxies)
 
     def _set_limits(self, config: ServerConfig) -> None:
         limits = self.server.limits
@@ -181,7 +181,9 @@ class App:
         self.services.changes.listen(self.dispatcher.subscriptions.resource_changed)
         if self.monitor is not None:
             self.dispatcher.subscriptions.on_refuse = self.monitor.record_refusal
-        self.orchestrator = Orchestrator(self.services.tasks, lambda: self._by_name, self.runner, self.fleet.capacity)
+        self.orchestrator = Orchestrator(
+            self.services.tasks, lambda: self._by_name, self.runner, self.fleet.capacity, self.services.stores.queue
+        )
         self.services.fleet = self.fleet
         self.services.orchestrator = self.orchestrator
         if http:
@@ -203,8 +205,9 @@ class App:
             return self.services.stores.problem()  # e.g. the state directory vanished: writes would fail
         return self.state
 
-    async def start(self, serving: asyncio.Event | None = None) -> None:
-        """Stores connected (PostgreSQL), background upkeep running, agents up and the pool warm.
+    async def start(self, serving: asyncio.Event | None = None, address: tuple[str, int] | None = None) -> None:
+        """Stores connected (PostgreSQL), background upkeep running, agents up and the pool warm; with
+        PostgreSQL, this instance (listening on `address`) takes part in the shared subtask queue.
 
         `serving` is set as soon as calls can be taken: the stores open and the agents coming up (a fleet
         call made before they answer waits for one)."""
@@ -225,6 +228,23 @@ class App:
             "fleet warm in %.0f ms: %d agents, %d pooled connections",
             (time.perf_counter() - started) * 1000, len(self.fleet.agents), self.fleet.pool.total,
         )
+        if self.services.stores.queue is not None:
+            await self.services.stores.queue.listen()
+        self.orchestrator.start(
+            self.config.fleet,
+            f"{address[0]}:{address[1]}" if address is not None else None,
+            self.fleet_report,
+            draining=lambda: self.state not in (None, "starting"),
+        )
+
+    def fleet_report(self) -> dict[str, Any]:
+        """This instance's fleet as the other instances see it in their fleet view."""
+        status = self.fleet.status()
+        return {
+            "state": self.state or "ready",
+            "fleetId": status.fleet_id,
+            "agents": [agent_summary(a) for a in status.agents],
+        }
 
     async def reconfigure(self, new: Config) -> dict[str, Any]:
         """Validate `new`, then hand each component its part; returns what changed, was applied, or waits.
@@ -251,6 +271,7 @@ class App:
         self.dispatcher.reconfigure(self.registry, server.max_json_depth)
         self.dispatcher.subscriptions.max_listeners = server.max_subscriptions
         await self.fleet.reconfigure(new)
+        self.orchestrator.reconfigure(new.fleet)
         if self.monitor is not None:
             self.monitor.reconfigure(new)
         return {
@@ -274,10 +295,11 @@ class App:
         )
 
     async def stop(self, deadline_s: float) -> None:
-        """Background tasks and agents stopped (their calls finish within the deadline), upkeep cancelled, stores
-        closed."""
+        """Background tasks stopped, subtasks of the shared queue handed back, agents stopped (their calls
+        finish within the deadline), upkeep cancelled, stores closed."""
         started = time.monotonic()
         await self.dispatcher.tasks.stop(deadline_s)
+        await self.orchestrator.stop()
         await self.fleet.stop(max(deadline_s - (time.monotonic() - started), 1.0))
         self.close()
 

@@ -32,6 +32,7 @@ from qe_appliance.tools import ALL_TOOLS
 from qe_appliance.tools.base import ToolSpec
 
 if TYPE_CHECKING:
+    from qe_appliance.fleet.orchestrator import Orchestrator
     from qe_appliance.fleet.runtime import Fleet
     from qe_appliance.monitoring.monitor import Monitor
     from qe_appliance.registry import ToolRegistry
@@ -115,6 +116,10 @@ class Server:
         return self.app.fleet
 
     @property
+    def orchestrator(self) -> Orchestrator | None:
+        return self.app.orchestrator
+
+    @property
     def monitor(self) -> Monitor | None:
         return self.app.monitor
 
@@ -167,7 +172,7 @@ class Server:
                     stdin.cancel()
                 raise
         else:
-            await app.start()
+            await app.start(address=self.address)
         # Stdio servers come one per client session, several on one stateDir: no admin socket unless asked.
         if http is not None or cfg.stdio_control_socket:
             # The default socket sits in our own state or runtime directory; a configured one may be anywhere.

@@ -436,8 +436,7 @@ class Supervisor:
             if not good:
                 raise CommandError("; ".join(str(a["error"]) for a in answers))
             if cmd == "balance.agents":
-                return [{**agent, "worker": w.index} for w, a in zip(self.workers, answers, strict=True)
-                        if isinstance(a, list) for agent in a]
+                return _agents_of_workers(self.workers, answers)
             if cmd == "metrics" and args.get("export") == "prometheus":
                 return merge_prometheus([a for a in good if isinstance(a, str)])
             if isinstance(good[0], dict):
@@ -523,3 +522,26 @@ def run_supervisor(config: Config, argv: list[str], source: Callable[[], Config]
         return await Supervisor(config, argv, source).serve()
 
     return uvloop.run(main())
+
+
+def _agents_of_workers(workers: list[Worker], answers: list[Any]) -> list[dict[str, Any]]:
+    """Every worker's agents, each with its worker. On a shared store (PostgreSQL) each worker also lists every
+    live instance's agents (`instance`: host:pid:port), so those rows are kept once, and a worker's own
+    instance is labelled with that worker."""
+    rows: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    for worker, answer in zip(workers, answers, strict=True):
+        for agent in answer if isinstance(answer, list) else ():
+            instance = agent.get("instance")
+            # A worker's own rows: all of them on SQLite, those of its own instance (its pid) on PostgreSQL.
+            if instance is None or instance.split(":")[-2:-1] == [str(worker.pid)]:
+                rows.append({**agent, "worker": worker.index})
+            else:
+                others.append(agent)
+    seen = {(row.get("instance"), row.get("id")) for row in rows}
+    for agent in others:
+        key = (agent.get("instance"), agent.get("id"))
+        if key not in seen:
+            seen.add(key)
+            rows.append(agent)
+    return rows

@@ -86,3 +86,17 @@ def test_config_checks_of_the_auth_block(tmp_path: Path, auth: str, expected: st
     with pytest.raises(ConfigError) as refused:
         load_config(path)
     assert refused.value.errors[0].startswith(f"{path}:3: {expected}")
+
+
+def test_x_forwarded_for_names_the_client_only_behind_a_trusted_proxy() -> None:
+    rate = RateLimitConfig()
+    behind = Guard(AuthConfig(), (), rate, ("127.0.0.1/32", "10.0.0.0/8"))
+    # The last hop that is not a trusted proxy: earlier entries are whatever the client claimed.
+    assert behind.client_address("127.0.0.1", {"x-forwarded-for": "198.51.100.7"}) == "198.51.100.7"
+    assert behind.client_address("127.0.0.1", {"x-forwarded-for": "6.6.6.6, 198.51.100.7, 10.1.2.3"}) == "198.51.100.7"
+    assert behind.client_address("127.0.0.1", {"x-forwarded-for": "10.0.0.1"}) == "127.0.0.1"
+    assert behind.client_address("127.0.0.1", {}) == "127.0.0.1"
+    # From a peer that is not a trusted proxy the header is ignored.
+    assert behind.client_address("192.0.2.9", {"x-forwarded-for": "198.51.100.7"}) == "192.0.2.9"
+    assert Guard(AuthConfig(), (), rate).client_address("127.0.0.1", {"x-forwarded-for": "198.51.100.7"}) == (
+        "127.0.0.1")

@@ -5,6 +5,7 @@ applied on top.
 """
 
 import functools
+import ipaddress
 import math
 import os
 import pathlib
@@ -25,6 +26,7 @@ from qe_appliance.config.schema import (
     AuthConfig,
     Config,
     ConfigError,
+    FleetConfig,
     MemoryConfig,
     PoolConfig,
     RegistryConfig,
@@ -526,6 +528,14 @@ def _check_server(checker: _Checker, server: _Decoded) -> None:
                 checker.fail((*server.path, "allowedOrigins", index),
                              f"`{origin}` is not an origin; write scheme://host[:port] with no path, "
                              "e.g. `https://app.example.com`")
+    proxies = server.values["trusted_proxies"]
+    if proxies is not _INVALID:
+        for index, proxy in enumerate(proxies):
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                checker.fail((*server.path, "trustedProxies", index),
+                             f"`{proxy}` is not an IP address or network; write e.g. `127.0.0.1/32` or `10.0.0.0/8`")
     sock = server.values["control_socket"]
     if sock is not _INVALID and len(os.fsencode(sock)) > MAX_SOCKET_PATH_BYTES:
         checker.fail((*server.path, "controlSocket"),
@@ -573,6 +583,15 @@ def _check_pool(checker: _Checker, pool: _Decoded) -> None:
                                     "lower minConnections or raise maxConnections")
 
 
+def _check_fleet(checker: _Checker, fleet: _Decoded) -> None:
+    lease, beat = fleet.values["lease_ms"], fleet.values["heartbeat_ms"]
+    if lease is _INVALID or beat is _INVALID or beat * 2 <= lease:
+        return
+    key = "leaseMs" if "lease_ms" in fleet.given else "heartbeatMs"
+    checker.fail((*fleet.path, key), f"heartbeatMs ({beat}) must be at most half of leaseMs ({lease}), so a lease "
+                                     "is renewed before it runs out; lower heartbeatMs or raise leaseMs")
+
+
 def _check_registry(checker: _Checker, registry: _Decoded) -> None:
     enabled, size = registry.values["cache_enabled"], registry.values["cache_size"]
     if enabled is True and size is not _INVALID and size < 1:
@@ -616,6 +635,7 @@ _CHECKS: Final[dict[type, Callable[[_Checker, _Decoded], None]]] = {
     ServerConfig: _check_server,
     AuthConfig: _check_auth,
     PoolConfig: _check_pool,
+    FleetConfig: _check_fleet,
     RegistryConfig: _check_registry,
     MemoryConfig: _check_memory,
     StoreConfig: _check_store,

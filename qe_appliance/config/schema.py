@@ -62,6 +62,9 @@ class ServerConfig(_Section, frozen=True):
     # After a drain begins, /readyz answers 503 while requests are still served for this long, so a proxy's
     # health checks take the instance out of rotation before its listener closes (0: close at once).
     drain_grace_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] = 5_000
+    # Proxies (addresses or CIDR networks) whose X-Forwarded-For names the client for rate limits and logs;
+    # empty: the header is never trusted and the client is the peer address.
+    trusted_proxies: tuple[str, ...] = ()
     max_sessions: AtLeastOne = 1024
     # Open subscriptions/listen streams (2026-07-28) held at once; more are refused with 503.
     max_subscriptions: AtLeastOne = 256
@@ -188,6 +191,13 @@ class FleetConfig(_Section, frozen=True):
     restart_backoff_ms: Millis = 500
     runtime_dir: str = ""
     preload: tuple[str, ...] = ()
+    # With store.url on PostgreSQL: how long an instance holds an orchestrated subtask it took from the queue
+    # without renewing it (then another instance runs it again), and how often leases are renewed, the queue
+    # polled and this instance's fleet reported to the store. Instances silent for staleAfterHeartbeats
+    # heartbeats leave the fleet view.
+    lease_ms: Annotated[int, msgspec.Meta(ge=500, le=3_600_000)] = 30_000
+    heartbeat_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000)] = 5_000
+    stale_after_heartbeats: Annotated[int, msgspec.Meta(ge=2, le=100)] = 3
 
 
 # Named qe_quality_gate policies; a configured name replaces or adds to these.

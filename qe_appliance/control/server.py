@@ -19,8 +19,10 @@ from qe_appliance.config import STRATEGIES, Config
 from qe_appliance.instances import claim, release
 from qe_appliance.overrides import Overrides
 from qe_appliance.registry import UnknownToolError
+from qe_appliance.tools.fleet import agents_everywhere
 
 if TYPE_CHECKING:
+    from qe_appliance.fleet.orchestrator import Orchestrator
     from qe_appliance.fleet.runtime import Fleet
     from qe_appliance.lifecycle import ServerStatus
     from qe_appliance.monitoring.monitor import Monitor
@@ -41,6 +43,8 @@ class Admin(Protocol):
     def registry(self) -> ToolRegistry: ...
     @property
     def fleet(self) -> Fleet | None: ...
+    @property
+    def orchestrator(self) -> Orchestrator | None: ...
     @property
     def monitor(self) -> Monitor | None: ...
 
@@ -253,7 +257,7 @@ class ControlServer(CommandSocket):
         return await self._balance_status({})
 
     async def _balance_agents(self, args: dict[str, Any]) -> Any:
-        return self._fleet().status().agents
+        return await agents_everywhere(self._fleet(), self.admin.orchestrator)
 
     async def _metrics(self, args: dict[str, Any]) -> Any:
         monitor = self._monitor()

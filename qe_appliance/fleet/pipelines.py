@@ -35,3 +35,8 @@ PIPELINES: dict[str, tuple[str, Sequence[Step]]] = {
         ),
     ),
 }
+
+
+def steps_of(kind: str) -> Sequence[Step]:
+    """What a task of `kind` (a pipeline name, else a tool name) runs per input."""
+    return PIPELINES[kind][1] if kind in PIPELINES else ((kind, pass_input),)

@@ -102,6 +102,14 @@ class FleetStatus(msgspec.Struct, rename="camel", frozen=True):
     max_agents: int
 
 
+# What qe_fleet_status shows of an agent unless asked to be verbose (and other instances see of it).
+AGENT_SUMMARY = ("id", "type", "status", "capacity", "inFlight", "ewmaMs", "completed", "failed")
+
+
+def agent_summary(agent: dict[str, Any]) -> dict[str, Any]:
+    return {k: agent.get(k) for k in AGENT_SUMMARY}
+
+
 class Fleet:
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -2,18 +2,20 @@
 
 Tokens come from a file or an environment variable named in `server.auth`, never from the YAML itself. A
 client is its token when it presents a valid one, else its address, so failed guesses are rate limited too.
+Behind a proxy listed in `server.trustedProxies` the address is the one its X-Forwarded-For names.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import math
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final, NamedTuple
 
 from qe_appliance.config import AuthConfig, ConfigError, RateLimitConfig
@@ -119,13 +121,18 @@ class RateLimiter:
 class Guard:
     """Decides whether a request may proceed: a valid token when auth is on, and within its rate."""
 
-    def __init__(self, auth: AuthConfig, tokens: tuple[bytes, ...], rate: RateLimitConfig) -> None:
+    def __init__(
+        self, auth: AuthConfig, tokens: tuple[bytes, ...], rate: RateLimitConfig, trusted_proxies: Sequence[str] = ()
+    ) -> None:
         self.limiter: RateLimiter | None = None
-        self.configure(auth, tokens, rate)
+        self.configure(auth, tokens, rate, trusted_proxies)
 
-    def configure(self, auth: AuthConfig, tokens: tuple[bytes, ...], rate: RateLimitConfig) -> None:
+    def configure(
+        self, auth: AuthConfig, tokens: tuple[bytes, ...], rate: RateLimitConfig, trusted_proxies: Sequence[str] = ()
+    ) -> None:
         """(Re)configure; rate-limit state survives when the rate itself did not change."""
         self.tokens = tokens
+        self._proxies = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
         # Who a token is, as sessions record it: a digest, so the token itself is kept in one place only. The
         # same token is the same principal across reloads.
         self._principals = {token: "token:" + hashlib.sha256(token).hexdigest()[:32] for token in tokens}
@@ -135,6 +142,25 @@ class Guard:
             self.limiter = None
         elif limiter is None or (limiter.rate, limiter.burst) != (rate.requests_per_second, float(rate.burst)):
             self.limiter = RateLimiter(rate.requests_per_second, rate.burst)
+
+    def client_address(self, peer: str | None, headers: dict[str, str]) -> str | None:
+        """Who is calling by address: the peer, or behind trusted proxies the last X-Forwarded-For hop that is
+        not one of them (earlier hops are the client's own claims, which anyone can forge)."""
+        forwarded = headers.get("x-forwarded-for")
+        if peer is None or forwarded is None or not self._trusted(peer):
+            return peer
+        for hop in reversed(forwarded.split(",")):
+            hop = hop.strip()
+            if not self._trusted(hop):
+                return hop or peer
+        return peer
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._proxies)
 
     def token_of(self, headers: dict[str, str]) -> bytes | None:
         """The presented token when it is one of ours; every configured token is compared in constant time."""

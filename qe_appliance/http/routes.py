@@ -152,7 +152,7 @@ class Routes:
             # Probes stay open for health checkers; everything else needs a token (when auth is on, /metrics
             # only if server.auth.protectMetrics) and stays within the client's rate.
             protected = req.path != "/metrics" or self.guard.protect_metrics
-            address = req.client[0] if req.client is not None else None
+            address = self.guard.client_address(req.client[0] if req.client is not None else None, req.headers)
             verdict = self.guard.check(req.headers, address, time.monotonic(), protected)
             if isinstance(verdict, Refusal):
                 if self.monitor is not None:

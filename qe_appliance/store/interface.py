@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Awaitable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qe_appliance.config import LearningConfig
 from qe_appliance.store.memory import MemoryEntry, MemoryHit, PutResult
 from qe_appliance.store.patterns import LearningStatus, LearnResult, Pattern, PatternDraft
 from qe_appliance.store.reports import Artifact, StoredReport
+
+if TYPE_CHECKING:
+    from qe_appliance.store.pgqueue import PgTaskQueue
 
 
 class MemoryBackend(Protocol):
@@ -152,6 +155,10 @@ class StoresBackend(Protocol):
 
     @property
     def reports(self) -> ReportBackend: ...
+
+    @property
+    def queue(self) -> PgTaskQueue | None:
+        """The work queue several instances share (PostgreSQL); None on one machine (SQLite)."""
 
     async def open(self) -> None: ...
 

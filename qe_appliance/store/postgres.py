@@ -55,6 +55,7 @@ from qe_appliance.store.patterns import (
     pattern_from_row,
     quality_score,
 )
+from qe_appliance.store.pgqueue import PgTaskQueue
 from qe_appliance.store.pgurl import read_password
 from qe_appliance.store.reports import MAX_ARTIFACTS, MAX_REPORTS, Artifact, StoredReport
 from qe_appliance.store.tasks import CALL_COLUMNS, CALL_STRATEGY, CALL_SUBTASK, call_row, subtask_row, task_row
@@ -184,6 +185,23 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX task_call_expiry ON task_call (expires_at)",
     ),
+    # Orchestrated subtasks as a queue any instance takes from (store/pgqueue.py), and the instances' fleets.
+    # Tasks not queued (max_running NULL: older ones, MCP tool-call tasks) stay owned by the process running them.
+    (
+        """ALTER TABLE task ADD COLUMN category TEXT, ADD COLUMN rank INTEGER, ADD COLUMN max_running INTEGER,
+            ADD COLUMN caller_transport TEXT, ADD COLUMN caller_authenticated BOOLEAN""",
+        """ALTER TABLE subtask ADD COLUMN owner TEXT, ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0,
+            ADD COLUMN lease_until DOUBLE PRECISION""",
+        "CREATE INDEX task_queued ON task (rank, created_at) WHERE status = 'running' AND max_running IS NOT NULL",
+        "CREATE INDEX subtask_owner ON subtask (owner) WHERE status = 'running'",
+        """CREATE TABLE instance (
+            id TEXT PRIMARY KEY,
+            address TEXT,
+            started_at DOUBLE PRECISION NOT NULL,
+            last_seen DOUBLE PRECISION NOT NULL,
+            fleet BYTEA NOT NULL
+        )""",
+    ),
 )
 # Migrations of several instances starting at once are serialised on this advisory lock.
 _MIGRATION_LOCK: Final = 0x61716533
@@ -292,6 +310,10 @@ class PgDatabase:
                     await conn.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT_S)
             except StoreError:
                 continue
+
+    async def connect(self) -> asyncpg.Connection:
+        """A connection of its own, outside the pool (a LISTEN needs one that stays)."""
+        return await asyncpg.connect(dsn=self.url, password=self._password, timeout=CONNECT_TIMEOUT_S)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -853,11 +875,12 @@ class PgTaskStore:
     async def interrupt_orphans(self) -> None:
         async with self.database.connection() as conn, conn.transaction():
             owners = [row[0] for row in await conn.fetch(
-                "SELECT DISTINCT owner_pid FROM task WHERE status = 'running' AND owner_host = $1", self._host)]
+                "SELECT DISTINCT owner_pid FROM task WHERE status = 'running' AND owner_host = $1 "
+                "AND max_running IS NULL", self._host)]
             gone = [pid for pid in owners if pid == self._pid or not pid_alive(pid)]
             ids = [row[0] for row in await conn.fetch(
                 "UPDATE task SET status = 'interrupted', finished_at = $1 WHERE status = 'running' "
-                "AND owner_host = $2 AND owner_pid = ANY($3::int[]) RETURNING id",
+                "AND max_running IS NULL AND owner_host = $2 AND owner_pid = ANY($3::int[]) RETURNING id",
                 time.time(), self._host, gone,
             )]
             await conn.execute(
@@ -909,11 +932,12 @@ class PgTaskStore:
                 return None
             task = task_row(row)
             if subtasks:
+                # Queued subtasks also say which instance ran them (or runs them) and on which attempt.
                 task["subtasks"] = [
-                    subtask_row(sub)
+                    {**subtask_row(sub[:7]), "instance": sub[7], "attempts": sub[8]}
                     for sub in await conn.fetch(
-                        "SELECT idx, input, status, result, error, started_at, finished_at FROM subtask "
-                        "WHERE task_id = $1 ORDER BY idx",
+                        "SELECT idx, input, status, result, error, started_at, finished_at, owner, attempt "
+                        "FROM subtask WHERE task_id = $1 ORDER BY idx",
                         task_id,
                     )
                 ]
@@ -1086,6 +1110,7 @@ class PgStores:
         self.patterns = PgPatternStore(self.database)
         self.tasks = PgTaskStore(self.database)
         self.reports = PgReportStore(self.database)
+        self.queue = PgTaskQueue(self.database)
 
     async def open(self) -> None:
         await self.database.open()
@@ -1096,5 +1121,6 @@ class PgStores:
         return None if problem is None else f"not storing: {problem}"
 
     def close(self) -> None:
+        self.queue.close()
         self.database.close()
 

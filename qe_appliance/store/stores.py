@@ -48,6 +48,8 @@ class Stores:
             self.patterns = PatternStore(directory / "patterns.db")
             opened.append(self.patterns)
             self.tasks = TaskStore(directory / "tasks.db")
+            # One machine: orchestrated subtasks wait in the orchestrator's own queue, not in the database.
+            self.queue = None
             opened.append(self.tasks)
             self.reports = ReportStore(directory / "reports.db")
         except BaseException:

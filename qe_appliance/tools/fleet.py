@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 
 from qe_appliance.config import AgentType
-from qe_appliance.fleet.pipelines import PIPELINES, pass_input
+from qe_appliance.fleet.pipelines import PIPELINES
+from qe_appliance.fleet.runtime import agent_summary
 from qe_appliance.store.database import retrying
 from qe_appliance.store.tasks import shared_tasks, visible_task
 from qe_appliance.tools.base import Name, ToolContext, ToolError, ToolSpec, no_progress
 
 if TYPE_CHECKING:
+    from qe_appliance.fleet.orchestrator import Orchestrator
     from qe_appliance.fleet.runtime import Fleet
     from qe_appliance.store.interface import TaskBackend
 
@@ -148,11 +150,37 @@ async def fleet_status(ctx: ToolContext, args: FleetStatusInput) -> dict[str, An
         return {"task": task}
     status: dict[str, Any] = msgspec.to_builtins(_fleet(ctx).status())
     if not args.verbose:
-        keep = ("id", "type", "status", "capacity", "inFlight", "ewmaMs", "completed", "failed")
-        status["agents"] = [{k: a.get(k) for k in keep} for a in status["agents"]]
+        status["agents"] = [agent_summary(a) for a in status["agents"]]
     recent = await retrying(store.recent, 20 if args.verbose else 5)
     status["tasks"] = shared_tasks(recent)
+    instances = await fleet_view(ctx.services.orchestrator)
+    if instances is not None:
+        status["instances"] = instances
     return status
+
+
+async def fleet_view(orchestrator: Orchestrator | None) -> list[dict[str, Any]] | None:
+    """Every live instance's fleet on the shared store (PostgreSQL), this one marked `self`; None on SQLite."""
+    if orchestrator is None or orchestrator.queue is None:
+        return None
+    instances = await orchestrator.queue.instances(orchestrator.stale_s)
+    for entry in instances:
+        entry["self"] = entry["instance"] == orchestrator.instance
+    return instances
+
+
+async def agents_everywhere(fleet: Fleet, orchestrator: Orchestrator | None) -> list[dict[str, Any]]:
+    """`balance agents`: this fleet's agents; on a shared store, then every other live instance's, each row
+    labelled with its instance."""
+    agents = fleet.status().agents
+    view = await fleet_view(orchestrator)
+    if view is None or orchestrator is None:
+        return agents
+    rows = [{"instance": orchestrator.instance, **agent} for agent in agents]
+    for entry in view:
+        if not entry["self"]:
+            rows += [{"instance": entry["instance"], **agent} for agent in entry["agents"]]
+    return rows
 
 
 async def agent_spawn(ctx: ToolContext, args: AgentSpawnInput) -> dict[str, Any]:
@@ -167,24 +195,24 @@ async def task_orchestrate(ctx: ToolContext, args: TaskOrchestrateInput) -> dict
     if spec.pipeline is not None:
         if spec.pipeline not in PIPELINES:
             raise ToolError(f"unknown pipeline {spec.pipeline!r}; known: {', '.join(PIPELINES)}")
-        kind, steps = spec.pipeline, PIPELINES[spec.pipeline][1]
+        kind = spec.pipeline
     else:
         assert spec.tool is not None
         if spec.tool == TASK_ORCHESTRATE:
             raise ToolError("a task cannot orchestrate qe_task_orchestrate itself")
-        kind, steps = spec.tool, [(spec.tool, pass_input)]
+        kind = spec.tool
     orchestrator = ctx.services.orchestrator
     if orchestrator is None:
         raise ToolError("the agent fleet is not running in this server")
     task_id, done = await orchestrator.submit(
         kind,
-        steps,
         spec.inputs,
         strategy=args.strategy,
         priority=args.priority,
         max_agents=args.max_agents,
         progress=ctx.progress if args.wait else no_progress,
         caller=ctx.caller,
+        wait=args.wait,
     )
     if args.wait:
         await done
