@@ -124,6 +124,24 @@ def service_metrics(me: Role, own: Callable[[], bytes]) -> Callable[[], Awaitabl
     return fetch
 
 
+def service_dashboard(
+    me: Role, own: Callable[[float | None], dict[str, Any]]
+) -> Callable[[float | None], Awaitable[dict[str, Any]]]:
+    """A worker's /dashboard.json: every worker's, summed by the supervisor, with this worker's charts (this
+    worker's own alone if the supervisor cannot answer)."""
+
+    async def fetch(since: float | None) -> dict[str, Any]:
+        try:
+            answer = await ask(me.supervisor_socket, "metrics",
+                               {"export": "dashboard", "since": since, "historyOf": me.index},
+                               timeout=HEALTH_TIMEOUT_S)
+        except (NotRunning, Refused):
+            return own(since)
+        return dict(answer)
+
+    return fetch
+
+
 class Worker:
     def __init__(self, index: int, socket_path: Path) -> None:
         self.index = index
@@ -160,8 +178,9 @@ class Supervisor:
             "pool.drain": self._drain,
             **{cmd: self._fan_out(cmd) for cmd in (
                 "pool.status", "pool.configure", "tools.list", "tools.lookup", "tools.stats", "balance.status",
-                "balance.configure", "balance.agents", "metrics", "alerts.list",
+                "balance.configure", "balance.agents", "alerts.list",
             )},
+            "metrics": self._metrics,
         }, own_directory=not config.server.control_socket)
         self.address: tuple[str, int] | None = None
         self.state = "starting"
@@ -425,6 +444,23 @@ class Supervisor:
         self.begin_drain(float(timeout))
         return {"draining": True, "graceMs": self.config.server.drain_grace_ms, "deadlineS": timeout,
                 "workers": self.count}
+
+    async def _metrics(self, args: dict[str, Any]) -> Any:
+        """Prometheus text and /dashboard.json summed over the workers; the JSON export as _fan_out gives it."""
+        export = args.get("export")
+        if export != "dashboard":
+            return await self._fan_out("metrics")(args)
+        from qe_appliance.monitoring.dashboard import combine
+
+        history_of = args.get("historyOf", 1)
+        parts = {**args, "export": "dashboard-parts"}
+        parts.pop("historyOf", None)
+        answers = await asyncio.gather(*(self._ask(w, "metrics", parts) for w in self.workers))
+        try:
+            return combine([{**a, "worker": w.index, "pid": w.pid} if _failed(a) else {**a, "worker": w.index}
+                            for w, a in zip(self.workers, answers, strict=True)], self.config, history_of)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
 
     def _fan_out(self, cmd: str) -> Callable[[dict[str, Any]], Any]:
         """A command for every worker: a change applies to all; an answer is worker 1's with each worker's

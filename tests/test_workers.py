@@ -115,6 +115,8 @@ def test_two_workers_serve_restart_reload_and_drain(two_workers: Any) -> None:
         assert b'aqe_mcp_agent_capacity{worker="2",agent="agent-1"}' in text
         assert text.count(b"# TYPE aqe_mcp_requests_total counter") == 1
 
+    _dashboard_sums_both_workers(srv, config)
+
     # The official client, through whichever worker it lands on.
     async def call() -> Any:
         async with Client(srv.url) as client:
@@ -156,6 +158,38 @@ def test_two_workers_serve_restart_reload_and_drain(two_workers: Any) -> None:
     log = srv.log
     assert log.count("stopped: ") == 3, log  # two workers, then the supervisor
     assert all(_gone(pid) for pid in pids)
+
+
+def _dashboard_sums_both_workers(srv: ServerProcess, config: Path) -> None:
+    """/dashboard.json (and `metrics --dashboard`), whichever worker serves it, counts every worker's calls, with
+    percentiles from the merged histograms, and a row per worker."""
+    calls = 40
+    for n in range(calls):  # a new connection each: the kernel spreads them over both workers
+        envelope, headers = modern("tools/call", {"name": "qe_memory_store",
+                                                  "arguments": {"key": f"d/{n}", "value": n}}, n + 1)
+        status, _, raw = request(srv, "POST", body=envelope, headers=headers)
+        assert status == 200 and b'"isError":false' in raw.replace(b" ", b""), raw
+    views = []
+    for _ in range(6):
+        status, _, raw = request(srv, "GET", "/dashboard.json")
+        assert status == 200, raw
+        views.append(json.loads(raw))
+    views.append(_admin(config, "metrics", "--dashboard"))
+    for view in views:
+        rows = view["workers"]
+        assert [row["worker"] for row in rows] == [1, 2] and all(row["requests"] > 0 for row in rows), rows
+        assert sum(row["requests"] for row in rows) == view["requests"]["total"], view
+        assert len({row["pid"] for row in rows}) == 2 and all(row["agents"] >= 1 for row in rows), rows
+        store = next(row for row in view["tools"] if row["tool"] == "qe_memory_store")
+        assert store["calls"] == store["callsTotal"] == calls, store
+        assert view["latency"]["calls"] >= calls, view["latency"]
+        latency = view["latency"]
+        assert 0 < latency["p50Ms"] <= latency["p95Ms"] <= latency["p99Ms"] <= latency["maxMs"], latency
+        assert {agent["worker"] for agent in view["agents"]} == {1, 2}, view["agents"]
+        assert view["pool"]["inUse"] + view["pool"]["available"] == view["pool"]["total"], view["pool"]
+    # Each worker served a share of the calls; the dashboard's rows are what each worker itself counts.
+    status = _admin(config, "status")
+    assert {w["pid"] for w in status["perWorker"]} == {row["pid"] for row in views[-1]["workers"]}
 
 
 def _gone(pid: int) -> bool:

@@ -265,7 +265,9 @@ class ControlServer(CommandSocket):
         if kind == "prometheus":
             return monitor.prometheus().decode()
         if kind == "dashboard":
-            return monitor.dashboard()
+            return monitor.dashboard(since(args))
+        if kind == "dashboard-parts":  # a supervisor's, to sum its workers' dashboards
+            return monitor.dashboard_parts(since(args))
         if kind == "json":
             return msgspec.to_builtins(monitor.snapshot())
         raise CommandError("export must be prometheus, json or dashboard")
@@ -276,6 +278,14 @@ class ControlServer(CommandSocket):
     async def _reload(self, args: dict[str, Any]) -> Any:
         # The reload itself clears the runtime overrides, whoever asked for it (this command or SIGHUP).
         return await self.admin.reload()
+
+
+def since(args: dict[str, Any]) -> float | None:
+    """The `since` of `metrics --export dashboard`: history points newer than this Unix time (None: all)."""
+    value = args.get("since")
+    if value is None or isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise CommandError(f"since must be a Unix time in seconds (0 or more); got {value!r}")
 
 
 def _int(args: dict[str, Any], key: str, default: int, low: int) -> int:
