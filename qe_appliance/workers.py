@@ -33,7 +33,7 @@ import msgspec
 from qe_appliance import __version__
 from qe_appliance.config import Config, ConfigError, control_socket
 from qe_appliance.control.client import NotRunning, Refused, ask
-from qe_appliance.control.server import CommandError, CommandSocket
+from qe_appliance.control.commandsocket import CommandError, CommandSocket
 from qe_appliance.proctitle import set_title
 from qe_appliance.systemd.notify import Notifier
 
