@@ -447,7 +447,14 @@ class Supervisor:
 
     async def _metrics(self, args: dict[str, Any]) -> Any:
         """Prometheus text and /dashboard.json summed over the workers; the JSON export as _fan_out gives it."""
-        export = args.get("export")
+        export = args.get("export", "json")
+        if export == "json":
+            answers = await asyncio.gather(*(self._ask(w, "metrics", {**args, "export": "json-parts"})
+                                             for w in self.workers))
+            good = [(w.index, a) for w, a in zip(self.workers, answers, strict=True) if not _failed(a)]
+            if not good:
+                raise CommandError("; ".join(str(a["error"]) for a in answers))
+            return {**merge_snapshots(good), "perWorker": self._per_worker(answers, lambda w, a: {})}
         if export != "dashboard":
             return await self._fan_out("metrics")(args)
         from qe_appliance.monitoring.dashboard import combine
@@ -491,6 +498,14 @@ _SHARES = frozenset({"aqe_mcp_pool_connections", "aqe_mcp_pool_max_connections",
                      "process_virtual_memory_bytes", "process_open_fds"})
 
 
+def _rule(family: str, kind: str, per_agent: bool) -> str:
+    """How one family's samples of several workers combine: "worker" (kept apart under a `worker` label),
+    "same" (said once), "earliest", or "sum"."""
+    if per_agent or kind == "gauge" and family not in _SAME | _EARLIEST | _SHARES:
+        return "worker"
+    return "same" if family in _SAME else "earliest" if family in _EARLIEST else "sum"
+
+
 def merge_prometheus(texts: list[str]) -> str:
     """One exposition for all workers (text format 0.0.4): counters and histograms summed, so rates and
     quantiles come out for the whole service; gauges summed where each worker holds a share, said once where
@@ -520,22 +535,76 @@ def merge_prometheus(texts: list[str]) -> str:
             key, _, raw = line.rpartition(" ")
             value = float(raw)
             kind = kinds.get(family, "untyped")
-            per_worker = kind == "gauge" and family not in _SAME | _EARLIEST | _SHARES or 'agent="' in key
+            rule = _rule(family, kind, 'agent="' in key)
+            per_worker = rule == "worker"
             if per_worker:
                 name, brace, rest = key.partition("{")
                 key = f'{name}{{worker="{index}"' + (f",{rest}" if brace else "}")
             seen = samples[family]
             if key not in seen or per_worker:
                 seen[key] = value
-            elif family in _EARLIEST:
+            elif rule == "earliest":
                 seen[key] = min(seen[key], value)
-            elif family not in _SAME:
+            elif rule == "sum":
                 seen[key] += value
     lines: list[str] = []
     for family in order:
         lines.extend(heads[family])
         lines.extend(f"{key} {_number(value)}" for key, value in samples[family].items())
     return "\n".join(lines) + "\n"
+
+
+def merge_snapshots(snapshots: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """One `metrics --export json` for all workers, from each worker's (index, snapshot with its histograms
+    serialized): the rules of merge_prometheus, histograms merged so their percentiles are those of every call."""
+    import base64
+
+    from qe_appliance._core.histogram import Histogram
+
+    families: dict[str, dict[str, Any]] = {}
+    merged: dict[str, dict[str, dict[str, Any]]] = {}
+    for index, snapshot in snapshots:
+        for name, family in snapshot["metrics"].items():
+            if name not in families:
+                families[name] = {"type": family["type"], "help": family["help"]}
+                merged[name] = {}
+            seen = merged[name]
+            for sample in family["samples"]:
+                labels = sample["labels"]
+                rule = _rule(name, family["type"], "agent" in labels)
+                if rule == "worker":
+                    labels = {"worker": str(index), **labels}
+                key = msgspec.json.encode(labels).decode()
+                if "histogram" in sample:
+                    histogram = Histogram.from_bytes(base64.b64decode(sample["histogram"]))
+                    if key in seen:
+                        seen[key]["histogram"].merge(histogram)
+                    else:
+                        seen[key] = {"labels": labels, "buckets": sample["buckets"], "histogram": histogram}
+                elif key not in seen or rule == "worker":
+                    seen[key] = {k: v for k, v in sample.items() if k != "labels"} | {"labels": labels}
+                elif rule == "earliest":
+                    seen[key]["value"] = min(seen[key]["value"], sample["value"])
+                elif rule == "sum":
+                    for field in ("value", "count", "sum"):
+                        if field in sample:
+                            seen[key][field] += sample[field]
+    for name, family in families.items():
+        family["samples"] = [_read_histogram(sample) if "histogram" in sample else sample
+                             for sample in merged[name].values()]
+    return {"generatedAt": snapshots[0][1]["generatedAt"], "metrics": families}
+
+
+def _read_histogram(sample: dict[str, Any]) -> dict[str, Any]:
+    """A merged histogram's sample as Monitor.snapshot writes one, its `le` buckets at the same bounds."""
+    histogram = sample["histogram"]
+    bounds = [float(le) for le in sample["buckets"] if le != "+Inf"]
+    counts = [*histogram.cumulative(bounds), histogram.count]
+    return {
+        "labels": sample["labels"], "count": histogram.count, "sum": histogram.total,
+        "p50": histogram.percentile(50), "p95": histogram.percentile(95), "p99": histogram.percentile(99),
+        "max": histogram.max, "buckets": dict(zip(sample["buckets"], counts, strict=True)),
+    }
 
 
 def _number(value: float) -> str:

@@ -187,6 +187,16 @@ def _dashboard_sums_both_workers(srv: ServerProcess, config: Path) -> None:
         assert 0 < latency["p50Ms"] <= latency["p95Ms"] <= latency["p99Ms"] <= latency["maxMs"], latency
         assert {agent["worker"] for agent in view["agents"]} == {1, 2}, view["agents"]
         assert view["pool"]["inUse"] + view["pool"]["available"] == view["pool"]["total"], view["pool"]
+    # `metrics --export json` (what `metrics` prints): counters summed, histograms merged, agents per worker.
+    families = _admin(config, "metrics", "--export", "json")["metrics"]
+    total = families["aqe_mcp_tool_calls_total"]["samples"]
+    assert [s["value"] for s in total if s["labels"] == {"tool": "qe_memory_store"}] == [calls], total
+    durations = [s for s in families["aqe_mcp_tool_duration_seconds"]["samples"]
+                 if s["labels"]["tool"] == "qe_memory_store"]
+    assert len(durations) == 1 and durations[0]["count"] == durations[0]["buckets"]["+Inf"] == calls, durations
+    assert 0 < durations[0]["p50"] <= durations[0]["p99"] <= durations[0]["max"], durations
+    capacity = families["aqe_mcp_agent_capacity"]["samples"]
+    assert {(s["labels"]["worker"], s["labels"]["agent"]) for s in capacity} >= {("1", "agent-1"), ("2", "agent-1")}
     # Each worker served a share of the calls; the dashboard's rows are what each worker itself counts.
     status = _admin(config, "status")
     assert {w["pid"] for w in status["perWorker"]} == {row["pid"] for row in views[-1]["workers"]}

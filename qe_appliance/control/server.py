@@ -187,8 +187,8 @@ class ControlServer(CommandSocket):
             return monitor.dashboard(since(args))
         if kind == "dashboard-parts":  # a supervisor's, to sum its workers' dashboards
             return monitor.dashboard_parts(since(args))
-        if kind == "json":
-            return msgspec.to_builtins(monitor.snapshot())
+        if kind in ("json", "json-parts"):  # json-parts: a supervisor's, to merge its workers' histograms
+            return msgspec.to_builtins(monitor.snapshot(serialized=kind == "json-parts"))
         raise CommandError("export must be prometheus, json or dashboard")
 
     async def _alerts(self, args: dict[str, Any]) -> Any:

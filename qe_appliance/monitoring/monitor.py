@@ -5,6 +5,7 @@ registry, pool, balancer, fleet and alert state, and exposed as Prometheus text,
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import platform
@@ -280,9 +281,11 @@ class Monitor:
             self._exposition = registry(self._families)
         return render(self._exposition)
 
-    def snapshot(self) -> MetricsSnapshot:
-        """The appliance's metrics, with p50/p95/p99/max beside each histogram's buckets."""
-        return MetricsSnapshot(iso(time.time()), {family.name: _json_family(family) for family in self._families()})
+    def snapshot(self, serialized: bool = False) -> MetricsSnapshot:
+        """The appliance's metrics, with p50/p95/p99/max beside each histogram's buckets; `serialized` adds each
+        histogram as base64 Histogram.to_bytes (for the supervisor of several workers to merge)."""
+        return MetricsSnapshot(iso(time.time()), {family.name: _json_family(family, serialized)
+                                                  for family in self._families()})
 
     def dashboard(self, since: float | None = None) -> dict[str, Any]:
         """/dashboard.json: the last minute of latency, errors and requests, pool, lookups, agents, alerts, and
@@ -473,7 +476,7 @@ def _by_rule(name: str, text: str, counts: dict[str, int]) -> Family:
     return Family(name, "gauge", text, ("alert",), [((rule,), count) for rule, count in counts.items()])
 
 
-def _json_family(family: Family) -> dict[str, Any]:
+def _json_family(family: Family, serialized: bool = False) -> dict[str, Any]:
     samples = []
     for values, value in family.samples:
         sample: dict[str, Any] = {"labels": dict(zip(family.labels, values, strict=True))}
@@ -487,6 +490,8 @@ def _json_family(family: Family) -> dict[str, Any]:
                 "max": value.max,
                 "buckets": dict(buckets(value, family.bounds)),
             })
+            if serialized:
+                sample["histogram"] = base64.b64encode(value.to_bytes()).decode()
         elif family.kind == "summary":
             sample.update({"count": value[0], "sum": value[1]})
         else:
