@@ -4,6 +4,7 @@ bench/startup_bench.py measures the real median against the peers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -15,7 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from conftest import stdio_command, write_config
+from conftest import start_server, stdio_command, write_config
+from test_fleet_tools import _descendants
 from test_http_edges import modern
 
 # Modules a running server must not have imported by the time it is ready: test frameworks and their helpers
@@ -96,6 +98,20 @@ def test_a_supervisor_imports_no_tool_and_no_server(tmp_path: Path) -> None:
     assert "qe_appliance.workers" in modules  # the probe's process supervised
     loaded = sorted(name for name in modules if name.startswith(SERVING))
     assert not loaded, f"the supervisor imported {loaded}; it needs the workers module and the admin socket only"
+
+
+def test_a_started_server_runs_no_resource_tracker(tmp_path: Path) -> None:
+    """Agents start from the forkserver without multiprocessing's resource tracker (a third interpreter)."""
+    srv = start_server(tmp_path, {"fleet": {"agents": {"generalist": 2}}})
+    try:
+        commands = []
+        for pid in _descendants(srv.proc.pid):
+            with contextlib.suppress(OSError):
+                commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        assert len(commands) >= 3, commands  # the forkserver and two agents, all ready
+        assert not [c for c in commands if "resource_tracker" in c], commands
+    finally:
+        srv.stop()
 
 
 def _start_to_ready(tmp: Path) -> float:

@@ -40,8 +40,13 @@ def fork_from_here() -> None:
     # multiprocessing's private parts (typeshed leaves them out): the state its ensure_running keeps.
     server: Any = multiprocessing.forkserver._forkserver
     mp_connection: Any = connection
-    # As multiprocessing's ensure_running does: agents report named resources to the tracker.
-    resource_tracker.ensure_running()
+    # multiprocessing passes every process it starts its resource tracker's descriptor, and would start the
+    # tracker (a third interpreter at every start) to have one. The tracker only unlinks the named semaphores
+    # and shared memory a crashed process leaves; agents create neither (they talk over unix sockets), so its
+    # descriptor is a sink instead.
+    tracker: Any = resource_tracker._resource_tracker
+    if tracker._fd is None:
+        tracker._fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     address = mp_connection.arbitrary_address("AF_UNIX")
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(address)
