@@ -24,7 +24,8 @@ from typing import Any
 # the forkserver imports them once, after the fork and in parallel with the server's start. Modules named in
 # fleet.preload are imported by each agent as it starts (they are known only once the configuration is read).
 PRELOAD = ("qe_appliance.tools", "qe_appliance.fleet.agent", "radon.metrics", "radon.raw", "radon.visitors",
-           "rapidfuzz")
+           "rapidfuzz", "qe_appliance.coverage.cobertura", "qe_appliance.coverage.jacoco",
+           "qe_appliance.coverage.lcov")
 
 
 def context() -> multiprocessing.context.ForkServerContext:
