@@ -13,7 +13,6 @@ import os
 import pathlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import UnionType
 from typing import TYPE_CHECKING, Annotated, Any, Final, Union, get_args, get_origin
 from urllib.parse import urlsplit
@@ -299,8 +298,7 @@ class _Survey:
                                "few hundred, so this is probably not the right file"])
 
 
-@dataclass(frozen=True)
-class _Decoded:
+class _Decoded(msgspec.Struct, frozen=True):
     """One struct's fields after decoding, for the checks that relate fields to each other."""
 
     values: dict[str, Any]  # Python field name -> value, or _INVALID when it already failed

@@ -25,7 +25,6 @@ import binascii
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote
 
@@ -127,8 +126,7 @@ def not_found(uri: str, modern: bool, why: str) -> RpcError:
     return RpcError(code, f"Resource not found: {uri}: {why}", {"uri": uri})
 
 
-@dataclass(frozen=True)
-class Contents:
+class Contents(msgspec.Struct, frozen=True):
     """What a read returns: the contents and how long a client may cache them (2026-07-28)."""
 
     uri: str

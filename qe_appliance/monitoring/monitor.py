@@ -12,7 +12,6 @@ import platform
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -112,8 +111,7 @@ class _Series:
         return histogram
 
 
-@dataclass(frozen=True)
-class Sources:
+class Sources(msgspec.Struct, frozen=True):
     """What the Monitor reads at scrape time, each a callable so a rebuilt part (the registry after a reload)
     is read as it is now: registry stats, fleet status, open sessions, open HTTP connections. None: absent."""
 
