@@ -161,8 +161,8 @@ def test_two_workers_serve_restart_reload_and_drain(two_workers: Any) -> None:
 
 
 def _dashboard_sums_both_workers(srv: ServerProcess, config: Path) -> None:
-    """/dashboard.json (and `metrics --dashboard`), whichever worker serves it, counts every worker's calls, with
-    percentiles from the merged histograms, and a row per worker."""
+    """/dashboard.json (and `metrics --dashboard`, and the aqe://dashboard resource), whichever worker serves it,
+    counts every worker's calls, with percentiles from the merged histograms, and a row per worker."""
     calls = 40
     for n in range(calls):  # a new connection each: the kernel spreads them over both workers
         envelope, headers = modern("tools/call", {"name": "qe_memory_store",
@@ -175,6 +175,11 @@ def _dashboard_sums_both_workers(srv: ServerProcess, config: Path) -> None:
         assert status == 200, raw
         views.append(json.loads(raw))
     views.append(_admin(config, "metrics", "--dashboard"))
+    body, headers = modern("resources/read", {"uri": "aqe://dashboard"})
+    headers["Mcp-Name"] = "aqe://dashboard"
+    status, _, raw = request(srv, "POST", body=body, headers=headers)  # the MCP resource, summed the same way
+    assert status == 200, raw
+    views.append(json.loads(json.loads(raw)["result"]["contents"][0]["text"]))
     for view in views:
         rows = view["workers"]
         assert [row["worker"] for row in rows] == [1, 2] and all(row["requests"] > 0 for row in rows), rows

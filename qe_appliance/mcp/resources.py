@@ -160,7 +160,7 @@ class Resources:
         self,
         services: Services,
         context_for: Callable[[str], ToolContext],
-        dashboard: Callable[[], dict[str, Any]] | None = None,
+        dashboard: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.services = services
         # Where work done for a tool's resource runs (a gap ranking: qe_coverage_gaps' fleet and timeout).
@@ -339,7 +339,7 @@ class Resources:
     async def _dashboard(self, uri: str, rest: list[str], params: dict[str, str], who: str | None) -> Contents | str:
         if self.dashboard is None:
             return "monitoring is off on this server (monitoring.enabled)"
-        return Contents(uri, JSON, rpc.encoder.encode(self.dashboard()).decode(), 1_000)
+        return Contents(uri, JSON, rpc.encoder.encode(await self.dashboard()).decode(), 1_000)
 
 
 
