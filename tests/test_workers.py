@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from conftest import ServerProcess, write_config
 from mcp import Client
@@ -216,6 +217,33 @@ def _gone(pid: int) -> bool:
     except OSError:
         return True
     return all(state in "ZX" for state in states)
+
+
+def test_a_dashboard_of_two_workers_is_that_of_one_server_seeing_every_call() -> None:
+    """Percentiles from the merged histograms equal those of one Monitor that saw every call (not an average of
+    the workers'); counts add up; a worker that did not answer has a row saying why."""
+    from qe_appliance.config import Config
+    from qe_appliance.monitoring import Monitor
+    from qe_appliance.monitoring.dashboard import combine
+
+    config = Config()
+    workers, whole = [Monitor(config), Monitor(config)], Monitor(config)
+    for n in range(300):  # worker 1 fast, worker 2 slow: an average of their p95s would be far off
+        seconds = 0.001 * (1 + n % 7) if n % 2 else 0.2 + 0.001 * (n % 11)
+        outcome = "server-error" if n % 50 == 0 else "ok"
+        for monitor in (workers[n % 2], whole):
+            monitor.record_request("tools/call", seconds, "server" if outcome != "ok" else None)
+            monitor.record_tool("qe_memory_store", seconds, outcome)
+    answers = [{**monitor.dashboard_parts(), "worker": i} for i, monitor in enumerate(workers, start=1)]
+    answers.append({"worker": 3, "pid": 4242, "ok": False, "error": "worker 3 is not running"})
+    summed, alone = combine(msgspec.json.decode(msgspec.json.encode(answers)), config), whole.dashboard()
+    assert summed["latency"] == alone["latency"] and summed["tools"] == alone["tools"], (summed, alone)
+    assert summed["requests"]["total"] == alone["requests"]["total"] == 300
+    assert summed["errors"] == alone["errors"] and summed["errors"]["total"] > 0
+    assert [row["requests"] for row in summed["workers"][:2]] == [150, 150]
+    assert summed["workers"][2] == {"worker": 3, "pid": 4242, "error": "worker 3 is not running"}
+    with pytest.raises(ValueError, match="worker 3 is not running"):
+        combine(answers[2:], config)
 
 
 def test_metrics_of_the_workers_merge_into_one_exposition() -> None:
