@@ -27,6 +27,39 @@ cdef double _LOW = 1e-6
 cdef double _HIGH = 60.0
 
 
+# to_bytes: "HDR1", count, total, min, max, first bucket, number of buckets (8 bytes each), then the counts.
+FORMAT = b"HDR1"
+cdef enum:
+    _HEADER = 52
+
+
+cdef inline void _put_u64(unsigned char *at, uint64_t value) noexcept nogil:
+    cdef int i
+    for i in range(8):
+        at[i] = <unsigned char>(value >> (8 * i))
+
+
+cdef inline uint64_t _get_u64(const unsigned char *at) noexcept nogil:
+    cdef uint64_t value = 0
+    cdef int i
+    for i in range(8):
+        value |= (<uint64_t>at[i]) << (8 * i)
+    return value
+
+
+cdef inline void _put_f64(unsigned char *at, double value) noexcept nogil:
+    cdef uint64_t bits
+    memcpy(&bits, &value, 8)
+    _put_u64(at, bits)
+
+
+cdef inline double _get_f64(const unsigned char *at) noexcept nogil:
+    cdef uint64_t bits = _get_u64(at)
+    cdef double value
+    memcpy(&value, &bits, 8)
+    return value
+
+
 cdef struct Span:
     # What a set of counts holds besides the counts themselves. Buckets lo..hi are the only ones that
     # can be non-zero (lo > hi when empty), so scans, merges and window clears touch only those.
@@ -302,6 +335,54 @@ cdef class Histogram:
             for index in range(theirs.lo, theirs.hi + 1):
                 self._ring[index * self._windows + our_slot] += other._ring[index * other._windows + slot]
             _absorb(ours, theirs)
+
+    def to_bytes(self) -> bytes:
+        """Every value recorded (not the windows) as bytes for another process to `from_bytes` and merge:
+        a header (FORMAT, count, total, min, max, first and last bucket) and the counts of the buckets from
+        the first non-empty one to the last, little-endian."""
+        cdef int width = self._all.hi - self._all.lo + 1 if self._all.count else 0
+        cdef bytearray out = bytearray(_HEADER + width * 8)
+        cdef unsigned char *data = out
+        cdef int index
+        memcpy(data, <const char *>FORMAT, 4)
+        _put_u64(data + 4, self._all.count)
+        _put_f64(data + 12, self._all.total)
+        _put_f64(data + 20, self._all.min)
+        _put_f64(data + 28, self._all.max)
+        _put_u64(data + 36, <uint64_t>(self._all.lo if width else 0))
+        _put_u64(data + 44, <uint64_t>width)
+        for index in range(width):
+            _put_u64(data + _HEADER + index * 8, self._counts[self._all.lo + index])
+        return bytes(out)
+
+    @staticmethod
+    def from_bytes(const unsigned char[:] data not None) -> Histogram:
+        """A histogram (no windows) of what `to_bytes` wrote; ValueError if `data` is not such bytes."""
+        cdef Histogram out = Histogram(1, 0)
+        cdef Py_ssize_t size = data.shape[0]
+        cdef uint64_t lo, width, seen = 0, count
+        cdef Py_ssize_t index
+        if size < _HEADER or data[0] != b'H' or data[1] != b'D' or data[2] != b'R' or data[3] != b'1':
+            raise ValueError("not a serialized histogram (it must start with the HDR1 header of to_bytes)")
+        lo = _get_u64(&data[36])
+        width = _get_u64(&data[44])
+        if lo > BUCKETS or width > BUCKETS - lo or <uint64_t>size != _HEADER + width * 8:
+            raise ValueError(f"a serialized histogram of {size} bytes cannot hold buckets {lo} .. {lo} + {width}")
+        for index in range(<Py_ssize_t>width):
+            count = _get_u64(&data[_HEADER + index * 8])
+            out._counts[lo + index] = count
+            seen += count
+        out._all.count = _get_u64(&data[4])
+        if seen != out._all.count:
+            raise ValueError(f"a serialized histogram's buckets hold {seen} values but its header says "
+                             f"{out._all.count}")
+        out._all.total = _get_f64(&data[12])
+        out._all.min = _get_f64(&data[20])
+        out._all.max = _get_f64(&data[28])
+        if width:
+            out._all.lo = <int>lo
+            out._all.hi = <int>(lo + width - 1)
+        return out
 
     def recent(self, double seconds) -> Histogram:
         """A new histogram (no windows) of what was recorded in the last `seconds` (the current window

@@ -196,9 +196,12 @@ class App:
         spec = self._by_name.get(tool) or next(spec for spec in self.catalog if spec.name == tool)
         return self.runner.context(spec)
 
-    def _dashboard(self) -> dict[str, Any]:
+    async def _dashboard(self) -> dict[str, Any]:
         assert self.monitor is not None
-        return self.monitor.dashboard(time.time() - DASHBOARD_RESOURCE_S)
+        since = time.time() - DASHBOARD_RESOURCE_S
+        # One of several workers (server.workers): the supervisor's sum over all of them, as /dashboard.json.
+        summed = self.http.routes.service_dashboard if self.http is not None else None
+        return await summed(since) if summed is not None else self.monitor.dashboard(since)
 
     def readiness(self) -> str | None:
         if self.state is None:

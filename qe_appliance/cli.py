@@ -118,7 +118,6 @@ def _install_systemd(args: argparse.Namespace) -> int:
 
 def _start(args: argparse.Namespace, words: list[str]) -> int:
     from qe_appliance.config import Config, ConfigError, apply_overrides, load_config
-    from qe_appliance.store.database import StoreError
 
     # One of several workers a supervisor started (server.workers > 1), or None.
     me = None
@@ -153,19 +152,26 @@ def _start(args: argparse.Namespace, words: list[str]) -> int:
     configure_logging(level, cfg.server.log_format)
     for text in relative:
         logging.getLogger("aqe_mcp.config").warning("%s", text)
-    from qe_appliance.lifecycle import run
-    from qe_appliance.store.database import StoreUnavailableError
-
     source = read if args.config else None
+    if me is None and not args.stdio and cfg.server.workers != 1:
+        from qe_appliance import workers
+
+        if workers.worker_count(cfg) > 1:  # this process supervises (and imports no server); each worker serves
+            try:
+                return workers.run_supervisor(cfg, words, source)
+            except ConfigError as exc:
+                print(exc, file=sys.stderr)
+                return 2
+            except OSError as exc:
+                print(f"aqe-v3: cannot start: {exc}", file=sys.stderr)
+                return 1
+    from qe_appliance.lifecycle import run
+    from qe_appliance.store.database import StoreError, StoreUnavailableError
+
     try:
         if me is not None:
             workers.become_worker(me)
             return run(cfg, source=source, worker=me)
-        if not args.stdio and cfg.server.workers != 1:
-            from qe_appliance import workers
-
-            if workers.worker_count(cfg) > 1:  # this process supervises; each worker starts its own agents
-                return workers.run_supervisor(cfg, words, source)
         return run(cfg, stdio=args.stdio, source=source)
     except ConfigError as exc:
         print(exc, file=sys.stderr)

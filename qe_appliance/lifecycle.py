@@ -79,12 +79,13 @@ class Server:
         # Re-reads the configuration (the file plus the start flags) for a reload; None: no file to re-read.
         self.source = source
         # One of several workers on the port (server.workers): it binds with SO_REUSEPORT, and its /metrics
-        # is the supervisor's sum over all workers.
+        # and /dashboard.json are the supervisor's sums over all workers.
         self.worker = worker
         if worker is not None and self.app.http is not None and self.app.monitor is not None:
-            from qe_appliance.workers import service_metrics
+            from qe_appliance.workers import service_dashboard, service_metrics
 
             self.app.http.routes.service_metrics = service_metrics(worker, self.app.monitor.prometheus)
+            self.app.http.routes.service_dashboard = service_dashboard(worker, self.app.monitor.dashboard)
         self.address: tuple[str, int] | None = None
         self.control: ControlServer | None = None
         self.reloads = {"ok": 0, "failed": 0}

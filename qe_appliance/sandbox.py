@@ -35,9 +35,10 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
+
+import msgspec
 
 log = logging.getLogger("aqe_mcp.sandbox")
 
@@ -59,8 +60,7 @@ class ServerPolicy(Protocol):
     def allow_unauthenticated_code_execution(self) -> bool: ...
 
 
-@dataclass(frozen=True)
-class Caller:
+class Caller(msgspec.Struct, frozen=True):
     """Who asked: over which transport, and whether the server authenticated them (a bearer token)."""
 
     transport: str  # "stdio", "http" or "in-process"
@@ -91,8 +91,7 @@ def refusal(server: ServerPolicy, caller: Caller) -> str | None:
     )
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(msgspec.Struct, frozen=True):
     """Resource limits of one run; None leaves that limit as inherited."""
 
     cpu_seconds: int | None = None
@@ -101,14 +100,13 @@ class Limits:
     network: bool = False
 
 
-@dataclass
-class Outcome:
+class Outcome(msgspec.Struct):
     returncode: int
     seconds: float
     timed_out: bool = False
     cancelled: bool = False
     # What was not applied, e.g. "network: not isolated (unshare: Operation not permitted)".
-    isolation: list[str] = field(default_factory=list)
+    isolation: list[str] = msgspec.field(default_factory=list)
 
 
 class Cancelled(Exception):

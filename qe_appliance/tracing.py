@@ -20,7 +20,6 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -38,8 +37,7 @@ log = logging.getLogger("aqe_mcp.tracing")
 
 
 
-@dataclass(frozen=True)
-class _Api:
+class _Api(msgspec.Struct, frozen=True):
     """What the spans need of the OpenTelemetry API, imported once when tracing is turned on."""
 
     w3c: TraceContextTextMapPropagator

@@ -24,7 +24,6 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import msgspec
 from qe_appliance import __version__
 from qe_appliance.config import Config, ConfigError, control_socket
 from qe_appliance.control.client import NotRunning, Refused, ask
-from qe_appliance.control.server import CommandError, CommandSocket
+from qe_appliance.control.commandsocket import CommandError, CommandSocket
 from qe_appliance.proctitle import set_title
 from qe_appliance.systemd.notify import Notifier
 
@@ -53,8 +52,7 @@ DRAIN_DEADLINE_S = 30.0
 _SUPERVISOR_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
-@dataclass(frozen=True)
-class Role:
+class Role(msgspec.Struct, frozen=True):
     """This process is worker `index` (from 1) of `count`, started by the supervisor with pid `supervisor`."""
 
     index: int
@@ -124,6 +122,24 @@ def service_metrics(me: Role, own: Callable[[], bytes]) -> Callable[[], Awaitabl
     return fetch
 
 
+def service_dashboard(
+    me: Role, own: Callable[[float | None], dict[str, Any]]
+) -> Callable[[float | None], Awaitable[dict[str, Any]]]:
+    """A worker's /dashboard.json: every worker's, summed by the supervisor, with this worker's charts (this
+    worker's own alone if the supervisor cannot answer)."""
+
+    async def fetch(since: float | None) -> dict[str, Any]:
+        try:
+            answer = await ask(me.supervisor_socket, "metrics",
+                               {"export": "dashboard", "since": since, "historyOf": me.index},
+                               timeout=HEALTH_TIMEOUT_S)
+        except (NotRunning, Refused):
+            return own(since)
+        return dict(answer)
+
+    return fetch
+
+
 class Worker:
     def __init__(self, index: int, socket_path: Path) -> None:
         self.index = index
@@ -160,8 +176,9 @@ class Supervisor:
             "pool.drain": self._drain,
             **{cmd: self._fan_out(cmd) for cmd in (
                 "pool.status", "pool.configure", "tools.list", "tools.lookup", "tools.stats", "balance.status",
-                "balance.configure", "balance.agents", "metrics", "alerts.list",
+                "balance.configure", "balance.agents", "alerts.list",
             )},
+            "metrics": self._metrics,
         }, own_directory=not config.server.control_socket)
         self.address: tuple[str, int] | None = None
         self.state = "starting"
@@ -426,6 +443,30 @@ class Supervisor:
         return {"draining": True, "graceMs": self.config.server.drain_grace_ms, "deadlineS": timeout,
                 "workers": self.count}
 
+    async def _metrics(self, args: dict[str, Any]) -> Any:
+        """Prometheus text and /dashboard.json summed over the workers; the JSON export as _fan_out gives it."""
+        export = args.get("export", "json")
+        if export == "json":
+            answers = await asyncio.gather(*(self._ask(w, "metrics", {**args, "export": "json-parts"})
+                                             for w in self.workers))
+            good = [(w.index, a) for w, a in zip(self.workers, answers, strict=True) if not _failed(a)]
+            if not good:
+                raise CommandError("; ".join(str(a["error"]) for a in answers))
+            return {**merge_snapshots(good), "perWorker": self._per_worker(answers, lambda w, a: {})}
+        if export != "dashboard":
+            return await self._fan_out("metrics")(args)
+        from qe_appliance.monitoring.dashboard import combine
+
+        history_of = args.get("historyOf", 1)
+        parts = {**args, "export": "dashboard-parts"}
+        parts.pop("historyOf", None)
+        answers = await asyncio.gather(*(self._ask(w, "metrics", parts) for w in self.workers))
+        try:
+            return combine([{**a, "worker": w.index, "pid": w.pid} if _failed(a) else {**a, "worker": w.index}
+                            for w, a in zip(self.workers, answers, strict=True)], self.config, history_of)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+
     def _fan_out(self, cmd: str) -> Callable[[dict[str, Any]], Any]:
         """A command for every worker: a change applies to all; an answer is worker 1's with each worker's
         beside it (agents: all of them, each with its worker)."""
@@ -453,6 +494,14 @@ _EARLIEST = frozenset({"aqe_mcp_start_time_seconds", "process_start_time_seconds
 _SHARES = frozenset({"aqe_mcp_pool_connections", "aqe_mcp_pool_max_connections", "aqe_mcp_agents",
                      "aqe_mcp_sessions", "aqe_mcp_http_connections", "process_resident_memory_bytes",
                      "process_virtual_memory_bytes", "process_open_fds"})
+
+
+def _rule(family: str, kind: str, per_agent: bool) -> str:
+    """How one family's samples of several workers combine: "worker" (kept apart under a `worker` label),
+    "same" (said once), "earliest", or "sum"."""
+    if per_agent or kind == "gauge" and family not in _SAME | _EARLIEST | _SHARES:
+        return "worker"
+    return "same" if family in _SAME else "earliest" if family in _EARLIEST else "sum"
 
 
 def merge_prometheus(texts: list[str]) -> str:
@@ -484,22 +533,76 @@ def merge_prometheus(texts: list[str]) -> str:
             key, _, raw = line.rpartition(" ")
             value = float(raw)
             kind = kinds.get(family, "untyped")
-            per_worker = kind == "gauge" and family not in _SAME | _EARLIEST | _SHARES or 'agent="' in key
+            rule = _rule(family, kind, 'agent="' in key)
+            per_worker = rule == "worker"
             if per_worker:
                 name, brace, rest = key.partition("{")
                 key = f'{name}{{worker="{index}"' + (f",{rest}" if brace else "}")
             seen = samples[family]
             if key not in seen or per_worker:
                 seen[key] = value
-            elif family in _EARLIEST:
+            elif rule == "earliest":
                 seen[key] = min(seen[key], value)
-            elif family not in _SAME:
+            elif rule == "sum":
                 seen[key] += value
     lines: list[str] = []
     for family in order:
         lines.extend(heads[family])
         lines.extend(f"{key} {_number(value)}" for key, value in samples[family].items())
     return "\n".join(lines) + "\n"
+
+
+def merge_snapshots(snapshots: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """One `metrics --export json` for all workers, from each worker's (index, snapshot with its histograms
+    serialized): the rules of merge_prometheus, histograms merged so their percentiles are those of every call."""
+    import base64
+
+    from qe_appliance._core.histogram import Histogram
+
+    families: dict[str, dict[str, Any]] = {}
+    merged: dict[str, dict[str, dict[str, Any]]] = {}
+    for index, snapshot in snapshots:
+        for name, family in snapshot["metrics"].items():
+            if name not in families:
+                families[name] = {"type": family["type"], "help": family["help"]}
+                merged[name] = {}
+            seen = merged[name]
+            for sample in family["samples"]:
+                labels = sample["labels"]
+                rule = _rule(name, family["type"], "agent" in labels)
+                if rule == "worker":
+                    labels = {"worker": str(index), **labels}
+                key = msgspec.json.encode(labels).decode()
+                if "histogram" in sample:
+                    histogram = Histogram.from_bytes(base64.b64decode(sample["histogram"]))
+                    if key in seen:
+                        seen[key]["histogram"].merge(histogram)
+                    else:
+                        seen[key] = {"labels": labels, "buckets": sample["buckets"], "histogram": histogram}
+                elif key not in seen or rule == "worker":
+                    seen[key] = {k: v for k, v in sample.items() if k != "labels"} | {"labels": labels}
+                elif rule == "earliest":
+                    seen[key]["value"] = min(seen[key]["value"], sample["value"])
+                elif rule == "sum":
+                    for field in ("value", "count", "sum"):
+                        if field in sample:
+                            seen[key][field] += sample[field]
+    for name, family in families.items():
+        family["samples"] = [_read_histogram(sample) if "histogram" in sample else sample
+                             for sample in merged[name].values()]
+    return {"generatedAt": snapshots[0][1]["generatedAt"], "metrics": families}
+
+
+def _read_histogram(sample: dict[str, Any]) -> dict[str, Any]:
+    """A merged histogram's sample as Monitor.snapshot writes one, its `le` buckets at the same bounds."""
+    histogram = sample["histogram"]
+    bounds = [float(le) for le in sample["buckets"] if le != "+Inf"]
+    counts = [*histogram.cumulative(bounds), histogram.count]
+    return {
+        "labels": sample["labels"], "count": histogram.count, "sum": histogram.total,
+        "p50": histogram.percentile(50), "p95": histogram.percentile(95), "p99": histogram.percentile(99),
+        "max": histogram.max, "buckets": dict(zip(sample["buckets"], counts, strict=True)),
+    }
 
 
 def _number(value: float) -> str:

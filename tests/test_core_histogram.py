@@ -197,3 +197,29 @@ def test_reset_forgets_everything() -> None:
     assert histogram.recent(60).count == 0
     histogram.record(0.3)
     assert histogram.recent(60).percentile(50) == 0.3
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples, samples, percentiles)
+def test_serialized_histograms_merge_into_the_percentiles_of_all_values(
+    first: list[float], second: list[float], q: float
+) -> None:
+    """What the supervisor does with its workers' histograms: bytes from each, merged, read once."""
+    merged = Histogram.from_bytes(filled(first).to_bytes())
+    merged.merge(Histogram.from_bytes(filled(second).to_bytes()))
+    together = filled(first + second)
+    assert merged.count == together.count and merged.min == together.min and merged.max == together.max
+    assert merged.total == pytest.approx(together.total)
+    assert merged.percentile(q) == together.percentile(q)
+    exact = exact_percentile(first + second, q)
+    assert merged.percentile(q) == pytest.approx(exact, rel=STATED_ERROR, abs=LOWEST)
+
+
+def test_serialized_histograms_are_checked() -> None:
+    empty = Histogram.from_bytes(Histogram().to_bytes())
+    assert empty.count == 0 and empty.percentile(99) == 0.0
+    data = filled([0.001, 0.002, 0.5]).to_bytes()
+    for bad, words in ((b"", "HDR1 header"), (b"XXXX" + data[4:], "HDR1 header"),
+                       (data[:-8], "cannot hold buckets"), (data[:4] + b"\x09" + data[5:], "hold 3 values")):
+        with pytest.raises(ValueError, match=words):
+            Histogram.from_bytes(bad)

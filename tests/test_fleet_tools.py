@@ -161,7 +161,7 @@ def test_agents_do_not_outlive_a_killed_server(tmp_path: Path) -> None:
 
     srv = start_server(tmp_path, {"fleet": {"agents": {"generalist": 2}}})
     family = _descendants(srv.proc.pid)
-    assert len(family) >= 3  # the forkserver and two agents (and the resource tracker)
+    assert len(family) >= 3  # the forkserver and two agents
     srv.proc.send_signal(signal.SIGKILL)
     srv.proc.wait(5)
     deadline = time.monotonic() + 10

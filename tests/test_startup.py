@@ -4,6 +4,7 @@ bench/startup_bench.py measures the real median against the peers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -13,8 +14,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-from conftest import stdio_command, write_config
+from conftest import start_server, stdio_command, write_config
+from test_fleet_tools import _descendants
 from test_http_edges import modern
 
 # Modules a running server must not have imported by the time it is ready: test frameworks and their helpers
@@ -32,7 +35,7 @@ PROBE = """
 import json, os, signal, sys, threading, time, urllib.request
 from qe_appliance import cli
 
-port, out = int(sys.argv[1]), sys.argv[2]
+port, out, settle = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 
 def watch():
     deadline = time.monotonic() + 30
@@ -43,12 +46,14 @@ def watch():
                     break
         except OSError:
             time.sleep(0.01)
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard.json", timeout=5).read()  # a supervisor sums it
+    time.sleep(settle)
     with open(out, "w") as file:
         json.dump(sorted(sys.modules), file)
     os.kill(os.getpid(), signal.SIGTERM)
 
 threading.Thread(target=watch, daemon=True).start()
-sys.exit(cli.main(sys.argv[3:]))
+sys.exit(cli.main(sys.argv[4:]))
 """
 
 
@@ -58,20 +63,55 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_a_ready_server_has_not_imported_heavy_modules(tmp_path: Path) -> None:
+def _modules_when_ready(tmp_path: Path, settle_s: float = 0.0, **overrides: Any) -> set[str]:
+    """The modules `aqe-v3 mcp start` (the probe's own process) has imported once /readyz answers 200 and
+    `settle_s` more seconds have passed."""
     port = free_port()
-    config = write_config(tmp_path / "qe-mcp.yaml", tmp_path / "state")
+    config = write_config(tmp_path / "qe-mcp.yaml", tmp_path / "state", overrides or None)
     out = tmp_path / "modules.json"
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, str(port), str(out), "mcp", "start", "--config", str(config), "--port",
-         str(port)],
+        [sys.executable, "-c", PROBE, str(port), str(out), str(settle_s), "mcp", "start", "--config", str(config),
+         "--port", str(port)],
         capture_output=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    modules = set(json.loads(out.read_text()))
+    return set(json.loads(out.read_text()))
+
+
+def test_a_ready_server_has_not_imported_heavy_modules(tmp_path: Path) -> None:
+    modules = _modules_when_ready(tmp_path)
     assert "qe_appliance.lifecycle" in modules  # the probe saw a started server
     loaded = sorted(modules.intersection(HEAVY))
     assert not loaded, f"the server's start-up imported {loaded}; import them where they are first used"
+
+
+# What a supervisor of several workers (server.workers) needs none of: it serves no request and runs no tool.
+# (store.backup, .database and .statedir are the CLI's `state` commands, which build_parser registers.)
+SERVING = ("qe_appliance.tools", "qe_appliance.registry", "qe_appliance.lifecycle", "qe_appliance.app",
+           "qe_appliance.mcp", "qe_appliance.http", "qe_appliance.fleet", "qe_appliance.store.stores",
+           "qe_appliance.store.memory", "qe_appliance.control.server")
+
+
+def test_a_supervisor_imports_no_tool_and_no_server(tmp_path: Path) -> None:
+    # Settled: the supervisor has seen both workers ready by then.
+    modules = _modules_when_ready(tmp_path, 1.0, server={"workers": 2})
+    assert "qe_appliance.workers" in modules  # the probe's process supervised
+    loaded = sorted(name for name in modules if name.startswith(SERVING))
+    assert not loaded, f"the supervisor imported {loaded}; it needs the workers module and the admin socket only"
+
+
+def test_a_started_server_runs_no_resource_tracker(tmp_path: Path) -> None:
+    """Agents start from the forkserver without multiprocessing's resource tracker (a third interpreter)."""
+    srv = start_server(tmp_path, {"fleet": {"agents": {"generalist": 2}}})
+    try:
+        commands = []
+        for pid in _descendants(srv.proc.pid):
+            with contextlib.suppress(OSError):
+                commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        assert len(commands) >= 3, commands  # the forkserver and two agents, all ready
+        assert not [c for c in commands if "resource_tracker" in c], commands
+    finally:
+        srv.stop()
 
 
 def _start_to_ready(tmp: Path) -> float:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from conftest import ServerProcess, write_config
 from mcp import Client
@@ -115,6 +116,8 @@ def test_two_workers_serve_restart_reload_and_drain(two_workers: Any) -> None:
         assert b'aqe_mcp_agent_capacity{worker="2",agent="agent-1"}' in text
         assert text.count(b"# TYPE aqe_mcp_requests_total counter") == 1
 
+    _dashboard_sums_both_workers(srv, config)
+
     # The official client, through whichever worker it lands on.
     async def call() -> Any:
         async with Client(srv.url) as client:
@@ -158,6 +161,53 @@ def test_two_workers_serve_restart_reload_and_drain(two_workers: Any) -> None:
     assert all(_gone(pid) for pid in pids)
 
 
+def _dashboard_sums_both_workers(srv: ServerProcess, config: Path) -> None:
+    """/dashboard.json (and `metrics --dashboard`, and the aqe://dashboard resource), whichever worker serves it,
+    counts every worker's calls, with percentiles from the merged histograms, and a row per worker."""
+    calls = 40
+    for n in range(calls):  # a new connection each: the kernel spreads them over both workers
+        envelope, headers = modern("tools/call", {"name": "qe_memory_store",
+                                                  "arguments": {"key": f"d/{n}", "value": n}}, n + 1)
+        status, _, raw = request(srv, "POST", body=envelope, headers=headers)
+        assert status == 200 and b'"isError":false' in raw.replace(b" ", b""), raw
+    views = []
+    for _ in range(6):
+        status, _, raw = request(srv, "GET", "/dashboard.json")
+        assert status == 200, raw
+        views.append(json.loads(raw))
+    views.append(_admin(config, "metrics", "--dashboard"))
+    body, headers = modern("resources/read", {"uri": "aqe://dashboard"})
+    headers["Mcp-Name"] = "aqe://dashboard"
+    status, _, raw = request(srv, "POST", body=body, headers=headers)  # the MCP resource, summed the same way
+    assert status == 200, raw
+    views.append(json.loads(json.loads(raw)["result"]["contents"][0]["text"]))
+    for view in views:
+        rows = view["workers"]
+        assert [row["worker"] for row in rows] == [1, 2] and all(row["requests"] > 0 for row in rows), rows
+        assert sum(row["requests"] for row in rows) == view["requests"]["total"], view
+        assert len({row["pid"] for row in rows}) == 2 and all(row["agents"] >= 1 for row in rows), rows
+        store = next(row for row in view["tools"] if row["tool"] == "qe_memory_store")
+        assert store["calls"] == store["callsTotal"] == calls, store
+        assert view["latency"]["calls"] >= calls, view["latency"]
+        latency = view["latency"]
+        assert 0 < latency["p50Ms"] <= latency["p95Ms"] <= latency["p99Ms"] <= latency["maxMs"], latency
+        assert {agent["worker"] for agent in view["agents"]} == {1, 2}, view["agents"]
+        assert view["pool"]["inUse"] + view["pool"]["available"] == view["pool"]["total"], view["pool"]
+    # `metrics --export json` (what `metrics` prints): counters summed, histograms merged, agents per worker.
+    families = _admin(config, "metrics", "--export", "json")["metrics"]
+    total = families["aqe_mcp_tool_calls_total"]["samples"]
+    assert [s["value"] for s in total if s["labels"] == {"tool": "qe_memory_store"}] == [calls], total
+    durations = [s for s in families["aqe_mcp_tool_duration_seconds"]["samples"]
+                 if s["labels"]["tool"] == "qe_memory_store"]
+    assert len(durations) == 1 and durations[0]["count"] == durations[0]["buckets"]["+Inf"] == calls, durations
+    assert 0 < durations[0]["p50"] <= durations[0]["p99"] <= durations[0]["max"], durations
+    capacity = families["aqe_mcp_agent_capacity"]["samples"]
+    assert {(s["labels"]["worker"], s["labels"]["agent"]) for s in capacity} >= {("1", "agent-1"), ("2", "agent-1")}
+    # Each worker served a share of the calls; the dashboard's rows are what each worker itself counts.
+    status = _admin(config, "status")
+    assert {w["pid"] for w in status["perWorker"]} == {row["pid"] for row in views[-1]["workers"]}
+
+
 def _gone(pid: int) -> bool:
     """Exited: reaped, or a zombie in every thread (a process's sockets close with its last thread, and the
     leader of a killed process with threads is a zombie before the others have exited)."""
@@ -167,6 +217,33 @@ def _gone(pid: int) -> bool:
     except OSError:
         return True
     return all(state in "ZX" for state in states)
+
+
+def test_a_dashboard_of_two_workers_is_that_of_one_server_seeing_every_call() -> None:
+    """Percentiles from the merged histograms equal those of one Monitor that saw every call (not an average of
+    the workers'); counts add up; a worker that did not answer has a row saying why."""
+    from qe_appliance.config import Config
+    from qe_appliance.monitoring import Monitor
+    from qe_appliance.monitoring.dashboard import combine
+
+    config = Config()
+    workers, whole = [Monitor(config), Monitor(config)], Monitor(config)
+    for n in range(300):  # worker 1 fast, worker 2 slow: an average of their p95s would be far off
+        seconds = 0.001 * (1 + n % 7) if n % 2 else 0.2 + 0.001 * (n % 11)
+        outcome = "server-error" if n % 50 == 0 else "ok"
+        for monitor in (workers[n % 2], whole):
+            monitor.record_request("tools/call", seconds, "server" if outcome != "ok" else None)
+            monitor.record_tool("qe_memory_store", seconds, outcome)
+    answers = [{**monitor.dashboard_parts(), "worker": i} for i, monitor in enumerate(workers, start=1)]
+    answers.append({"worker": 3, "pid": 4242, "ok": False, "error": "worker 3 is not running"})
+    summed, alone = combine(msgspec.json.decode(msgspec.json.encode(answers)), config), whole.dashboard()
+    assert summed["latency"] == alone["latency"] and summed["tools"] == alone["tools"], (summed, alone)
+    assert summed["requests"]["total"] == alone["requests"]["total"] == 300
+    assert summed["errors"] == alone["errors"] and summed["errors"]["total"] > 0
+    assert [row["requests"] for row in summed["workers"][:2]] == [150, 150]
+    assert summed["workers"][2] == {"worker": 3, "pid": 4242, "error": "worker 3 is not running"}
+    with pytest.raises(ValueError, match="worker 3 is not running"):
+        combine(answers[2:], config)
 
 
 def test_metrics_of_the_workers_merge_into_one_exposition() -> None:

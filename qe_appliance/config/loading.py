@@ -4,6 +4,8 @@ problem in a file is reported at once (file:line, key path, a did-you-mean), and
 applied on top.
 """
 
+from __future__ import annotations
+
 import functools
 import ipaddress
 import math
@@ -11,14 +13,12 @@ import os
 import pathlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import UnionType
-from typing import Annotated, Any, Final, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Final, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import msgspec
 import msgspec.inspect as mi
-import yaml
 
 from qe_appliance.config.paths import DEFAULT_STATE_DIR
 from qe_appliance.config.schema import (
@@ -35,6 +35,9 @@ from qe_appliance.config.schema import (
     is_loopback,
 )
 
+if TYPE_CHECKING:
+    import yaml
+
 MAX_FILE_BYTES: Final = 1 << 20
 # A full configuration is a few hundred YAML nodes; the bound stops alias bombs (billion laughs) early.
 MAX_NODES: Final = 10_000
@@ -43,7 +46,6 @@ _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH_BYTES: Final = 107
 
-_LOADER: Final[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
 
@@ -67,9 +69,12 @@ def load_config(path: str | os.PathLike[str] | None, warn: Callable[[str], None]
     """
     if path is None:
         return Config()
+    # Imported here, not by every start: a server started without a file (stdio, say) never needs it.
+    import yaml
+
     name = os.fsdecode(path)
     text = _read_text(path, name)
-    loader = _LOADER(text)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
     try:
         root = loader.get_single_node()
         if root is None:  # nothing but comments: every key keeps its default
@@ -247,6 +252,8 @@ class _Survey:
         self.enclosing.discard(id(node))
 
     def _walk_children(self, node: yaml.Node, path: KeyPath, depth: int) -> None:
+        import yaml
+
         # setdefault: a merged mapping walked at the same path must not move the line of its host.
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.SequenceNode):
@@ -291,8 +298,7 @@ class _Survey:
                                "few hundred, so this is probably not the right file"])
 
 
-@dataclass(frozen=True)
-class _Decoded:
+class _Decoded(msgspec.Struct, frozen=True):
     """One struct's fields after decoding, for the checks that relate fields to each other."""
 
     values: dict[str, Any]  # Python field name -> value, or _INVALID when it already failed

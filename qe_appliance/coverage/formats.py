@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
-from qe_appliance.coverage import cobertura, jacoco, jsonreports, lcov, xmlscan
+from qe_appliance.coverage import jsonreports, xmlscan
 from qe_appliance.coverage.model import FileCoverage, Format, Report, ReportError, check_numbers
 
 FormatChoice = Literal["auto", "coveragepy-json", "cobertura", "lcov", "istanbul", "jacoco"]
@@ -79,6 +79,10 @@ def parse_report(data: bytes, choice: FormatChoice, root: str) -> Report:
 
 
 def _parse(data: bytes, fmt: Format, root: str) -> Report:
+    # The parsers (and their patterns) are imported by the agents' forkserver (fleet/forkserver.py PRELOAD),
+    # not by every server start.
+    from qe_appliance.coverage import cobertura, jacoco, lcov
+
     source_dirs: list[str] = []
     files: list[FileCoverage]
     if fmt == "coveragepy-json":

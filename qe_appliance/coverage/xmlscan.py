@@ -9,6 +9,7 @@ delimiter, or is anchored so that a failed attempt cannot be retried from inside
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections.abc import Iterator
@@ -19,12 +20,29 @@ import msgspec
 
 from qe_appliance.coverage.model import ReportError
 
-_COMMENT: Final = re.compile(rb"<!--.*?-->|<!\[CDATA\[.*?\]\]>", re.S)
+
+@functools.cache
+def _comment() -> re.Pattern[bytes]:
+    return re.compile(rb"<!--.*?-->|<!\[CDATA\[.*?\]\]>", re.S)
+
+
 # The lookbehind keeps a name from being tried again from each of its own letters (quadratic on long names).
-_ATTR: Final = re.compile(rb"""(?<![\w:.-])([A-Za-z_][\w:.-]*)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+@functools.cache
+def _attr() -> re.Pattern[bytes]:
+    return re.compile(rb"""(?<![\w:.-])([A-Za-z_][\w:.-]*)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+
+
 # The attribute text of a start tag: everything up to the first `>` outside quotes.
-_TAG_REST: Final = re.compile(rb"""((?:[^>"']|"[^"]*"|'[^']*')*)>""")
-_ROOT: Final = re.compile(rb"<([A-Za-z_][\w:.-]*)")
+@functools.cache
+def _tag_rest() -> re.Pattern[bytes]:
+    return re.compile(rb"""((?:[^>"']|"[^"]*"|'[^']*')*)>""")
+
+
+@functools.cache
+def _root() -> re.Pattern[bytes]:
+    return re.compile(rb"<([A-Za-z_][\w:.-]*)")
+
+
 _INTS: Final = msgspec.json.Decoder(list[int])
 _NUMBERS: Final = msgspec.json.Decoder(list[float])
 # ExpatError.code is a number; pyexpat's XML_ERROR_* names are messages, mapped to numbers by errors.codes.
@@ -77,7 +95,7 @@ def check(data: bytes, fmt: str) -> bytes:
     run(parser(), data, fmt)
     if b"<!--" in data or b"<![CDATA[" in data:
         # Blanked out line for line, so offsets found later still give the file's line numbers.
-        data = _COMMENT.sub(lambda match: b"\n" * match.group().count(b"\n"), data)
+        data = _comment().sub(lambda match: b"\n" * match.group().count(b"\n"), data)
     return data
 
 
@@ -123,7 +141,7 @@ def root_name(data: bytes) -> str | None:
                 return None
             position = end
             continue
-        match = _ROOT.match(data, start)
+        match = _root().match(data, start)
         return match.group(1).decode(errors="replace") if match else None
 
 
@@ -131,13 +149,13 @@ def attributes(tag_text: bytes) -> dict[str, str]:
     """Attributes of one start tag's text, entity references resolved."""
     return {
         name.decode(): html.unescape((double or single).decode("utf-8", errors="replace"))
-        for name, double, single in _ATTR.findall(tag_text)
+        for name, double, single in _attr().findall(tag_text)
     }
 
 
 def start_tag(text: bytes, position: int = 0) -> tuple[dict[str, str], int]:
     """Attributes of the tag whose name ends at `position`, and the offset just past its `>`."""
-    match = _TAG_REST.match(text, position)
+    match = _tag_rest().match(text, position)
     if match is None:
         return {}, len(text)
     return attributes(match.group(1)), match.end()
@@ -163,7 +181,7 @@ def elements(text: bytes, name: str) -> Iterator[Span]:
     closing = b"</" + name.encode()
     position = 0
     while (found := opening.search(text, position)) is not None:
-        tag = _TAG_REST.match(text, found.end())
+        tag = _tag_rest().match(text, found.end())
         if tag is None:
             return
         attrs = tag.group(1)

@@ -24,7 +24,8 @@ from typing import Any
 # the forkserver imports them once, after the fork and in parallel with the server's start. Modules named in
 # fleet.preload are imported by each agent as it starts (they are known only once the configuration is read).
 PRELOAD = ("qe_appliance.tools", "qe_appliance.fleet.agent", "radon.metrics", "radon.raw", "radon.visitors",
-           "rapidfuzz")
+           "rapidfuzz", "qe_appliance.coverage.cobertura", "qe_appliance.coverage.jacoco",
+           "qe_appliance.coverage.lcov")
 
 
 def context() -> multiprocessing.context.ForkServerContext:
@@ -40,8 +41,13 @@ def fork_from_here() -> None:
     # multiprocessing's private parts (typeshed leaves them out): the state its ensure_running keeps.
     server: Any = multiprocessing.forkserver._forkserver
     mp_connection: Any = connection
-    # As multiprocessing's ensure_running does: agents report named resources to the tracker.
-    resource_tracker.ensure_running()
+    # multiprocessing passes every process it starts its resource tracker's descriptor, and would start the
+    # tracker (a third interpreter at every start) to have one. The tracker only unlinks the named semaphores
+    # and shared memory a crashed process leaves; agents create neither (they talk over unix sockets), so its
+    # descriptor is a sink instead.
+    tracker: Any = resource_tracker._resource_tracker
+    if tracker._fd is None:
+        tracker._fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     address = mp_connection.arbitrary_address("AF_UNIX")
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(address)

@@ -23,7 +23,6 @@ import os
 import socket
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -45,8 +44,7 @@ PRIORITIES = {"critical": 0, "high": 1, "normal": 2, "low": 3}
 _decode = msgspec.json.Decoder().decode
 
 
-@dataclass
-class _Task:
+class _Task(msgspec.Struct):
     id: str
     category: str
     steps: Sequence[Step]
@@ -60,8 +58,8 @@ class _Task:
     finished: int = 0
     # The submitting call's context (its trace span, when tracing is on): each subtask runs in a copy of it,
     # whichever call's moment the queue happens to start it in.
-    context: contextvars.Context = field(default_factory=contextvars.copy_context)
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    context: contextvars.Context = msgspec.field(default_factory=contextvars.copy_context)
+    done: asyncio.Future[None] = msgspec.field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Orchestrator:

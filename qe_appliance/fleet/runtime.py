@@ -14,7 +14,6 @@ import secrets
 import signal
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,8 +56,7 @@ class FleetFault(FleetError, ToolFault):
 AgentStatus = Literal["starting", "available", "suspect", "draining", "dead"]
 
 
-@dataclass
-class Agent:
+class Agent(msgspec.Struct):
     id: str
     type: str
     capacity: int
@@ -66,7 +64,7 @@ class Agent:
     process: Any = None
     # Set only through Fleet._set_status, which keeps the balancer in step.
     status: AgentStatus = "starting"
-    started_at: float = field(default_factory=time.time)
+    started_at: float = msgspec.field(default_factory=time.time)
     ready_ms: float | None = None
     restarts: int = 0
     backoff_s: float = 0.0

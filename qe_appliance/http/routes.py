@@ -136,8 +136,9 @@ class Routes:
         self.readiness = readiness
         # The appliance's Monitor (set when monitoring is enabled): serves /metrics and /dashboard.json.
         self.monitor: Any = None
-        # One of several workers (server.workers): /metrics is the supervisor's sum over all of them.
+        # One of several workers (server.workers): /metrics and /dashboard.json are the supervisor's sums over all.
         self.service_metrics: Callable[[], Awaitable[bytes]] | None = None
+        self.service_dashboard: Callable[[float | None], Awaitable[dict[str, Any]]] | None = None
 
     async def __call__(self, ex: Exchange) -> Response | None:
         response = await self._route(ex)
@@ -202,6 +203,8 @@ class Routes:
             since = web.since(query)
         except ValueError as exc:
             return Response(400, msgspec.json.encode({"error": str(exc)}))
+        if self.service_dashboard is not None:
+            return Response(200, msgspec.json.encode(await self.service_dashboard(since)))
         return Response(200, msgspec.json.encode(self.monitor.dashboard(since)))
 
     async def _post(self, ex: Exchange, principal: str | None) -> Response | None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Final
+
+import msgspec
 
 from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.jsonrpc import RpcError
@@ -19,8 +20,7 @@ from qe_appliance.uris import gaps_uri, report_uri
 TTL_MS: Final = 300_000
 
 
-@dataclass(frozen=True)
-class Argument:
+class Argument(msgspec.Struct, frozen=True):
     name: str
     description: str
     required: bool = True
@@ -33,8 +33,7 @@ Message = dict[str, Any]
 Render = Callable[["Fill", dict[str, str]], Awaitable[list[Message]]]
 
 
-@dataclass(frozen=True)
-class Prompt:
+class Prompt(msgspec.Struct, frozen=True):
     name: str
     title: str
     description: str
@@ -140,8 +139,7 @@ async def _explain_gap(fill: Fill, args: dict[str, str]) -> list[Message]:
     ]
 
 
-@dataclass(frozen=True)
-class Fill:
+class Fill(msgspec.Struct, frozen=True):
     """One prompts/get: where embedded resources come from, and whether the client's revision has
     resource_link content (2025-06-18 and later)."""
 

@@ -25,7 +25,6 @@ import binascii
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote
 
@@ -127,8 +126,7 @@ def not_found(uri: str, modern: bool, why: str) -> RpcError:
     return RpcError(code, f"Resource not found: {uri}: {why}", {"uri": uri})
 
 
-@dataclass(frozen=True)
-class Contents:
+class Contents(msgspec.Struct, frozen=True):
     """What a read returns: the contents and how long a client may cache them (2026-07-28)."""
 
     uri: str
@@ -162,7 +160,7 @@ class Resources:
         self,
         services: Services,
         context_for: Callable[[str], ToolContext],
-        dashboard: Callable[[], dict[str, Any]] | None = None,
+        dashboard: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.services = services
         # Where work done for a tool's resource runs (a gap ranking: qe_coverage_gaps' fleet and timeout).
@@ -341,7 +339,7 @@ class Resources:
     async def _dashboard(self, uri: str, rest: list[str], params: dict[str, str], who: str | None) -> Contents | str:
         if self.dashboard is None:
             return "monitoring is off on this server (monitoring.enabled)"
-        return Contents(uri, JSON, rpc.encoder.encode(self.dashboard()).decode(), 1_000)
+        return Contents(uri, JSON, rpc.encoder.encode(await self.dashboard()).decode(), 1_000)
 
 
 

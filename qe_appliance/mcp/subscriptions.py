@@ -10,8 +10,9 @@ listen request ends it. When the server drains or stops it answers the listen re
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import Any, Final
+
+import msgspec
 
 from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.inbound import Inbound, Reply
@@ -37,8 +38,7 @@ def declares_tasks(meta: dict[str, Any]) -> bool:
     return isinstance(extensions, dict) and TASKS_EXTENSION in extensions
 
 
-@dataclass(eq=False)
-class Listener:
+class Listener(msgspec.Struct, eq=False):
     """One open subscription: its id, who opened it, what it asked for, and its outgoing queue."""
 
     id: Any
@@ -46,7 +46,7 @@ class Listener:
     kinds: frozenset[str]
     uris: frozenset[str]
     task_ids: frozenset[str]
-    queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[bytes | None] = msgspec.field(default_factory=asyncio.Queue)
 
 
 class Subscriptions:

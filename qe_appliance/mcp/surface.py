@@ -4,7 +4,7 @@ handshake-era subscriptions), prompts and completions."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from qe_appliance.mcp import jsonrpc as rpc
@@ -27,7 +27,7 @@ class Surface:
         services: Services,
         sessions: SessionTable,
         context_for: Callable[[str], ToolContext],
-        dashboard: Callable[[], dict[str, Any]] | None = None,
+        dashboard: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.resources = Resources(services, context_for, dashboard)
         self.prompts = Prompts(self.resources)

@@ -24,7 +24,6 @@ import contextlib
 import datetime
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -80,8 +79,7 @@ Notify = Callable[[bytes], None]
 _plain = msgspec.json.Decoder()
 
 
-@dataclass(eq=False)
-class Running:
+class Running(msgspec.Struct, eq=False):
     """A task this process runs: who owns it, where its legacy status notifications go, its last progress."""
 
     principal: str | None

@@ -8,8 +8,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Final
+
+import msgspec
 
 from qe_appliance.config import Config
 
@@ -32,8 +33,7 @@ DEFAULT_MODE: Final = "default"
 RULES: Final = ("p95_response_time", "error_rate", "pool_hit_rate", "tool_latency")
 
 
-@dataclass(frozen=True)
-class Traffic:
+class Traffic(msgspec.Struct, frozen=True):
     """What the rules and the dashboard see of the last WINDOW_S seconds. Histograms are
     `qe_appliance._core.histogram.Histogram`s; ratios are None when the window holds too little to tell."""
 
@@ -63,8 +63,7 @@ def _p95_ms(histogram: Any) -> float | None:
     return histogram.percentile(95) * 1000.0 if histogram.count >= MIN_SAMPLES else None
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(msgspec.Struct, frozen=True):
     """One rule measured now: `breached` says whether its condition holds."""
 
     rule: str
@@ -155,8 +154,7 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:.3g}{unit}"
 
 
-@dataclass
-class Alert:
+class Alert(msgspec.Struct):
     """One rule's (or one tool's) alert. `reading` is the latest breached reading: what it fires for, kept
     once it resolved under "breach". `current` is the latest reading, breached or not (None once the rule
     no longer reads): the alert's value and summary always describe it, so a resolved alert never repeats

@@ -4,9 +4,14 @@ glances at, from the last minute of traffic, the live pool, registry and fleet s
 
 from __future__ import annotations
 
+import base64
+import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, Final
 
+from qe_appliance import __version__
+from qe_appliance._core.histogram import Histogram
 from qe_appliance.config import Config
 from qe_appliance.monitoring.alerts import DEFAULT_MODE, Traffic
 
@@ -108,7 +113,8 @@ def build(
         # The rate (and its alert) counts server faults only; callers' mistakes are shown beside it.
         "errors": {"rate": traffic.error_rate, "threshold": limits.error_rate, "total": failed_total,
                    "callerRecent": traffic.caller_failed},
-        "agents": [{key: agent.get(key) for key in _AGENT_FIELDS} for agent in _agents(fleet)],
+        "agents": [{key: agent.get(key) for key in _AGENT_FIELDS} | ({"worker": agent["worker"]} if "worker" in agent
+                                                                       else {}) for agent in _agents(fleet)],
         "sessions": sessions,
         "alerts": {**alerts, "resolved": alerts["resolved"][:RECENT_ALERTS]},
         "history": history,
@@ -178,4 +184,138 @@ def _percentiles(histogram: Any) -> dict[str, float | None]:
         "p95Ms": _ms(histogram, 95),
         "p99Ms": _ms(histogram, 99),
         "maxMs": histogram.max * 1000.0 if histogram.count else None,
+    }
+
+
+def iso(stamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+
+
+def stamped(dashboard: dict[str, Any]) -> dict[str, Any]:
+    """`build`'s figures as /dashboard.json serves them: when and by which version."""
+    return {"generatedAt": iso(time.time()), "version": __version__, **dashboard}
+
+
+# ---- several workers (server.workers) -------------------------------------------------------------------
+# Each worker sends what `build` takes (Monitor.dashboard_parts) with its last minute's histograms as
+# Histogram.to_bytes in base64; `combine` merges the histograms, so percentiles are those of every call, and
+# sums the counts.
+
+_POOL_SUMS = ("available", "inUse", "total", "maxConnections", "minConnections", "acquires", "hits", "timeouts",
+              "opened", "closed")
+
+
+def encode_traffic(traffic: Traffic) -> dict[str, Any]:
+    def put(histogram: Any) -> str:
+        return base64.b64encode(histogram.to_bytes()).decode()
+
+    return {
+        "spanS": traffic.span_s, "toolCalls": put(traffic.tool_calls), "plainCalls": put(traffic.plain_calls),
+        "tools": {name: put(h) for name, h in traffic.tools.items()},
+        "toolModes": [[name, mode, put(h)] for (name, mode), h in traffic.tool_modes.items()],
+        "lookups": put(traffic.lookups), "requests": traffic.requests, "failed": traffic.failed,
+        "callerFailed": traffic.caller_failed, "poolAcquires": traffic.pool_acquires, "poolHits": traffic.pool_hits,
+    }
+
+
+def _merged(encoded: Iterable[str]) -> Histogram:
+    out = Histogram(1, 0)
+    for text in encoded:
+        out.merge(Histogram.from_bytes(base64.b64decode(text)))
+    return out
+
+
+def _merge_traffic(parts: list[dict[str, Any]]) -> Traffic:
+    tools: dict[str, list[str]] = {}
+    modes: dict[tuple[str, str], list[str]] = {}
+    for part in parts:
+        for name, text in part["tools"].items():
+            tools.setdefault(name, []).append(text)
+        for name, mode, text in part["toolModes"]:
+            modes.setdefault((name, mode), []).append(text)
+    return Traffic(
+        span_s=max(part["spanS"] for part in parts),
+        tool_calls=_merged(part["toolCalls"] for part in parts),
+        plain_calls=_merged(part["plainCalls"] for part in parts),
+        tools={name: _merged(texts) for name, texts in tools.items()},
+        tool_modes={key: _merged(texts) for key, texts in modes.items()},
+        lookups=_merged(part["lookups"] for part in parts),
+        **{field: sum(part[key] for part in parts) for field, key in (
+            ("requests", "requests"), ("failed", "failed"), ("caller_failed", "callerFailed"),
+            ("pool_acquires", "poolAcquires"), ("pool_hits", "poolHits"))},
+    )
+
+
+def _merge_registry(stats: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not stats:
+        return None
+    lookups = sum(s.get("lookups") or 0 for s in stats)
+    return {**stats[0], "lookups": lookups, "fuzzyResolutions": sum(s.get("fuzzyResolutions") or 0 for s in stats),
+            "cacheHitRate": sum(s.get("cacheHits") or 0 for s in stats) / lookups if lookups else 0.0}
+
+
+def _merge_fleet(fleets: list[tuple[int, dict[str, Any]]]) -> dict[str, Any] | None:
+    """Pools summed (wait times: the average over every acquire, the p95 the slowest worker's, since the waits
+    themselves stay in each worker); agents listed with their worker, as their ids repeat across workers."""
+    if not fleets:
+        return None
+    pools = [fleet.get("pool") or {} for _, fleet in fleets]
+    pool: dict[str, Any] = {key: sum(p.get(key) or 0 for p in pools) for key in _POOL_SUMS}
+    acquires = pool["acquires"]
+    waited = sum((p.get("averageWaitMs") or 0.0) * (p.get("acquires") or 0) for p in pools)
+    p95s = [p["p95WaitMs"] for p in pools if p.get("p95WaitMs") is not None]
+    pool.update({"hitRate": pool["hits"] / acquires if acquires else None,
+                 "averageWaitMs": waited / acquires if acquires else None,
+                 "p95WaitMs": max(p95s) if p95s else None,
+                 "draining": any(p.get("draining") for p in pools)})
+    agents = [{**agent, "worker": index} for index, fleet in fleets for agent in fleet.get("agents") or []]
+    return {**fleets[0][1], "pool": pool, "agents": agents}
+
+
+def combine(answers: list[dict[str, Any]], config: Config, history_of: int = 0) -> dict[str, Any]:
+    """/dashboard.json for several workers from each one's Monitor.dashboard_parts (with its `worker` index;
+    one that did not answer carries `error` instead): totals over all of them, percentiles from the merged
+    histograms, agents and alerts with their worker, a `workers` row each, and the charts' history of worker
+    `history_of` (the one serving the request; each worker keeps its own, evaluated on its own clock), else of
+    the first that answered."""
+    good = [answer for answer in answers if "error" not in answer]
+    if not good:
+        raise ValueError("; ".join(str(answer["error"]) for answer in answers) or "no worker answered")
+    tool_totals: dict[str, int] = {}
+    for answer in good:
+        for name, count in answer["tool_totals"].items():
+            tool_totals[name] = tool_totals.get(name, 0) + count
+    sessions = [answer["sessions"] for answer in good if answer["sessions"] is not None]
+    alerts: dict[str, list[dict[str, Any]]] = {
+        state: [{**alert, "worker": answer["worker"]} for answer in good for alert in answer["alerts"][state]]
+        for state in ("firing", "pending", "resolved")
+    }
+    alerts["resolved"].sort(key=lambda alert: alert.get("resolvedAt") or "", reverse=True)
+    history = next((answer for answer in good if answer["worker"] == history_of), good[0])["history"]
+    dashboard = build(
+        _merge_traffic([answer["traffic"] for answer in good]),
+        config,
+        requests_total=sum(answer["requests_total"] for answer in good),
+        failed_total=sum(answer["failed_total"] for answer in good),
+        tool_totals=tool_totals,
+        registry=_merge_registry([answer["registry"] for answer in good if answer["registry"] is not None]),
+        fleet=_merge_fleet([(answer["worker"], answer["fleet"]) for answer in good if answer["fleet"] is not None]),
+        sessions=sum(sessions) if sessions else None,
+        alerts=alerts,
+        uptime_s=max(answer["uptime_s"] for answer in good),
+        history=history,
+    )
+    dashboard["workers"] = [_worker_row(answer) for answer in answers]
+    return stamped(dashboard)
+
+
+def _worker_row(answer: dict[str, Any]) -> dict[str, Any]:
+    if "error" in answer:
+        return {"worker": answer["worker"], "pid": answer.get("pid"), "error": answer["error"]}
+    agents = _agents(answer["fleet"])
+    return {
+        "worker": answer["worker"], "pid": answer["pid"], "requests": answer["requests_total"],
+        "recentRequests": answer["traffic"]["requests"], "connections": answer["connections"],
+        "sessions": answer["sessions"], "agents": len(agents),
+        "inFlight": sum(agent.get("inFlight") or 0 for agent in agents), "uptimeS": round(answer["uptime_s"], 1),
     }

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import msgspec
 
 Kind = Literal["counter", "gauge", "histogram", "summary"]
 
 
-@dataclass
-class Family:
+class Family(msgspec.Struct):
     """A metric family as both exports see it. `samples` pairs label values with a number, a Histogram
     (kind histogram, bucketed at `bounds`) or a (count, sum) pair (kind summary)."""
 
@@ -18,7 +18,7 @@ class Family:
     kind: Kind
     help: str
     labels: tuple[str, ...] = ()
-    samples: list[tuple[tuple[str, ...], Any]] = field(default_factory=list)
+    samples: list[tuple[tuple[str, ...], Any]] = msgspec.field(default_factory=list)
     bounds: tuple[float, ...] = ()
 
     def add(self, value: Any, *labels: str) -> Family:

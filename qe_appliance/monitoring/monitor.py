@@ -5,12 +5,13 @@ registry, pool, balancer, fleet and alert state, and exposed as Prometheus text,
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import os
 import platform
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -19,7 +20,7 @@ from qe_appliance import __version__
 from qe_appliance._core.histogram import Histogram
 from qe_appliance.config import Config
 from qe_appliance.monitoring.alerts import DEFAULT_MODE, WINDOW_S, AlertBook, Traffic, measure
-from qe_appliance.monitoring.dashboard import RECENT_ALERTS, History
+from qe_appliance.monitoring.dashboard import RECENT_ALERTS, History, encode_traffic, iso, stamped
 from qe_appliance.monitoring.dashboard import build as build_dashboard
 from qe_appliance.monitoring.families import Family, Kind, buckets
 
@@ -110,8 +111,7 @@ class _Series:
         return histogram
 
 
-@dataclass(frozen=True)
-class Sources:
+class Sources(msgspec.Struct, frozen=True):
     """What the Monitor reads at scrape time, each a callable so a rebuilt part (the registry after a reload)
     is read as it is now: registry stats, fleet status, open sessions, open HTTP connections. None: absent."""
 
@@ -279,30 +279,38 @@ class Monitor:
             self._exposition = registry(self._families)
         return render(self._exposition)
 
-    def snapshot(self) -> MetricsSnapshot:
-        """The appliance's metrics, with p50/p95/p99/max beside each histogram's buckets."""
-        return MetricsSnapshot(_iso(time.time()), {family.name: _json_family(family) for family in self._families()})
+    def snapshot(self, serialized: bool = False) -> MetricsSnapshot:
+        """The appliance's metrics, with p50/p95/p99/max beside each histogram's buckets; `serialized` adds each
+        histogram as base64 Histogram.to_bytes (for the supervisor of several workers to merge)."""
+        return MetricsSnapshot(iso(time.time()), {family.name: _json_family(family, serialized)
+                                                  for family in self._families()})
 
     def dashboard(self, since: float | None = None) -> dict[str, Any]:
         """/dashboard.json: the last minute of latency, errors and requests, pool, lookups, agents, alerts, and
         the history points newer than `since` (all of them when None)."""
+        traffic, figures = self._dashboard_figures(since)
+        return stamped(build_dashboard(traffic, self._config, **figures))
+
+    def dashboard_parts(self, since: float | None = None) -> dict[str, Any]:
+        """What /dashboard.json is built from, as JSON with the histograms serialized, for the supervisor of
+        several workers to sum (see dashboard.combine)."""
+        traffic, figures = self._dashboard_figures(since)
+        connections = self._sources_of.connections
+        return {**figures, "traffic": encode_traffic(traffic), "pid": os.getpid(),
+                "connections": connections() if connections is not None else None}
+
+    def _dashboard_figures(self, since: float | None) -> tuple[Traffic, dict[str, Any]]:
         registry, fleet, sessions = self._sources()
-        return {
-            "generatedAt": _iso(time.time()),
-            "version": __version__,
-            **build_dashboard(
-                self._traffic(),
-                self._config,
-                requests_total=self._all_requests.count,
-                failed_total=self._failed.count,
-                tool_totals={name: series.histogram.count for name, series in self._tools.items()},
-                registry=registry,
-                fleet=fleet,
-                sessions=sessions,
-                alerts=self._alerts.listing(RECENT_ALERTS),
-                uptime_s=time.monotonic() - self._started_mono,
-                history=self._history.since(since),
-            ),
+        return self._traffic(), {
+            "requests_total": self._all_requests.count,
+            "failed_total": self._failed.count,
+            "tool_totals": {name: series.histogram.count for name, series in self._tools.items()},
+            "registry": registry,
+            "fleet": fleet,
+            "sessions": sessions,
+            "alerts": self._alerts.listing(RECENT_ALERTS),
+            "uptime_s": time.monotonic() - self._started_mono,
+            "history": self._history.since(since),
         }
 
     def _sources(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None, int | None]:
@@ -374,10 +382,6 @@ class Monitor:
                    [((result,), count) for result, count in self._reloads.items()]),
         ]
         return families
-
-
-def _iso(stamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
 
 def _series(table: dict[str, _Series], label: str, windows: int) -> _Series:
@@ -470,7 +474,7 @@ def _by_rule(name: str, text: str, counts: dict[str, int]) -> Family:
     return Family(name, "gauge", text, ("alert",), [((rule,), count) for rule, count in counts.items()])
 
 
-def _json_family(family: Family) -> dict[str, Any]:
+def _json_family(family: Family, serialized: bool = False) -> dict[str, Any]:
     samples = []
     for values, value in family.samples:
         sample: dict[str, Any] = {"labels": dict(zip(family.labels, values, strict=True))}
@@ -484,6 +488,8 @@ def _json_family(family: Family) -> dict[str, Any]:
                 "max": value.max,
                 "buckets": dict(buckets(value, family.bounds)),
             })
+            if serialized:
+                sample["histogram"] = base64.b64encode(value.to_bytes()).decode()
         elif family.kind == "summary":
             sample.update({"count": value[0], "sum": value[1]})
         else:

@@ -20,8 +20,16 @@ if TYPE_CHECKING:
     import doctest
 
 MAX_EXAMPLES: Final = 20
-_ADDRESS: Final = re.compile(r" at 0x[0-9a-fA-F]+")
-_EXCEPTION_LINE: Final = re.compile(r"^([A-Za-z_][\w.]*)(?::\s*(.*))?$")
+
+
+@functools.cache
+def _address() -> re.Pattern[str]:
+    return re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+@functools.cache
+def _exception_line() -> re.Pattern[str]:
+    return re.compile(r"^([A-Za-z_][\w.]*)(?::\s*(.*))?$")
 
 
 @functools.cache
@@ -154,7 +162,7 @@ def _check(
     if not expression or printing:
         shown = " ".join(want.split()) if normalize else want
         return Capture([Line(code)], shown, normalize), f"prints {_short(want)}"
-    if options.get(_doctest().ELLIPSIS) and "..." in want or _ADDRESS.search(want):
+    if options.get(_doctest().ELLIPSIS) and "..." in want or _address().search(want):
         return Line(code), "runs (its output is not compared: it varies)"
     text = want.strip()
     try:
@@ -173,7 +181,7 @@ def _check(
 def _raises(example: doctest.Example, code: str, facts: ModuleFacts) -> tuple[Stmt, str] | None:
     # doctest's exc_msg is the traceback's last part: "statistics.StatisticsError: message".
     first = (example.exc_msg or "").strip().splitlines()
-    match = _EXCEPTION_LINE.match(first[0]) if first else None
+    match = _exception_line().match(first[0]) if first else None
     if match is None:
         return None
     name = match.group(1).rsplit(".", 1)[-1]

@@ -4,6 +4,7 @@ checked to parse on its own so the module as a whole always compiles."""
 from __future__ import annotations
 
 import ast
+import functools
 import keyword
 import re
 import textwrap
@@ -19,7 +20,11 @@ Framework = Literal["pytest", "unittest"]
 MAX_EXAMPLES: Final = 50
 _IND: Final = "    "
 _THIRD_PARTY: Final = frozenset({"pytest", "hypothesis"})
-_NON_IDENTIFIER: Final = re.compile(r"\W+")
+
+
+@functools.cache
+def _non_identifier() -> re.Pattern[str]:
+    return re.compile(r"\W+")
 
 
 class Rendered(msgspec.Struct, frozen=True):
@@ -52,7 +57,7 @@ def select(tests: list[TestCase], limit: int | None) -> list[TestCase]:
 
 
 def _identifier(text: str) -> str:
-    name = _NON_IDENTIFIER.sub("_", text).strip("_") or "case"
+    name = _non_identifier().sub("_", text).strip("_") or "case"
     return f"{name}_" if keyword.iskeyword(name) else name
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
+import functools
 import re
 from functools import lru_cache
 from typing import Final, Literal
@@ -22,7 +23,11 @@ ENUM_BASES: Final = frozenset({"Enum", "IntEnum", "StrEnum", "Flag", "IntFlag"})
 SKIPPED_BASES: Final = frozenset({"Protocol", "TypedDict", "ABC", "ABCMeta"})
 _EXCEPTION_SUFFIXES: Final = ("Error", "Exception", "Warning", "Exit", "Interrupt")
 SHOWN_LINE_CHARS: Final = 160
-_CAMEL: Final = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+
+
+@functools.cache
+def _camel() -> re.Pattern[str]:
+    return re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 
 
 class SourceError(InputError):
@@ -238,7 +243,7 @@ def qualify(
 
 def words(name: str) -> list[str]:
     """Lower-case words of an identifier: `parseHTTPDate_v2` -> parse, http, date, v2."""
-    return [w.lower() for part in name.split("_") for w in _CAMEL.findall(part)]
+    return [w.lower() for part in name.split("_") for w in _camel().findall(part)]
 
 
 def _params(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[Param]:

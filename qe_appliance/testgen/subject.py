@@ -3,6 +3,7 @@ the directory it imports from worked out from its packages), or given inline wit
 
 from __future__ import annotations
 
+import functools
 import keyword
 import re
 from pathlib import Path
@@ -13,7 +14,13 @@ import msgspec
 from qe_appliance.workspace import Workspace, WorkspaceError
 
 DEFAULT_MODULE: Final = "module_under_test"
-_DOTTED: Final = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+@functools.cache
+def _dotted() -> re.Pattern[str]:
+    return re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
 _KEYWORDS: Final = frozenset(keyword.kwlist)
 
 
@@ -43,7 +50,7 @@ class Subject(msgspec.Struct, frozen=True):
 
 
 def check_module_name(name: str) -> str:
-    if not _DOTTED.fullmatch(name) or any(part in _KEYWORDS for part in name.split(".")):
+    if not _dotted().fullmatch(name) or any(part in _KEYWORDS for part in name.split(".")):
         raise WorkspaceError(
             f"{name!r} is not an importable module name; give dotted Python identifiers such as "
             "'shop.pricing'"
@@ -54,7 +61,7 @@ def check_module_name(name: str) -> str:
 def locate(workspace: Workspace, given: str) -> tuple[Path, str, Path]:
     """The file, import name and import root of a module given as a path (file or package directory) or
     as a dotted name; WorkspaceError when it is outside the roots, missing, or not importable by name."""
-    if _DOTTED.fullmatch(given) and not given.endswith(".py"):
+    if _dotted().fullmatch(given) and not given.endswith(".py"):
         return _by_name(workspace, given)
     resolved = workspace.resolve(given)
     if resolved.is_dir():
@@ -76,7 +83,7 @@ def locate(workspace: Workspace, given: str) -> tuple[Path, str, Path]:
             f"{given} is a package's __init__.py at a workspace root; give a module inside it"
         )
     module = ".".join(parts)
-    if not _DOTTED.fullmatch(module):
+    if not _dotted().fullmatch(module):
         raise WorkspaceError(
             f"{given} cannot be imported as {module!r} (not Python identifiers); rename it, or give its "
             "source inline with a module name"

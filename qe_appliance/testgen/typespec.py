@@ -4,6 +4,7 @@ docstring, the default, the parameter's use in the body, or its name."""
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from typing import Final
 
@@ -127,8 +128,18 @@ _PROSE_TYPES: Final = (
     r"(bytes-like object|bytes object|byte string|bytes|string|integer|int|float|number|list|sequence"
     r"|dictionary|dict|mapping|boolean|bool)"
 )
-_PROSE: Final = re.compile(rf"\b{_PROSE_TYPES}\s+[`'\"]?(\w+)")
-_PROSE_REVERSED: Final = re.compile(rf"\b(\w+)[`'\"]? (?:is|must be|should be) an? {_PROSE_TYPES}")
+
+
+@functools.cache
+def _prose() -> re.Pattern[str]:
+    return re.compile(rf"\b{_PROSE_TYPES}\s+[`'\"]?(\w+)")
+
+
+@functools.cache
+def _prose_reversed() -> re.Pattern[str]:
+    return re.compile(rf"\b(\w+)[`'\"]? (?:is|must be|should be) an? {_PROSE_TYPES}")
+
+
 _PROSE_KINDS: Final = {
     "bytes-like object": "bytes",
     "bytes object": "bytes",
@@ -141,9 +152,21 @@ _PROSE_KINDS: Final = {
     "mapping": "dict",
     "boolean": "bool",
 }
-_DOC_GOOGLE: Final = re.compile(r"^\s*\*{0,2}(\w+)\s*\(([^)]+)\)\s*:", re.M)
-_DOC_SPHINX: Final = re.compile(r":type\s+(\w+)\s*:\s*(.+)$|:param\s+([\w\[\], .|]+?)\s+(\w+)\s*:", re.M)
-_DOC_NUMPY: Final = re.compile(r"^\s*(\w+)\s*:\s*([\w\[\], .|]+?)\s*(?:,\s*optional)?\s*$", re.M)
+
+
+@functools.cache
+def _doc_google() -> re.Pattern[str]:
+    return re.compile(r"^\s*\*{0,2}(\w+)\s*\(([^)]+)\)\s*:", re.M)
+
+
+@functools.cache
+def _doc_sphinx() -> re.Pattern[str]:
+    return re.compile(r":type\s+(\w+)\s*:\s*(.+)$|:param\s+([\w\[\], .|]+?)\s+(\w+)\s*:", re.M)
+
+
+@functools.cache
+def _doc_numpy() -> re.Pattern[str]:
+    return re.compile(r"^\s*(\w+)\s*:\s*([\w\[\], .|]+?)\s*(?:,\s*optional)?\s*$", re.M)
 
 
 class TypeSpec(msgspec.Struct, frozen=True):
@@ -188,7 +211,6 @@ def union(*parts: TypeSpec, origin: str = "annotation") -> TypeSpec:
             if item not in flat:
                 flat.append(item)
     return flat[0] if len(flat) == 1 else TypeSpec("union", tuple(flat), origin=origin)
-
 
 
 # ---- reading types ---------------------------------------------------------------------------------------
@@ -294,14 +316,14 @@ def docstring_types(doc: str | None) -> dict[str, str]:
     if not doc:
         return {}
     found: dict[str, str] = {}
-    for match in _DOC_SPHINX.finditer(doc):
+    for match in _doc_sphinx().finditer(doc):
         if match.group(1):
             found[match.group(1)] = match.group(2).strip()
         else:
             found[match.group(4)] = match.group(3).strip()
-    for name, text in _DOC_GOOGLE.findall(doc):
+    for name, text in _doc_google().findall(doc):
         found.setdefault(name, text.replace(", optional", "").strip())
-    for name, text in _DOC_NUMPY.findall(doc):
+    for name, text in _doc_numpy().findall(doc):
         found.setdefault(name, text.strip())
     return found
 
@@ -337,8 +359,8 @@ def _from_docstring(name: str, func: FunctionInfo, facts: ModuleFacts) -> TypeSp
 
 
 def _from_prose(name: str, doc: str | None) -> TypeSpec | None:
-    found = [(m.group(2), m.group(1)) for m in _PROSE.finditer(doc or "")]
-    found += [(m.group(1), m.group(2)) for m in _PROSE_REVERSED.finditer(doc or "")]
+    found = [(m.group(2), m.group(1)) for m in _prose().finditer(doc or "")]
+    found += [(m.group(1), m.group(2)) for m in _prose_reversed().finditer(doc or "")]
     for param, kind in found:
         if param == name:
             spec = _named(_PROSE_KINDS.get(kind, kind), _EMPTY_FACTS)
