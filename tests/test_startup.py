@@ -23,10 +23,11 @@ from test_http_edges import modern
 # Modules a running server must not have imported by the time it is ready: test frameworks and their helpers
 # (the server never runs them in its own process), what only agents use (radon), what only a mistyped name
 # needs (rapidfuzz), what only other commands need (importlib.metadata: `systemd install`), the terminal UI
-# (rich), the SDK (mcp, pydantic), and prometheus_client (the Monitor writes the exposition format itself).
+# (rich), the SDK (mcp, pydantic), prometheus_client (the Monitor writes the exposition format itself), and the
+# PostgreSQL driver (asyncpg) on a SQLite store.
 HEAVY = (
     "hypothesis", "pytest", "_pytest", "coverage", "radon", "rapidfuzz", "rich", "mcp", "pydantic",
-    "prometheus_client", "importlib.metadata",
+    "prometheus_client", "importlib.metadata", "asyncpg",
 )
 
 # Runs the real `aqe-v3 mcp start` in this interpreter; once /readyz answers 200 a thread writes the imported

@@ -23,7 +23,7 @@ import os
 import socket
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -32,10 +32,12 @@ from qe_appliance.fleet.pipelines import Step, steps_of
 from qe_appliance.sandbox import UNAUTHENTICATED_HTTP, Caller
 from qe_appliance.store.database import StoreError, StoreUnavailableError, retrying
 from qe_appliance.store.interface import TaskBackend
-from qe_appliance.store.pgqueue import Claim, PgTaskQueue
 from qe_appliance.tools.base import ProgressFn, ToolError, ToolSpec, no_progress
 from qe_appliance.tools.runner import ToolRunner
 from qe_appliance.uris import task_uri
+
+if TYPE_CHECKING:  # asyncpg, which the queue imports, is loaded only with a PostgreSQL store
+    from qe_appliance.store.pgqueue import Claim, PgTaskQueue
 
 log = logging.getLogger("aqe_mcp.orchestrator")
 
