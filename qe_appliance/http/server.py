@@ -45,7 +45,7 @@ class Limits:
     max_connections: int = 1024
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     method: str
     path: str
@@ -57,7 +57,7 @@ class Request:
     keep_alive: bool
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     status: int
     body: bytes = b""

@@ -37,6 +37,9 @@ class CallParams(msgspec.Struct):
     task: Any = None
 
 
+MAX_CALLERS = 1024
+
+
 class ToolCalls:
     """The tools/call method of both eras."""
 
@@ -46,6 +49,8 @@ class ToolCalls:
         self.monitor = monitor
         self.registry = registry
         self._header_params: dict[str, tuple[HeaderParam, ...]] = {}
+        # HTTP callers by (auth on, principal): a Caller is immutable, so each is made once.
+        self._callers: dict[tuple[bool, str | None], Caller] = {}
         self.set_registry(registry)
 
     def set_registry(self, registry: ToolRegistry) -> None:
@@ -135,7 +140,13 @@ class ToolCalls:
         HTTP guard refuses /mcp without a valid one)."""
         if exch.headers is None:
             return STDIO
-        return Caller("http", authenticated=self.runner.services.config.server.auth.enabled, principal=exch.principal)
+        key = (self.runner.services.config.server.auth.enabled, exch.principal)
+        caller = self._callers.get(key)
+        if caller is None:
+            if len(self._callers) >= MAX_CALLERS:
+                self._callers.clear()  # principals are token digests: bounded by the tokens file, but stay safe
+            caller = self._callers[key] = Caller("http", authenticated=key[0], principal=key[1])
+        return caller
 
 
 def _progress_fn(token: Any, send: Send) -> Callable[[float, float | None, str | None], Awaitable[None]]:

@@ -18,7 +18,7 @@ Fault = Literal["caller", "server"]
 Send = Callable[[bytes], Awaitable[None]]
 
 
-@dataclass
+@dataclass(slots=True)
 class Inbound:
     """One inbound message as its transport saw it.
 
@@ -42,7 +42,7 @@ class Inbound:
     call: CallResult | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Reply:
     """What to send back: HTTP status, JSON body (None for 202) and extra headers."""
 

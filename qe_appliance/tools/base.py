@@ -69,7 +69,7 @@ async def in_thread(fn: ComputeFn, payload: Any) -> Any:
     return await asyncio.to_thread(fn, payload)
 
 
-@dataclass
+@dataclass(slots=True)
 class ToolContext:
     """What a handler may use while it runs.
 

@@ -72,6 +72,9 @@ class ToolRunner:
     def __init__(self, services: Services, recorder: Recorder | None = None) -> None:
         self.services = services
         self.recorder = recorder
+        # Per tool name: the tool it was made for, its arguments' decoder and its offload (made by its first call;
+        # a reload's new spec of the same name replaces them).
+        self._bound: dict[str, tuple[ToolSpec, msgspec.json.Decoder[Any], Any]] = {}
 
     async def call(
         self,
@@ -92,9 +95,12 @@ class ToolRunner:
     async def _call(
         self, tool: ToolSpec, arguments: bytes | Any, progress: ProgressFn, log_fn: LogFn, caller: Caller
     ) -> CallResult:
+        bound = self._bound.get(tool.name)
+        if bound is None or bound[0] is not tool:
+            bound = self._bound[tool.name] = (tool, msgspec.json.Decoder(tool.input_type), self._offload(tool))
         try:
             if isinstance(arguments, bytes):
-                args = msgspec.json.decode(arguments or b"{}", type=tool.input_type)
+                args = bound[1].decode(arguments or b"{}")
             else:
                 args = msgspec.convert({} if arguments is None else arguments, tool.input_type)
         except msgspec.ValidationError as exc:
@@ -102,7 +108,7 @@ class ToolRunner:
         except rpc.UNREADABLE as exc:
             reason = rpc.unreadable_reason(exc)
             return CallResult("caller-error", message=f"invalid arguments for {tool.name}: {reason}")
-        ctx = ToolContext(self.services, progress, log_fn, tool.name, caller=caller, offload=self._offload(tool))
+        ctx = ToolContext(self.services, progress, log_fn, tool.name, caller=caller, offload=bound[2])
         mode = self._mode(tool, args)
         try:
             value = await tool.handler(ctx, args)
