@@ -15,6 +15,20 @@ HEADER_LINE_OVERHEAD = 4
 cdef Py_ssize_t _MAX_FIELDS = MAX_HEADER_FIELDS
 cdef Py_ssize_t _LINE_OVERHEAD = HEADER_LINE_OVERHEAD
 
+# Field names as sent -> lower-cased text: clients send the same dozen names on every request, so each is
+# decoded once. Bounded: names a client makes up past the bound are decoded each time instead.
+cdef dict _NAMES = {}
+cdef Py_ssize_t _MAX_NAMES = 512
+
+
+cdef str _name_of(bytes raw):
+    cdef object name = _NAMES.get(raw)
+    if name is None:
+        name = raw.decode("latin-1").lower()
+        if len(_NAMES) < _MAX_NAMES:
+            _NAMES[raw] = name
+    return <str>name
+
 
 cdef class HeadReader:
     """The request being read: its URL, raw header lines and body pieces, and what its head has cost."""
@@ -74,15 +88,16 @@ cdef class HeadReader:
         cdef bint body_follows = False
         cdef object expect = None
         cdef tuple pair
-        cdef bytes key, value
+        cdef str key
+        cdef bytes value
         for pair in self._raw_headers:
-            key = (<bytes>pair[0]).lower()
+            key = _name_of(<bytes>pair[0])
             value = <bytes>pair[1]
-            if key == b"content-length" and value.strip().isdigit():
+            if key == "content-length" and value.strip().isdigit():
                 length = int(value)
-            elif key == b"transfer-encoding":
+            elif key == "transfer-encoding":
                 body_follows = True
-            elif key == b"expect":
+            elif key == "expect":
                 expect = value.strip().lower()
         return length, body_follows, expect
 
@@ -104,7 +119,7 @@ cdef class HeadReader:
         cdef tuple pair
         cdef str key, text
         for pair in self._raw_headers:
-            key = (<bytes>pair[0]).decode("latin-1").lower()
+            key = _name_of(<bytes>pair[0])
             text = (<bytes>pair[1]).decode("latin-1")
             if key in headers:
                 # Joined once at the end: appending to the joined string would copy it per repeat.

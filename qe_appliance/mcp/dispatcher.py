@@ -316,8 +316,8 @@ class Dispatcher:
                 f"params._meta must be an object carrying {rpc.META_PROTOCOL_VERSION!r} and "
                 f"{rpc.META_CLIENT_CAPABILITIES!r} (the 2026-07-28 per-request envelope)",
             )
-        missing = [k for k in (rpc.META_PROTOCOL_VERSION, rpc.META_CLIENT_CAPABILITIES) if k not in meta]
-        if missing:
+        if rpc.META_PROTOCOL_VERSION not in meta or rpc.META_CLIENT_CAPABILITIES not in meta:
+            missing = [k for k in (rpc.META_PROTOCOL_VERSION, rpc.META_CLIENT_CAPABILITIES) if k not in meta]
             raise RpcError(
                 rpc.INVALID_PARAMS, f"params._meta is missing the required envelope key(s): {', '.join(missing)}"
             )

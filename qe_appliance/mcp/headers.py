@@ -13,8 +13,9 @@ from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.tools.base import ToolSpec
 
-# (property path, header token, JSON type) of one `x-mcp-header` argument.
-HeaderParam = tuple[tuple[str, ...], str, Any]
+# One `x-mcp-header` argument: (property path, JSON type, header name as documented, the name lower-cased as
+# headers are looked up, the dotted path for messages), the strings made once per tool.
+HeaderParam = tuple[tuple[str, ...], Any, str, str, str]
 
 _B64 = re.compile(r"^=\?base64\?(.*)\?=$")
 _CANON_INT = re.compile(r"^-?[0-9]+(\.0+)?$")
@@ -57,7 +58,7 @@ def check_routing_headers(
 
 
 def header_params(tool: ToolSpec) -> tuple[HeaderParam, ...]:
-    """(property path, header token, JSON type) of every `x-mcp-header` property of a tool's input."""
+    """Every `x-mcp-header` property of a tool's input (HeaderParam)."""
     found: list[HeaderParam] = []
     stack: list[tuple[tuple[str, ...], Any]] = [((), tool.input_schema)]
     while stack:
@@ -66,7 +67,8 @@ def header_params(tool: ToolSpec) -> tuple[HeaderParam, ...]:
             continue
         token = schema.get("x-mcp-header")
         if path and isinstance(token, str):
-            found.append((path, token, schema.get("type")))
+            header = f"Mcp-Param-{token}"
+            found.append((path, schema.get("type"), header, header.lower(), ".".join(path)))
         for name, sub in (schema.get("properties") or {}).items():
             stack.append(((*path, name), sub))
     return tuple(found)
@@ -77,14 +79,11 @@ params: tuple[HeaderParam, ...], arguments: Any, headers: Mapping[str, str], dup
 absent_ok: bool,
 ) -> None:
     """`Mcp-Param-*` headers must mirror the `x-mcp-header` arguments they claim to carry."""
-    for path, token, json_type in params:
-        header = f"Mcp-Param-{token}"
-        key = header.lower()
+    for path, json_type, header, key, where in params:
         raw = headers.get(key)
         value: Any = arguments
         for part in path:
             value = value.get(part) if isinstance(value, dict) else None
-        where = ".".join(path)
         if raw is not None and key in duplicated:
             raise RpcError(rpc.HEADER_MISMATCH, f"{header} header appears more than once")
         rendered = _render(value) if value is not None else None
