@@ -21,6 +21,38 @@ cdef dict _NAMES = {}
 cdef Py_ssize_t _MAX_NAMES = 512
 
 
+# Request methods as sent -> text, for the methods HTTP defines (others are decoded per request).
+cdef dict _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
+
+
+cdef class Request:
+    """One parsed HTTP request: method, path and query as text, headers lower-cased (see decode_headers),
+    the names sent more than once, the whole body, the peer, and whether the connection stays open."""
+
+    cdef readonly str method
+    cdef readonly str path
+    cdef readonly str query
+    cdef readonly dict headers
+    cdef readonly frozenset duplicated
+    cdef readonly bytes body
+    cdef readonly object client
+    cdef readonly bint keep_alive
+
+    def __init__(self, str method, str path, str query, dict headers, frozenset duplicated, bytes body,
+                 object client, bint keep_alive):
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.duplicated = duplicated
+        self.body = body
+        self.client = client
+        self.keep_alive = keep_alive
+
+    def __repr__(self):
+        return f"Request({self.method} {self.path!r}, {len(self.body)} body bytes)"
+
+
 cdef str _name_of(bytes raw):
     cdef object name = _NAMES.get(raw)
     if name is None:
@@ -110,6 +142,18 @@ cdef class HeadReader:
 
     def _body_limit(self):
         raise NotImplementedError
+
+    def take_request(self, bytes method, object client, bint keep_alive):
+        """The request just read, as a Request. Its target is a bare path here (as clients send it); any other
+        target the caller takes apart (None then)."""
+        cdef bytes target = self._url
+        if target[:1] != b"/" or b"?" in target or b"#" in target:
+            return None
+        cdef object name = _METHODS.get(method)
+        headers, duplicated = self.decode_headers()
+        return Request(method.decode("latin-1") if name is None else <str>name, target.decode("latin-1"), "",
+                       headers, duplicated, self._body[0] if len(self._body) == 1 else b"".join(self._body),
+                       client, keep_alive)
 
     def decode_headers(self):
         """(headers, duplicated): names lower-cased, values as latin-1 text, a repeated field's values joined

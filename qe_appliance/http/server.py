@@ -17,7 +17,7 @@ from typing import cast
 import httptools
 import msgspec
 
-from qe_appliance._core.httphead import MAX_HEADER_FIELDS, HeadReader
+from qe_appliance._core.httphead import MAX_HEADER_FIELDS, HeadReader, Request
 
 log = logging.getLogger("aqe_mcp.http")
 
@@ -43,18 +43,6 @@ class Limits:
     header_timeout_s: float = 10.0
     keep_alive_timeout_s: float = 30.0
     max_connections: int = 1024
-
-
-@dataclass(slots=True)
-class Request:
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    duplicated: frozenset[str]
-    body: bytes
-    client: tuple[str, int] | None
-    keep_alive: bool
 
 
 @dataclass(slots=True)
@@ -300,24 +288,15 @@ class HttpProtocol(HeadReader, asyncio.Protocol):
             return  # read again without the offer (data_received); that reading is the request
         self.deadline = float("inf")
         self._request_deadline = None
-        target = self._url
-        if target[:1] == b"/" and b"?" not in target and b"#" not in target:
-            path, query = target.decode("latin-1"), ""  # a bare path, as clients send it: nothing to take apart
-        else:
-            url = httptools.parse_url(target)
-            path = url.path.decode("latin-1") if url.path else "/"
-            query = url.query.decode("latin-1") if url.query else ""
-        headers, duplicated = self.decode_headers()
-        request = Request(
-            method=self.parser.get_method().decode("latin-1"),
-            path=path,
-            query=query,
-            headers=headers,
-            duplicated=duplicated,
-            body=b"".join(self._body),
-            client=self.client,
-            keep_alive=self.parser.should_keep_alive(),
-        )
+        parser = self.parser
+        method, keep_alive = parser.get_method(), parser.should_keep_alive()
+        request = self.take_request(method, self.client, keep_alive)  # a bare path, as clients send it
+        if request is None:
+            url = httptools.parse_url(self._url)
+            headers, duplicated = self.decode_headers()
+            request = Request(method.decode("latin-1"), url.path.decode("latin-1") if url.path else "/",
+                              url.query.decode("latin-1") if url.query else "", headers, duplicated,
+                              b"".join(self._body), self.client, keep_alive)
         self.queue.append(request)
         if self.current is None:
             self._next()
