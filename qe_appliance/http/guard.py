@@ -142,6 +142,8 @@ class Guard:
             self.limiter = None
         elif limiter is None or (limiter.rate, limiter.burst) != (rate.requests_per_second, float(rate.burst)):
             self.limiter = RateLimiter(rate.requests_per_second, rate.burst)
+        # Whether check() can refuse anything or name a principal: without tokens and a rate limit it cannot.
+        self.active = bool(tokens) or self.limiter is not None
 
     def client_address(self, peer: str | None, headers: dict[str, str]) -> str | None:
         """Who is calling by address: the peer, or behind trusted proxies the last X-Forwarded-For hop that is

@@ -152,9 +152,13 @@ class Routes:
         if req.path not in PROBES:
             # Probes stay open for health checkers; everything else needs a token (when auth is on, /metrics
             # only if server.auth.protectMetrics) and stays within the client's rate.
-            protected = req.path != "/metrics" or self.guard.protect_metrics
-            address = self.guard.client_address(req.client[0] if req.client is not None else None, req.headers)
-            verdict = self.guard.check(req.headers, address, time.monotonic(), protected)
+            guard = self.guard
+            protected = req.path != "/metrics" or guard.protect_metrics
+            if guard.active:
+                address = guard.client_address(req.client[0] if req.client is not None else None, req.headers)
+                verdict = guard.check(req.headers, address, time.monotonic(), protected)
+            else:
+                verdict = None
             if isinstance(verdict, Refusal):
                 if self.monitor is not None:
                     self.monitor.record_refusal(verdict.reason)

@@ -16,7 +16,7 @@ from qe_appliance.mcp.headers import HeaderParam, check_param_headers, header_pa
 from qe_appliance.mcp.inbound import Inbound, Send
 from qe_appliance.mcp.jsonrpc import RpcError
 from qe_appliance.mcp.sessions import LOG_LEVELS, Session
-from qe_appliance.mcp.sizing import links_supported, sized
+from qe_appliance.mcp.sizing import fits, links_supported, sized
 from qe_appliance.mcp.tasks import ToolTasks, split_background, wants_task
 from qe_appliance.monitoring.monitor import Monitor
 from qe_appliance.registry import ToolRegistry, UnknownToolError
@@ -130,7 +130,9 @@ class ToolCalls:
                 session.inflight.pop(msg_id, None)
         exch.tool, exch.call = tool.name, outcome
         links = modern or session is None or links_supported(session.protocol_version)
-        result = await sized(self.runner.services, tool, outcome, links)
+        services = self.runner.services
+        # Most results fit: their CallToolResult needs no awaiting.
+        result = outcome.wire() if fits(services, outcome) else await sized(services, tool, outcome, links)
         if fuzzy:
             result.setdefault("_meta", {}).update({"io.aqe/requestedTool": name, "io.aqe/resolvedTool": tool.name})
         return result

@@ -118,14 +118,19 @@ def links_supported(version: str) -> bool:
     return version >= LINKS_SINCE
 
 
+def fits(services: Services, outcome: CallResult) -> bool:
+    """Whether `outcome`'s text is within server.maxResultTextBytes, so its CallToolResult is sent whole."""
+    return outcome.value is None or len(outcome.value) <= services.config.server.max_result_text_bytes
+
+
 async def sized(services: Services, spec: ToolSpec, outcome: CallResult, links: bool = True) -> dict[str, Any]:
     """The CallToolResult of `outcome`, its text within server.maxResultTextBytes (see the module doc).
     Without `links` (a client of a revision before resource_link), the links are listed in the text."""
     tool = spec.name
     result = outcome.wire()
-    limit = services.config.server.max_result_text_bytes
-    if outcome.value is None or len(outcome.value) <= limit:
+    if fits(services, outcome) or outcome.value is None:
         return result
+    limit = services.config.server.max_result_text_bytes
     size = len(outcome.value)
     value = await asyncio.to_thread(_decode.decode, outcome.value)
     title = f"Whole {tool} result ({size} bytes)"
