@@ -211,6 +211,24 @@ def pattern_filters(domain: str | None, language: str | None) -> tuple[list[str]
     return clauses, params
 
 
+def best_filters(
+    language: str, framework: str | None, domain: str | None, pattern_type: str | None, limit: int
+) -> tuple[str, dict[str, object]]:
+    """The WHERE ... ORDER BY ... LIMIT of `best` (and its :named parameters); both backends."""
+    clauses, params = pattern_filters(domain, language)
+    params["limit"] = limit
+    if pattern_type is None:
+        clauses.append("pattern_type != 'anti-pattern'")
+    else:
+        clauses.append("pattern_type = :pattern_type")
+        params["pattern_type"] = pattern_type
+    if framework is not None:
+        clauses.append("(framework = :framework OR framework IS NULL)")
+        params["framework"] = normalise(framework)
+    where = f"WHERE {' AND '.join(clauses)} ORDER BY quality DESC, framework IS NULL, updated_at DESC LIMIT :limit"
+    return where, params
+
+
 class PatternStore:
     """Learned patterns with usage, success rate, quality score and tier; durable once a call returns."""
 
@@ -425,21 +443,8 @@ class PatternStore:
         on equal quality). `domain` and `pattern_type`: exact matches; without a pattern type,
         anti-patterns are left out (ask for them by type). None means any.
         """
-        clauses, params = pattern_filters(domain, language)
-        params["limit"] = limit
-        if pattern_type is None:
-            clauses.append("pattern_type != 'anti-pattern'")
-        else:
-            clauses.append("pattern_type = :pattern_type")
-            params["pattern_type"] = pattern_type
-        if framework is not None:
-            clauses.append("(framework = :framework OR framework IS NULL)")
-            params["framework"] = normalise(framework)
-        rows = self._db.execute(
-            f"SELECT {_PATTERN_COLUMNS} FROM patterns WHERE {' AND '.join(clauses)} "
-            "ORDER BY quality DESC, framework IS NULL, updated_at DESC LIMIT :limit",
-            params,
-        ).fetchall()
+        where, params = best_filters(language, framework, domain, pattern_type, limit)
+        rows = self._db.execute(f"SELECT {_PATTERN_COLUMNS} FROM patterns {where}", params).fetchall()
         return [pattern_from_row(row) for row in rows]
 
     def status(

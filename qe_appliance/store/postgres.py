@@ -49,6 +49,7 @@ from qe_appliance.store.patterns import (
     Pattern,
     PatternDraft,
     UnknownPatternError,
+    best_filters,
     learning_status,
     normalise,
     pattern_filters,
@@ -807,21 +808,8 @@ class PgPatternStore:
         limit: int = 5,
     ) -> list[Pattern]:
         """As `PatternStore.best`."""
-        clauses, params = pattern_filters(domain, language)
-        params["limit"] = limit
-        if pattern_type is None:
-            clauses.append("pattern_type != 'anti-pattern'")
-        else:
-            clauses.append("pattern_type = :pattern_type")
-            params["pattern_type"] = pattern_type
-        if framework is not None:
-            clauses.append("(framework = :framework OR framework IS NULL)")
-            params["framework"] = normalise(framework)
-        sql, args = bind(
-            f"SELECT {_PATTERN_COLUMNS} FROM patterns WHERE {' AND '.join(clauses)} "
-            "ORDER BY quality DESC, framework IS NULL, updated_at DESC LIMIT :limit",
-            params,
-        )
+        where, params = best_filters(language, framework, domain, pattern_type, limit)
+        sql, args = bind(f"SELECT {_PATTERN_COLUMNS} FROM patterns {where}", params)
         async with self.database.connection() as conn:
             return [pattern_from_row(row) for row in await conn.fetch(sql, *args)]
 
