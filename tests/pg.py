@@ -172,3 +172,28 @@ def close_pg_stores(stores: Any, loop: asyncio.AbstractEventLoop) -> None:
     stores.close()
     loop.run_until_complete(asyncio.sleep(0))
     loop.close()
+
+
+class BlockingStores:
+    """Every store of a PgStores as `Blocking` (`.memory`, `.patterns`, `.tasks`, `.reports`, `.queue`)."""
+
+    def __init__(self, stores: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._stores = stores
+        self._loop = loop
+        self._blocking: dict[str, Blocking] = {}
+
+    def __getattr__(self, name: str) -> Blocking:
+        # One Blocking a store, so its calls share one context as they would in one server task.
+        if name not in self._blocking:
+            self._blocking[name] = Blocking(getattr(self._stores, name), self._loop)
+        return self._blocking[name]
+
+
+@contextlib.contextmanager
+def blocking_pg_stores(postgres: PostgresServer) -> Iterator[BlockingStores]:
+    """The stores of a fresh database on `postgres`, their coroutines called as plain methods; closed after."""
+    stores, loop = open_pg_stores(postgres.socket_url(postgres.database()))
+    try:
+        yield BlockingStores(stores, loop)
+    finally:
+        close_pg_stores(stores, loop)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pg import Blocking, close_pg_stores, open_pg_stores
+from pg import blocking_pg_stores
 
 from qe_appliance.config import Config, LearningConfig, ServerConfig
 from qe_appliance.services import Services
@@ -54,12 +54,8 @@ def store(request: pytest.FixtureRequest) -> Iterator[PatternStore]:
     if request.param == "sqlite":
         yield request.getfixturevalue("sqlite_store")
         return
-    postgres = request.getfixturevalue("postgres")
-    stores, loop = open_pg_stores(postgres.socket_url(postgres.database()))
-    try:
-        yield Blocking(stores.patterns, loop)  # type: ignore[misc]
-    finally:
-        close_pg_stores(stores, loop)
+    with blocking_pg_stores(request.getfixturevalue("postgres")) as stores:
+        yield stores.patterns  # type: ignore[misc]
 
 
 def test_quality_score_follows_the_formula() -> None:

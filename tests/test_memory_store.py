@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pg import Blocking, close_pg_stores, open_pg_stores
+from pg import blocking_pg_stores
 
 from qe_appliance.store import memory as memory_module
 from qe_appliance.store.database import StoreError, open_database
@@ -47,12 +47,8 @@ def store(request: pytest.FixtureRequest, db_path: pathlib.Path) -> Iterator[Mem
     if request.param == "sqlite":
         yield request.getfixturevalue("sqlite_store")
         return
-    postgres = request.getfixturevalue("postgres")
-    stores, loop = open_pg_stores(postgres.socket_url(postgres.database()))
-    try:
-        yield Blocking(stores.memory, loop)  # type: ignore[misc]
-    finally:
-        close_pg_stores(stores, loop)
+    with blocking_pg_stores(request.getfixturevalue("postgres")) as stores:
+        yield stores.memory  # type: ignore[misc]
 
 
 def keys(store: MemoryStore, **query: object) -> tuple[list[tuple[str, str]], int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg import Blocking, close_pg_stores, open_pg_stores
+from pg import blocking_pg_stores
 
 from qe_appliance.store.reports import MAX_ARTIFACTS, Artifact, StoredReport
 from qe_appliance.store.stores import Stores
@@ -22,14 +22,8 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         yield sqlite
         sqlite.close()
         return
-    postgres = request.getfixturevalue("postgres")
-    pg, loop = open_pg_stores(postgres.socket_url(postgres.database()))
-    try:
-        yield type("PgStoresBlocking", (), {
-            "tasks": Blocking(pg.tasks, loop), "reports": Blocking(pg.reports, loop),
-        })()
-    finally:
-        close_pg_stores(pg, loop)
+    with blocking_pg_stores(request.getfixturevalue("postgres")) as pg:
+        yield pg
 
 
 def test_a_task_counts_its_subtasks_and_closes_with_the_last(stores: Any) -> None:
