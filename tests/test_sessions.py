@@ -8,7 +8,8 @@ import time
 import pytest
 
 from qe_appliance.mcp.jsonrpc import RpcError
-from qe_appliance.mcp.sessions import SessionTable
+from qe_appliance.mcp.sessions import MAX_PENDING_EVENTS, SessionTable
+from qe_appliance.mcp.subscriptions import Listener, Subscriptions
 
 
 def test_ids_are_unguessable_and_visible_ascii() -> None:
@@ -58,3 +59,22 @@ def test_remove_ends_the_session() -> None:
     table = SessionTable(10, 60)
     s = table.create("2025-11-25", None)
     assert table.remove(s.id) is True and table.remove(s.id) is False and table.get(s.id) is None
+
+
+def test_a_stream_whose_client_stopped_reading_is_ended_not_grown() -> None:
+    """GET /mcp streams and subscriptions/listen streams alike: at most MAX_PENDING_EVENTS wait, then the stream
+    gets its end marker, and a reader that catches up reads what came after."""
+    session = SessionTable(4, 60.0).create("2025-11-25", None)
+    stream: asyncio.Queue[bytes | None] = asyncio.Queue()
+    session.listeners.add(stream)
+    subscriptions = Subscriptions(4)
+    listener = Listener(1, None, frozenset(), frozenset({"aqe://memory/a/b"}), frozenset())
+    subscriptions._listeners.add(listener)
+    for _ in range(3 * MAX_PENDING_EVENTS):
+        session.notify(b"{}")
+        subscriptions.resource_changed("aqe://memory/a/b", False)
+    for queue in (stream, listener.queue):
+        assert queue.qsize() <= MAX_PENDING_EVENTS
+        assert None in [queue.get_nowait() for _ in range(queue.qsize())]
+    session.notify(b'{"after": 1}')
+    assert stream.get_nowait() == b'{"after": 1}'

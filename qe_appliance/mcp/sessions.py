@@ -19,6 +19,20 @@ import msgspec
 from qe_appliance.mcp.jsonrpc import INVALID_REQUEST, RpcError
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+# Notifications a server-to-client stream (GET /mcp, subscriptions/listen) may hold unsent before it is ended.
+MAX_PENDING_EVENTS = 1024
+
+
+def offer(queue: asyncio.Queue[bytes | None], event: bytes) -> None:
+    """Queue a notification for one stream. A stream whose client stopped reading while the server went on
+    notifying is ended once MAX_PENDING_EVENTS are waiting (its queue emptied, then the end marker): memory
+    stays bounded, and the client opens the stream again when it reads on."""
+    if queue.qsize() >= MAX_PENDING_EVENTS:
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(None)
+        return
+    queue.put_nowait(event)
 
 
 class Session:
@@ -59,7 +73,7 @@ class Session:
     def notify(self, event: bytes) -> None:
         """A server-initiated notification to this session's open streams (none open: it is dropped)."""
         for queue in self.listeners:
-            queue.put_nowait(event)
+            offer(queue, event)
 
     def close(self) -> None:
         for fut in self.inflight.values():

@@ -17,7 +17,7 @@ import msgspec
 from qe_appliance.mcp import jsonrpc as rpc
 from qe_appliance.mcp.inbound import Inbound, Reply
 from qe_appliance.mcp.jsonrpc import RpcError
-from qe_appliance.mcp.sessions import Session
+from qe_appliance.mcp.sessions import Session, offer
 
 SUBSCRIPTION_ID: Final = "io.modelcontextprotocol/subscriptionId"
 TASKS_EXTENSION: Final = "io.modelcontextprotocol/tasks"
@@ -90,7 +90,7 @@ class Subscriptions:
     @staticmethod
     def _put(listener: Listener, method: str, params: dict[str, Any]) -> None:
         tagged = {**params, "_meta": {**params.get("_meta", {}), SUBSCRIPTION_ID: listener.id}}
-        listener.queue.put_nowait(rpc.notification_bytes(method, tagged))
+        offer(listener.queue, rpc.notification_bytes(method, tagged))
 
     # ---- the listen request ------------------------------------------------------------------------
 

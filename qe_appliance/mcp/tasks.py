@@ -369,11 +369,7 @@ def status_channel(modern: bool, exch: Inbound, session: Session | None) -> Noti
 
         return to_stdout
 
-    def to_stream(event: bytes) -> None:
-        for queue in session.listeners:
-            queue.put_nowait(event)
-
-    return to_stream
+    return session.notify
 
 
 def background_result(record: dict[str, Any], link: bool) -> dict[str, Any]:
