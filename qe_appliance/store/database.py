@@ -164,7 +164,26 @@ def open_database(path: pathlib.Path, migrations: Sequence[Sequence[str]], what:
     The connection is in autocommit mode (each statement commits, and fsyncs, before it returns) and has
     no busy timeout: use it through `retrying`. `what` names the database in errors ("memory database").
     Raises StoreError with the fix.
+
+    Several processes may open one database at once (workers, instances on one stateDir). SQLite answers some
+    of those meetings with SQLITE_BUSY without waiting on its busy timeout (a WAL index another connection is
+    still building, a deadlock it refuses to wait on), so the whole open is tried again until
+    OPEN_BUSY_TIMEOUT_MS has passed.
     """
+    deadline = time.monotonic() + OPEN_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            return _open_once(path, migrations, what)
+        except sqlite3.OperationalError as exc:  # busy: `_open_once` turns every other failure into StoreError
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"the {what} {path} stayed locked by another process for {OPEN_BUSY_TIMEOUT_MS / 1000:g} s; "
+                    "check for a hung aqe-mcp or sqlite3 process on this stateDir"
+                ) from exc
+            time.sleep(0.01)
+
+
+def _open_once(path: pathlib.Path, migrations: Sequence[Sequence[str]], what: str) -> Database:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         db = sqlite3.connect(path, isolation_level=None, cached_statements=64, timeout=OPEN_BUSY_TIMEOUT_MS / 1000)
@@ -192,10 +211,7 @@ def open_database(path: pathlib.Path, migrations: Sequence[Sequence[str]], what:
     except sqlite3.OperationalError as exc:
         db.close()
         if is_busy(exc):
-            raise StoreError(
-                f"the {what} {path} stayed locked by another process for {OPEN_BUSY_TIMEOUT_MS / 1000:g} s; "
-                "check for a hung aqe-mcp or sqlite3 process on this stateDir"
-            ) from exc
+            raise  # open_database tries again
         raise StoreError(
             f"the {what} {path} is unusable: {exc}; move it aside to start empty, or restore it from a backup "
             "(`aqe-v3 state restore`)"
