@@ -27,8 +27,9 @@ from tests.test_control import cli, cli_json
 from tests.test_http_edges import initialize, legacy, modern, request
 
 CHECK_INTERVAL_S = 1.0  # `inter` in the shipped file
-# Files measured by each CPU-bound subtask (about 0.1 s of CPU each).
-FILES = 3
+# Files measured by each CPU-bound subtask (about 0.1 s of CPU each): enough that the kill -9 test catches A
+# holding a subtask (a shorter one may end between the look that shows it running and the kill).
+FILES = 6
 
 
 @pytest.fixture(scope="module")
